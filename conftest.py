@@ -1,0 +1,135 @@
+"""Shared pytest set-up (at the root, so it sees the notebooks too): the notebook budget table.
+
+Every notebook is executed by nbval (one fresh kernel per notebook, one pytest item per cell).
+This plugin times each notebook from its first cell to its last, reads the kernel's peak resident
+memory (``VmHWM`` in ``/proc/<pid>/status`` on Linux; sampled RSS elsewhere), prints a table of
+both at the end of the run, and fails the notebook's last cell when it goes over budget. The
+budget is what a Binder session on 2 CPU cores can afford.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK_SECONDS_BUDGET = 180.0  # wall time from the first cell's start to the last cell's end
+NOTEBOOK_MEMORY_BUDGET_MB = 1536.0  # peak resident memory of the notebook's kernel
+
+
+@dataclass
+class NotebookRun:
+    """What one notebook cost: filled in cell by cell."""
+
+    name: str
+    cells: int = 0
+    start: float | None = None
+    end: float | None = None
+    peak_mb: float = 0.0
+    failed_cells: int = 0
+
+    @property
+    def seconds(self) -> float:
+        if self.start is None or self.end is None:
+            return 0.0
+        return self.end - self.start
+
+    def over_budget(self) -> list[str]:
+        problems = []
+        if self.seconds > NOTEBOOK_SECONDS_BUDGET:
+            problems.append(f"ran {self.seconds:.0f} s (budget {NOTEBOOK_SECONDS_BUDGET:.0f} s)")
+        if self.peak_mb > NOTEBOOK_MEMORY_BUDGET_MB:
+            problems.append(
+                f"peaked at {self.peak_mb:.0f} MB (budget {NOTEBOOK_MEMORY_BUDGET_MB:.0f} MB)"
+            )
+        return problems
+
+
+_runs: dict[str, NotebookRun] = {}
+_last_cell_of: dict[str, str] = {}  # notebook path -> nodeid of its last collected cell
+
+
+def _is_notebook_cell(item: pytest.Item) -> bool:
+    return str(getattr(item, "path", "")).endswith(".ipynb")
+
+
+def _kernel_peak_mb(item: pytest.Item) -> float:
+    """Peak resident memory of the kernel running ``item``'s notebook, in MB (0 if unknown)."""
+    kernel = getattr(item.parent, "kernel", None)
+    manager = getattr(kernel, "km", None)
+    provisioner = getattr(manager, "provisioner", None)
+    process = getattr(provisioner, "process", None)
+    pid = getattr(process, "pid", None)
+    if pid is None:
+        return 0.0
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except Exception:
+        return 0.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_notebook_cell(item):
+            _last_cell_of[str(item.path)] = item.nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    if not _is_notebook_cell(item):
+        yield
+        return
+    run = _runs.setdefault(str(item.path), NotebookRun(name=item.path.name))
+    now = time.perf_counter()
+    run.start = now if run.start is None else run.start
+    try:
+        yield
+    finally:
+        run.end = time.perf_counter()
+        run.cells += 1
+        run.peak_mb = max(run.peak_mb, _kernel_peak_mb(item))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    if call.when != "call" or not _is_notebook_cell(item):
+        return
+    report = outcome.get_result()
+    run = _runs.get(str(item.path))
+    if run is None:
+        return
+    if report.failed:
+        run.failed_cells += 1
+    if item.nodeid == _last_cell_of.get(str(item.path)) and report.passed:
+        problems = run.over_budget()
+        if problems:
+            report.outcome = "failed"
+            report.longrepr = f"{run.name} is over its budget: " + "; ".join(problems)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _runs:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("notebook budget (wall time, kernel peak memory)")
+    write(f"{'notebook':<28} {'cells':>5} {'seconds':>8} {'peak MB':>8}  status")
+    for run in sorted(_runs.values(), key=lambda r: r.name):
+        if run.failed_cells:
+            status = f"FAILED ({run.failed_cells} cell(s))"
+        else:
+            status = "; ".join(run.over_budget()) or "ok"
+        write(f"{run.name:<28} {run.cells:>5} {run.seconds:>8.1f} {run.peak_mb:>8.0f}  {status}")
+    write(
+        f"budget per notebook: {NOTEBOOK_SECONDS_BUDGET:.0f} s and "
+        f"{NOTEBOOK_MEMORY_BUDGET_MB:.0f} MB (a Binder session on 2 CPU cores)"
+    )

@@ -1,0 +1,128 @@
+"""The repository's own promises: notebook state, the bootstrap cell, matching environment files,
+and an import of ``companion`` that does nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from companion.notebook import BOOTSTRAP, CHAPTERS
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _code_cells(path: Path) -> list[dict]:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return [cell for cell in cells if cell["cell_type"] == "code"]
+
+
+def test_notebooks_are_named_in_course_order():
+    stems = [path.stem for path in NOTEBOOKS]
+    assert stems[0] == "00_start_here"
+    for number, stem in enumerate(stems):
+        assert re.fullmatch(rf"{number:02d}_[a-z0-9_]+", stem), (
+            f"{stem}: expected {number:02d}_topic"
+        )
+    assert stems == [stem for stem, _, _ in CHAPTERS], "companion.notebook.CHAPTERS is out of date"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs(path: Path):
+    """Notebooks are committed clean: nbval then checks that every cell runs, and the notebook's
+    own asserts check its claims. Clear outputs with
+    ``jupyter nbconvert --clear-output --inplace notebooks/*.ipynb``."""
+    for index, cell in enumerate(_code_cells(path)):
+        assert cell["outputs"] == [], f"{path.name}: code cell {index} has stored outputs"
+        assert cell["execution_count"] is None, f"{path.name}: code cell {index} was executed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_starts_with_the_bootstrap_cell(path: Path):
+    assert "".join(_code_cells(path)[0]["source"]) == BOOTSTRAP
+
+
+def test_readme_lists_every_chapter():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for stem, _, _ in CHAPTERS:
+        assert f"{stem}.ipynb" in readme, f"README.md's chapter table is missing {stem}"
+
+
+def _requirement_name(requirement: str) -> str:
+    name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+    return {"pytorch": "torch"}.get(name.lower(), name.lower())
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text(encoding="utf-8"))
+    conda, pip = [], []
+    for entry in environment["dependencies"]:
+        if isinstance(entry, dict):
+            pip.extend(entry["pip"])
+        elif _requirement_name(entry) not in {"python", "pip"}:
+            conda.append(entry)
+    assert "-e ." in pip, "environment.yml must install the package itself with pip: -e ."
+    from_environment = {
+        _requirement_name(r): re.sub(r"^[A-Za-z0-9_.-]+", "", r).strip()
+        for r in conda + [r for r in pip if r != "-e ."]
+    }
+    from_pyproject = {
+        _requirement_name(r): re.sub(r"^[A-Za-z0-9_.-]+", "", r).strip()
+        for r in project["dependencies"]
+    }
+    assert from_environment == from_pyproject
+
+
+def test_torch_has_no_upper_bound():
+    """Colab ships torch: an upper bound would force a multi-GB reinstall there."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    (torch,) = [r for r in project["dependencies"] if _requirement_name(r) == "torch"]
+    assert "<" not in torch and "==" not in torch
+
+
+IMPORT_AUDIT = r"""
+import importlib, pkgutil, random, sys
+import numpy, torch, regex, tiktoken, safetensors, tqdm, matplotlib, ipywidgets  # third parties
+
+torch_state, numpy_state, python_state = (
+    torch.random.get_rng_state(), numpy.random.get_state()[1].copy(), random.getstate())
+threads, default_dtype = torch.get_num_threads(), torch.get_default_dtype()
+events = []
+def audit(event, args):
+    if event == "socket.connect" or event.startswith("urllib"):
+        events.append((event, str(args)))
+    if event == "open" and args[0] is not None and not str(args[0]).endswith((".py", ".pyc", ".so")):
+        events.append((event, str(args[0])))
+sys.addaudithook(audit)
+import companion
+modules = [m.name for m in pkgutil.walk_packages(companion.__path__, "companion.")]
+for name in modules:
+    importlib.import_module(name)
+assert events == [], f"importing companion did I/O: {events}"
+assert torch.equal(torch_state, torch.random.get_rng_state()), "torch's RNG changed"
+assert (numpy_state == numpy.random.get_state()[1]).all(), "numpy's RNG changed"
+assert python_state == random.getstate(), "Python's RNG changed"
+assert threads == torch.get_num_threads() and default_dtype == torch.get_default_dtype()
+print(len(modules))
+"""
+
+
+def test_importing_companion_does_nothing():
+    """No I/O, no network, no change to any random generator or torch setting."""
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_AUDIT], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 2, "expected to import every companion module"
