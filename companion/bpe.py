@@ -1,0 +1,168 @@
+"""Byte-pair encoding, the algorithm itself: count adjacent pairs, merge the most frequent, repeat.
+
+Taught in ``01_tokenization.ipynb`` ("The BPE algorithm step by step"). Text arrives here already
+cut into *words* (pre-tokens) and turned into bytes; every byte is a token id 0..255 and merge
+number ``i`` creates the new id ``256 + i``. Two trainers produce the same merges:
+
+- :func:`train_plain` recounts every pair of every word after each merge: short and obviously
+  right, but slow (each merge costs a pass over the whole corpus);
+- :func:`train_incremental` counts once, then after each merge updates only the words that
+  contained the merged pair, and keeps the counts in a heap to find the next best pair.
+
+Both break ties the same way: the highest count wins; among equal counts, the smallest pair
+``(a, b)`` (compared as a tuple) wins. Words are counted once with their frequency, so
+"the" occurring 5,000 times is one word of weight 5,000.
+
+Left out: the regex that cuts text into words, special tokens, encoding new text quickly and the
+file format; those live in :mod:`companion.tokenizer`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
+
+Pair = tuple[int, int]
+
+
+def get_stats(ids: Sequence[int], counts: dict[Pair, int] | None = None, weight: int = 1) -> dict:
+    """Count each adjacent pair in ``ids`` (adding ``weight`` per occurrence into ``counts``).
+
+    >>> get_stats([1, 2, 3, 1, 2])
+    {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    """
+    counts = {} if counts is None else counts
+    for pair in pairwise(ids):
+        counts[pair] = counts.get(pair, 0) + weight
+    return counts
+
+
+def merge(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
+    """Replace every occurrence of ``pair`` in ``ids`` by ``new_id``, scanning left to right.
+
+    >>> merge([1, 2, 3, 1, 2], (1, 2), 4)
+    [4, 3, 4]
+    >>> merge([5, 5, 5], (5, 5), 6)  # overlapping occurrences: the leftmost wins
+    [6, 5]
+    """
+    out: list[int] = []
+    i, n = 0, len(ids)
+    first, second = pair
+    while i < n:
+        if i + 1 < n and ids[i] == first and ids[i + 1] == second:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def count_words(words: Iterable[str]) -> dict[bytes, int]:
+    """The training input: each distinct word's UTF-8 bytes and how often it occurs.
+
+    >>> count_words(["ab", " ab", "ab"])
+    {b'ab': 2, b' ab': 1}
+    """
+    return dict(Counter(word.encode("utf-8") for word in words))
+
+
+def _best(counts: Mapping[Pair, int]) -> Pair:
+    """The most frequent pair; ties go to the smallest pair."""
+    return max(counts, key=lambda pair: (counts[pair], -pair[0], -pair[1]))
+
+
+def train_plain(word_counts: Mapping[bytes, int], num_merges: int) -> list[Pair]:
+    """Learn up to ``num_merges`` merges by recounting all pairs after every merge (for teaching).
+
+    Stops early, returning fewer merges, when no word has two tokens left.
+
+    >>> train_plain({b"aaabdaaabac": 1}, 3)  # aa -> 256, ab -> 257 (tie, smaller pair), then 256 257
+    [(97, 97), (97, 98), (256, 257)]
+    """
+    words = [list(word) for word in word_counts]
+    weights = list(word_counts.values())
+    merges: list[Pair] = []
+    while len(merges) < num_merges:
+        counts: dict[Pair, int] = {}
+        for word, weight in zip(words, weights, strict=True):
+            get_stats(word, counts, weight)
+        if not counts:
+            break
+        pair = _best(counts)
+        new_id = 256 + len(merges)
+        words = [merge(word, pair, new_id) for word in words]
+        merges.append(pair)
+    return merges
+
+
+def train_incremental(word_counts: Mapping[bytes, int], num_merges: int) -> list[Pair]:
+    """Learn the same merges as :func:`train_plain`, updating pair counts incrementally.
+
+    1. Count every pair once, remembering which words contain it.
+    2. Pop the best pair from a max-heap of ``(count, pair)``; entries whose count is out of date
+       are skipped (they were superseded by a later push).
+    3. Merge it in the words that contain it only: subtract those words' old pairs, add their
+       new pairs, and push the changed counts onto the heap.
+
+    >>> train_incremental({b"aaabdaaabac": 1}, 3)
+    [(97, 97), (97, 98), (256, 257)]
+    """
+    words = [list(word) for word in word_counts]
+    weights = list(word_counts.values())
+    counts: dict[Pair, int] = defaultdict(int)
+    where: dict[Pair, set[int]] = defaultdict(set)  # pair -> indices of words that may contain it
+    for index, word in enumerate(words):
+        for pair in pairwise(word):
+            counts[pair] += weights[index]
+            where[pair].add(index)
+    # heapq is a min-heap: store -count, and the pair itself breaks ties towards the smallest pair.
+    heap = [(-count, pair) for pair, count in counts.items()]
+    heapq.heapify(heap)
+    merges: list[Pair] = []
+    while len(merges) < num_merges and heap:
+        negative_count, pair = heapq.heappop(heap)
+        if counts.get(pair, 0) != -negative_count:
+            continue  # stale entry: this pair's count changed after it was pushed
+        new_id = 256 + len(merges)
+        merges.append(pair)
+        changed: set[Pair] = set()
+        for index in where.pop(pair):
+            word, weight = words[index], weights[index]
+            merged = merge(word, pair, new_id)
+            if len(merged) == len(word):
+                continue  # the pair left this word during an earlier merge
+            for old in pairwise(word):
+                counts[old] -= weight
+                changed.add(old)
+            for new in pairwise(merged):
+                counts[new] += weight
+                changed.add(new)
+                where[new].add(index)
+            words[index] = merged
+        for changed_pair in changed:
+            count = counts[changed_pair]
+            if count > 0:
+                heapq.heappush(heap, (-count, changed_pair))
+            else:
+                del counts[changed_pair]
+    return merges
+
+
+def replay_merges(ids: Sequence[int], merges: Sequence[Pair]) -> list[int]:
+    """Encode one word the textbook way: apply the merges to it in the order they were learnt.
+
+    :class:`companion.tokenizer.BPETokenizer` encodes faster (lowest-rank adjacent pair first,
+    as tiktoken does); the notebook checks both give the same ids.
+
+    >>> replay_merges(list(b"aaabdaaabac"), [(97, 97), (97, 98), (256, 257)])
+    [258, 100, 258, 97, 99]
+    """
+    out = list(ids)
+    for rank, pair in enumerate(merges):
+        if len(out) < 2:
+            break
+        out = merge(out, pair, 256 + rank)
+    return out
