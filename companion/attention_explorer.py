@@ -1,0 +1,175 @@
+"""Looking inside a trained model: attention heatmaps, a widget, and contextual token vectors.
+
+Taught in ``02_attention.ipynb``: :func:`attention_heads_figure` draws every head of a layer;
+:class:`AttentionExplorer` picks sentence, layer and head; :func:`residual_stream` and
+:func:`sense_similarity` measure how attention gives one word ("bank") different vectors in
+different contexts. The widget's logic lives here (state + handlers), so it is
+tested without a kernel: set ``explorer.layer.value = 1`` and the handler re-draws at once.
+The notebook only creates and displays it, next to a static figure made by
+:func:`attention_heads_figure` (widgets render blank in the static book).
+
+Left out: attention rollout and other attribution methods; the heatmaps show raw weights.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from companion.environment import DeviceLike, resolve_device
+
+
+def plot_attention(ax, weights: torch.Tensor, tokens: Sequence[str], *, title: str = "") -> None:
+    """Draw one (T, T) attention map on ``ax``: row t = how query token t spreads its attention."""
+    T = len(tokens)
+    if tuple(weights.shape) != (T, T):
+        raise ValueError(f"weights shape {tuple(weights.shape)} does not match {T} tokens")
+    ax.imshow(weights.detach().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+    labels = [repr(t)[1:-1] for t in tokens]  # show spaces and newlines visibly
+    ax.set_xticks(range(T), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(T), labels, fontsize=7)
+    ax.set_xlabel("key (attended to)", fontsize=7)
+    ax.set_ylabel("query (attending)", fontsize=7)
+    ax.set_title(title, fontsize=9)
+
+
+def attention_heads_figure(maps: torch.Tensor, tokens: Sequence[str], *, layer: int = 0):
+    """One heatmap per head for a single layer: ``maps`` is (H, T, T). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    H = maps.shape[0]
+    cols = min(H, 4)
+    rows = -(-H // cols)  # ceiling division
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for h, ax in enumerate(axes.flat):
+        if h < H:
+            plot_attention(ax, maps[h], tokens, title=f"layer {layer}, head {h}")
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def residual_stream(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """Every token's vector before block 0 and after each block: (n_layer + 1, B, T, C).
+
+    Entry 0 is token + position embedding (the same for a word wherever its context is); entry
+    l is the residual stream after block l. ``model.hidden_states`` is the last entry after the
+    final LayerNorm.
+    """
+    T = idx.shape[1]
+    x = model.wte(idx) + model.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+    states = [x]
+    for block in model.blocks:
+        x, _ = block(x)  # (B, T, C)
+        states.append(x)
+    return torch.stack(states)  # (n_layer + 1, B, T, C)
+
+
+def sense_similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Mean cosine similarity within group a (N_a, C), within group b, and across the groups.
+
+    Pairs of a vector with itself are left out. Worked example: two tight groups, far apart.
+
+    >>> a = torch.tensor([[1.0, 0.0], [1.0, 0.1]])
+    >>> b = torch.tensor([[0.0, 1.0], [0.1, 1.0]])
+    >>> {k: round(v, 3) for k, v in sense_similarity(a, b).items()}
+    {'within a': 0.995, 'within b': 0.995, 'across': 0.099}
+    """
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError(f"need at least 2 vectors per group, got {a.shape[0]} and {b.shape[0]}")
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)  # unit rows: dot = cosine
+
+    def within(g: torch.Tensor) -> float:
+        sims = g @ g.T  # (N, N)
+        n = g.shape[0]
+        return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+
+    return {"within a": within(a), "within b": within(b), "across": float((a @ b.T).mean())}
+
+
+def strongest_links(weights: torch.Tensor, tokens: Sequence[str]) -> list[tuple[str, str, float]]:
+    """For each query token, the key it attends to most: ``(query, key, weight)``.
+
+    >>> strongest_links(torch.tensor([[1.0, 0.0], [0.3, 0.7]]), ["a", "b"])
+    [('a', 'a', 1.0), ('b', 'b', 0.7)]
+    """
+    best = weights.max(dim=-1)  # values and indices, (T,) each
+    return [
+        (tokens[t], tokens[int(s)], round(float(w), 4))
+        for t, (w, s) in enumerate(zip(best.values, best.indices, strict=True))
+    ]
+
+
+class AttentionExplorer:
+    """Dropdown for the sentence, sliders for layer and head, a heatmap image and a summary.
+
+    ``model`` is a :class:`companion.model.GPT`; ``encode`` turns text into token ids and
+    ``token_text`` turns one id back into its text. Display ``explorer.widget``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sentences: Sequence[str],
+        encode: Callable[[str], list[int]],
+        token_text: Callable[[int], str],
+        *,
+        device: DeviceLike = None,
+    ) -> None:
+        import ipywidgets as widgets
+
+        if not sentences:
+            raise ValueError("give the explorer at least one sentence to show")
+        self.model, self.encode, self.token_text = model, encode, token_text
+        self.device = resolve_device(device)
+        self._cache: dict[str, tuple[list[str], torch.Tensor]] = {}
+        config = model.config
+        self.sentence = widgets.Dropdown(options=list(sentences), description="sentence")
+        self.layer = widgets.IntSlider(0, min=0, max=config.n_layer - 1, description="layer")
+        self.head = widgets.IntSlider(0, min=0, max=config.n_head - 1, description="head")
+        self.image = widgets.Image(format="png")
+        self.summary = widgets.Label()
+        for control in (self.sentence, self.layer, self.head):
+            control.observe(self.update, names="value")
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.sentence, self.layer, self.head]), self.summary, self.image]
+        )
+        self.update()
+
+    def attention(self, sentence: str) -> tuple[list[str], torch.Tensor]:
+        """Tokens of ``sentence`` and the model's attention maps for it, (n_layer, H, T, T)."""
+        if sentence not in self._cache:
+            ids = self.encode(sentence)
+            idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
+            maps = self.model.attention_maps(idx)[
+                :, 0
+            ].cpu()  # (n_layer, 1, H, T, T) -> (L, H, T, T)
+            self._cache[sentence] = ([self.token_text(i) for i in ids], maps)
+        return self._cache[sentence]
+
+    def current(self) -> tuple[list[str], torch.Tensor]:
+        """Tokens and the (T, T) map the controls point at now."""
+        tokens, maps = self.attention(self.sentence.value)
+        return tokens, maps[self.layer.value, self.head.value]  # (T, T)
+
+    def update(self, change: dict | None = None) -> None:
+        """Handler for every control: redraw the heatmap and rewrite the summary."""
+        from matplotlib.figure import Figure
+
+        tokens, weights = self.current()
+        fig = Figure(figsize=(4.5, 4.5))
+        title = f"layer {self.layer.value}, head {self.head.value}"
+        plot_attention(fig.add_subplot(), weights, tokens, title=title)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        self.image.value = buffer.getvalue()
+        query, key, weight = strongest_links(weights, tokens)[-1]
+        self.summary.value = (
+            f"{title}: the last token {query!r} attends most to {key!r} (weight {weight:.2f})"
+        )

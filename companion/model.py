@@ -1,0 +1,321 @@
+"""The GPT: embeddings, pre-norm transformer blocks, a tied language-model head.
+
+Taught in ``03_transformer.ipynb`` (attention itself is in :mod:`companion.attention`,
+taught in ``02_attention.ipynb``). Shape vocabulary: B batch, T time, C channels (``d_model``),
+H heads, V vocabulary size.
+
+The model is GPT-2's architecture: token + position embeddings, ``n_layer`` blocks
+``x = x + attn(ln1(x)); x = x + mlp(ln2(x))``, a final LayerNorm, and an LM head that shares
+its weight with the token embedding. :meth:`GPT.from_hf_gpt2` copies the weights of a
+``transformers`` GPT-2 and gives the same logits, so real GPT-2 checkpoints load into it.
+
+Left out: the KV cache (the inference chapter adds it), weight decay groups and the optimiser
+(the training loop builds those), mixed precision, and any download: weights come from you.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.attention import ATTENTION_IMPLS, AttentionImpl, MultiHeadAttention
+
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh")
+IGNORE_INDEX = -100  # targets with this value add nothing to the loss (SFT masks prompts so)
+LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon, also torch's default
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT. GPT-2 small is ``GPTConfig(50257, 1024, 12, 12, 768)``."""
+
+    vocab_size: int  # V: number of token ids the model reads and predicts
+    context_length: int  # longest sequence the model accepts (rows of the position embedding)
+    n_layer: int  # number of transformer blocks stacked
+    n_head: int  # H: attention heads per block; must divide d_model
+    d_model: int  # C: width of every token's vector (the residual stream)
+    dropout: float = 0.0  # dropout probability during training (embeddings, attention, MLP)
+    bias: bool = True  # whether Linear and LayerNorm layers have a bias (GPT-2: True)
+    activation: str = "gelu"  # "gelu" (exact) or "gelu_tanh" (GPT-2's tanh approximation)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name}={value!r} must be a positive int")
+        if self.d_model % self.n_head != 0:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_head={self.n_head}: each head needs "
+                f"d_model / n_head channels; pick d_model a multiple of {self.n_head} "
+                f"(e.g. {self.n_head * max(1, round(self.d_model / self.n_head))}) or change n_head"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1); use 0.0 to switch it off")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} must be one of {ACTIVATIONS}")
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON-ready, for checkpoints)."""
+        return asdict(self)
+
+
+class FeedForward(nn.Module):
+    """Per-token MLP: C → 4C, GELU, 4C → C. (B, T, C) → (B, T, C)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        C = config.d_model
+        self.fc = nn.Linear(C, 4 * C, bias=config.bias)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+        self.proj = nn.Linear(4 * C, C, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, C) @ (C, 4C) -> (B, T, 4C)
+        return self.dropout(self.proj(h))  # (B, T, 4C) @ (4C, C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        C = config.d_model
+        self.ln1 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.attn = MultiHeadAttention(
+            C, config.n_head, causal=True, bias=config.bias, dropout=config.dropout
+        )
+        self.ln2 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.mlp = FeedForward(config)
+
+    def forward(
+        self, x: torch.Tensor, *, attention: AttentionImpl = "fused", return_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, C) → ``(x (B, T, C), weights (B, H, T, T) or None)``."""
+        a, weights = self.attn(self.ln1(x), attention=attention, return_weights=return_weights)
+        x = x + a  # (B, T, C): attention writes into the residual stream
+        x = x + self.mlp(self.ln2(x))  # (B, T, C): so does the feed-forward layer
+        return x, weights
+
+
+class GPT(nn.Module):
+    """A GPT language model: token ids (B, T) → next-token logits (B, T, V).
+
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = GPT(GPTConfig(vocab_size=11, context_length=8, n_layer=2, n_head=2, d_model=16))
+    >>> logits, loss = model(torch.tensor([[1, 2, 3]]), targets=torch.tensor([[2, 3, 4]]))
+    >>> tuple(logits.shape), loss.shape
+    ((1, 3, 11), torch.Size([]))
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)  # token embedding (V, C)
+        self.wpe = nn.Embedding(config.context_length, config.d_model)  # positions (T_max, C)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: one (V, C) matrix reads and writes tokens
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2's init: N(0, 0.02) everywhere, residual projections N(0, 0.02 / √(2·n_layer))."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+    def _check_idx(self, idx: torch.Tensor) -> None:
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx)
+            raise ValueError(
+                f"idx must be a (B, T) tensor of int64 token ids, got {got}; "
+                "use torch.tensor([ids]) for one sequence"
+            )
+        length, limit, V = idx.shape[1], self.config.context_length, self.config.vocab_size
+        if length > limit:
+            raise ValueError(
+                f"sequence length T={length} is longer than context_length={limit}; the model has no "
+                f"position embedding beyond that. Keep the last {limit} tokens: idx[:, -{limit}:]"
+            )
+        if length == 0:
+            raise ValueError("idx has no tokens (T=0); give the model at least one token")
+        bad = (idx < 0) | (idx >= V)
+        if bad.any():
+            b, t = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"token id {int(idx[b, t])} at position (batch {b}, t {t}) is outside the "
+                f"vocabulary [0, {V}); encode with the tokenizer this model was built for "
+                f"(vocab_size={V})"
+            )
+
+    def hidden_states(
+        self, idx: torch.Tensor, *, attention: AttentionImpl = "fused"
+    ) -> torch.Tensor:
+        """The final LayerNorm's output (B, T, C): what the LM head (or a value head) reads."""
+        x, _ = self._run(idx, attention=attention, return_weights=False)
+        return x
+
+    def _run(
+        self, idx: torch.Tensor, *, attention: AttentionImpl, return_weights: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self._check_idx(idx)
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention={attention!r} is not one of {ATTENTION_IMPLS}")
+        T = idx.shape[1]
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C) -> (B, T, C)
+        maps = []
+        for block in self.blocks:
+            x, weights = block(x, attention=attention, return_weights=return_weights)
+            if weights is not None:
+                maps.append(weights)  # (B, H, T, T)
+        return self.ln_f(x), maps  # (B, T, C)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        attention: AttentionImpl = "fused",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids (B, T) → ``(logits (B, T, V), loss or None)``.
+
+        ``loss`` is the mean cross-entropy of ``targets`` (B, T) under the logits, skipping
+        positions whose target is -100; it is ``None`` when no targets are given.
+        ``attention="manual"`` uses the from-scratch attention instead of the fused kernel
+        (same weights, same result up to float rounding).
+        """
+        x, _ = self._run(idx, attention=attention, return_weights=False)
+        logits = self.lm_head(x)  # (B, T, C) @ (C, V) -> (B, T, V)
+        if targets is None:
+            return logits, None
+        if targets.shape != idx.shape:
+            raise ValueError(
+                f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}: "
+                "one next-token id per position (usually idx shifted left by one)"
+            )
+        V = self.config.vocab_size
+        bad = ((targets < 0) | (targets >= V)) & (targets != IGNORE_INDEX)
+        if bad.any():
+            raise ValueError(
+                f"target id {int(targets[bad][0])} is outside the vocabulary [0, {V}); "
+                f"use ids in range, or {IGNORE_INDEX} to leave a position out of the loss"
+            )
+        loss = F.cross_entropy(
+            logits.reshape(-1, V), targets.reshape(-1), ignore_index=IGNORE_INDEX
+        )  # (B·T, V) vs (B·T,) -> scalar
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
+        """Every layer's attention weights, (n_layer, B, H, T, T), via the manual path.
+
+        Computed without gradients, for plotting. Row t of map [l, b, h] says how much token t
+        attends to each earlier token in layer l, head h.
+        """
+        _, maps = self._run(idx, attention="manual", return_weights=True)
+        return torch.stack(maps)  # n_layer × (B, H, T, T) -> (n_layer, B, H, T, T)
+
+    @classmethod
+    def from_hf_gpt2(cls, hf_model: nn.Module, *, dropout: float = 0.0) -> GPT:
+        """A :class:`GPT` with the weights of a ``transformers`` ``GPT2LMHeadModel``.
+
+        Hugging Face's GPT-2 stores its linear layers as ``Conv1D`` with the weight transposed
+        (in, out); we transpose back. ``gelu_new`` (GPT-2's tanh GELU) becomes
+        ``activation="gelu_tanh"``. Nothing is downloaded: pass a model you already have.
+        """
+        hf_config = getattr(hf_model, "config", None)
+        if getattr(hf_config, "model_type", None) != "gpt2" or not hasattr(hf_model, "lm_head"):
+            raise ValueError(
+                f"expected a transformers GPT2LMHeadModel, got {type(hf_model).__name__}; "
+                "build one with GPT2LMHeadModel(GPT2Config(...)) or from_pretrained"
+            )
+        activation = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+        act = hf_config.activation_function
+        unsupported = {
+            "activation_function": act not in activation,
+            "layer_norm_epsilon": hf_config.layer_norm_epsilon != LAYER_NORM_EPS,
+            "scale_attn_weights": not hf_config.scale_attn_weights,
+            "scale_attn_by_inverse_layer_idx": hf_config.scale_attn_by_inverse_layer_idx,
+            "n_inner": hf_config.n_inner not in (None, 4 * hf_config.n_embd),
+        }
+        if any(unsupported.values()):
+            names = [name for name, bad in unsupported.items() if bad]
+            raise ValueError(
+                f"this GPT-2 variant differs from the standard one in {names}; only GPT-2's "
+                "defaults (gelu_new, layer_norm_epsilon=1e-5, scaled attention) are supported"
+            )
+        config = GPTConfig(
+            vocab_size=hf_config.vocab_size,
+            context_length=hf_config.n_positions,
+            n_layer=hf_config.n_layer,
+            n_head=hf_config.n_head,
+            d_model=hf_config.n_embd,
+            dropout=dropout,
+            bias=True,
+            activation=activation[act],
+        )
+        sd = hf_model.state_dict()
+        if not torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"]):
+            raise ValueError("the HF model's LM head is not tied to its token embedding")
+        conv1d = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) weights
+        ours = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.fc"}
+        ours |= {"mlp.c_proj": "mlp.proj", "ln_1": "ln1", "ln_2": "ln2"}
+        mapped: dict[str, torch.Tensor] = {}
+        for key, value in sd.items():
+            if not key.startswith("transformer.") or key.endswith(".attn.bias"):
+                continue  # lm_head is tied; attn.bias (old versions) is a mask buffer
+            name = key.removeprefix("transformer.")
+            name = "blocks." + name.removeprefix("h.") if name.startswith("h.") else name
+            for theirs, mine in ours.items():
+                name = name.replace(f".{theirs}.", f".{mine}.")
+            transpose = any(f".{c}.weight" in key for c in conv1d)
+            mapped[name] = value.t() if transpose else value
+        model = cls(config)
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+        if [m for m in missing if m != "lm_head.weight"] or unexpected:
+            raise ValueError(f"weights did not line up: missing {missing}, unexpected {unexpected}")
+        return model.to(next(hf_model.parameters()).device)
+
+
+def parameter_breakdown(config: GPTConfig) -> dict[str, int]:
+    """Where the parameters live, by formula (the tied LM head is counted once, in the embedding).
+
+    >>> parameter_breakdown(GPTConfig(vocab_size=10, context_length=4, n_layer=1, n_head=1,
+    ...                               d_model=2))
+    {'token embedding (= LM head)': 20, 'position embedding': 8, 'attention': 24, 'feed-forward': 42, 'layer norms': 12}
+    """
+    V, T, L, C = config.vocab_size, config.context_length, config.n_layer, config.d_model
+    b = 1 if config.bias else 0
+    attention = C * 3 * C + b * 3 * C + C * C + b * C  # qkv (C, 3C) and proj (C, C)
+    feed_forward = C * 4 * C + b * 4 * C + 4 * C * C + b * C  # fc (C, 4C) and proj (4C, C)
+    layer_norm = C + b * C  # weight and bias, C each
+    return {
+        "token embedding (= LM head)": V * C,
+        "position embedding": T * C,
+        "attention": L * attention,
+        "feed-forward": L * feed_forward,
+        "layer norms": (2 * L + 1) * layer_norm,
+    }
+
+
+def count_parameters(config: GPTConfig) -> int:
+    """Number of parameters of ``GPT(config)``, by formula.
+
+    >>> count_parameters(GPTConfig(50257, 1024, 12, 12, 768))  # GPT-2 small
+    124439808
+    """
+    return sum(parameter_breakdown(config).values())
