@@ -13,8 +13,13 @@ Both break ties the same way: the highest count wins; among equal counts, the sm
 ``(a, b)`` (compared as a tuple) wins. Words are counted once with their frequency, so
 "the" occurring 5,000 times is one word of weight 5,000.
 
-Left out: the regex that cuts text into words, special tokens, encoding new text quickly and the
-file format; those live in :mod:`companion.tokenizer`.
+Encoding new text uses the learnt merges in one of two equivalent ways: :func:`replay_merges`
+applies them in the order they were learnt (the textbook way), :func:`bpe_parts` repeatedly joins
+the adjacent pair whose joined bytes have the lowest rank (tiktoken's way, which needs only a
+``{bytes: rank}`` table).
+
+Left out: the regex that cuts text into words and special tokens (:mod:`companion.pretokenize`),
+caching (:mod:`companion.tokenizer`) and the file format (:mod:`companion.tokenizer_files`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 
 Pair = tuple[int, int]
+_NO_RANK = 1 << 62  # larger than any rank: "this pair is not in the vocabulary"
 
 
 def get_stats(ids: Sequence[int], counts: dict[Pair, int] | None = None, weight: int = 1) -> dict:
@@ -166,3 +172,30 @@ def replay_merges(ids: Sequence[int], merges: Sequence[Pair]) -> list[int]:
             break
         out = merge(out, pair, 256 + rank)
     return out
+
+
+def bpe_parts(
+    token: bytes, ranks: Mapping[bytes, int], *, max_rank: int | None = None
+) -> list[bytes]:
+    """Split ``token`` into vocabulary pieces: join the lowest-rank adjacent pair until none is left.
+
+    Only pieces of rank below ``max_rank`` (default: all) may be formed. Each byte must be in
+    ``ranks`` for the result to be encodable.
+
+    >>> bpe_parts(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"abc": 4})
+    [b'abc']
+    >>> bpe_parts(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"abc": 4}, max_rank=4)
+    [b'a', b'bc']
+    """
+    limit = _NO_RANK if max_rank is None else max_rank
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 1:
+        best, best_rank = -1, limit
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1], limit)
+            if rank < best_rank:
+                best, best_rank = i, rank
+        if best < 0:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    return parts

