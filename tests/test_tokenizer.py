@@ -56,6 +56,12 @@ PARITY_TEXTS = [
     "\x00\x01\x7f\u200b\ufeff\U0010ffff",
 ]
 UNICODE = st.text(st.characters(exclude_categories=["Cs"]), max_size=60)
+# For parity with tiktoken, characters this Python's Unicode tables call unassigned ("Cn") are left
+# out: the `regex` module and tiktoken's Rust regex engine ship different Unicode versions, so a
+# code point assigned only recently (e.g. U+323B0, CJK Extension J in Unicode 17) is a letter to
+# one and unassigned to the other, and the split patterns then cut the text differently. Round
+# trips are still tested over every code point.
+ASSIGNED_UNICODE = st.text(st.characters(exclude_categories=["Cs", "Cn"]), max_size=60)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +138,7 @@ def test_special_tokens_refused_unless_allowed_like_tiktoken(cl100k, reference):
 @settings(
     database=None, max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-@given(text=UNICODE)
+@given(text=ASSIGNED_UNICODE)
 def test_cl100k_round_trips_and_matches_tiktoken_on_any_unicode(cl100k, reference, text):
     ids = cl100k.encode(text, disallowed_special=())
     assert ids == reference.encode(text, disallowed_special=())
@@ -141,8 +147,9 @@ def test_cl100k_round_trips_and_matches_tiktoken_on_any_unicode(cl100k, referenc
 
 @settings(database=None, max_examples=150, deadline=None)
 @given(text=UNICODE)
-def test_trained_tokenizer_round_trips_any_unicode(trained, text):
+def test_trained_tokenizer_and_cl100k_round_trip_any_unicode(trained, cl100k, text):
     assert trained.decode(trained.encode(text, disallowed_special=())) == text
+    assert cl100k.decode(cl100k.encode(text, disallowed_special=())) == text
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +158,7 @@ def exported(trained) -> tiktoken.Encoding:
 
 
 @settings(database=None, max_examples=100, deadline=None)
-@given(text=st.one_of(UNICODE, st.sampled_from([*PARITY_TEXTS, TRAIN_TEXT])))
+@given(text=st.one_of(ASSIGNED_UNICODE, st.sampled_from([*PARITY_TEXTS, TRAIN_TEXT])))
 def test_to_tiktoken_encodes_exactly_as_the_companion(trained, exported, text):
     assert exported.encode(text, allowed_special="all") == trained.encode(
         text, allowed_special="all"
