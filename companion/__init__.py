@@ -2,15 +2,24 @@
 
 Read the modules in course order; each one names the notebook that teaches it.
 
-    environment   devices, seeds and the environment check        (00_start_here)
-    notebook      the bootstrap cell every notebook starts with    (00_start_here)
-    tokenizer     byte-level BPE, trained and cl100k_base          (01_tokenization)
-    attention     scaled dot-product and multi-head attention      (02_attention)
-    model         the GPT: blocks, embeddings, parameter counts    (03_transformer)
-    corpus        the course's own generated world of facts        (04_pretraining)
-    data          tokenised corpus, splits and batches             (04_pretraining)
-    pretraining   the training loop every later stage reuses      (04_pretraining)
-    checkpoints   safetensors checkpoints and the base model       (04_pretraining)
+    environment         devices, seeds and the environment check                (00_start_here)
+    notebook            the bootstrap cell every notebook starts with           (00_start_here)
+    bpe                 training a byte-level BPE: incremental and plain        (01_tokenization)
+    pretokenize         split regexes; special tokens kept out of user text     (01_tokenization)
+    tokenizer           BPETokenizer, tiktoken parity, cl100k_base              (01_tokenization)
+    tokenizer_files     the tokenizer file format and cl100k's file             (01_tokenization)
+    bpe_explorer        a widget stepping through BPE merges                    (01_tokenization)
+    attention           scaled dot-product and multi-head attention             (02_attention)
+    attention_explorer  heatmaps, a widget, contextual vectors                  (02_attention)
+    model               the GPT: blocks, embeddings, parameter counts           (03_transformer)
+    generation          sampling the next token, generating text                (03_transformer)
+    world               the small world of people, towns and facts              (04_pretraining)
+    corpus              the course's own corpus, generated from the world       (04_pretraining)
+    data                tokenised corpus, splits and batches                    (04_pretraining)
+    pretraining         the training loop every later stage reuses              (04_pretraining)
+    checkpoints         safetensors checkpoints and the base model              (04_pretraining)
+    base_model          the command that trains the shipped base model          (04_pretraining)
+    evaluation          fact-completion accuracy and sampled completions        (04_pretraining)
 
 Importing ``companion`` does nothing else: no I/O, no network, no seeding. Import the module you
 need, e.g. ``from companion.model import GPT``.

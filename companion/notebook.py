@@ -20,6 +20,10 @@ if "google.colab" in sys.modules:
 
 CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ("00_start_here", "Start here", "the map of the course and an environment check"),
+    ("01_tokenization", "Tokenization", "a byte-level BPE tokenizer that reproduces cl100k_base"),
+    ("02_attention", "Attention", "scaled dot-product and multi-head attention"),
+    ("03_transformer", "The transformer", "blocks stacked into a GPT equal to GPT-2"),
+    ("04_pretraining", "Pretraining", "the course corpus and a base model trained on it"),
 )
 """(notebook stem, title, what you build) for each chapter that exists, in course order."""
 

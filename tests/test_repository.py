@@ -3,6 +3,7 @@ and an import of ``companion`` that does nothing."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import subprocess
@@ -59,6 +60,22 @@ def test_readme_lists_every_chapter():
         assert f"{stem}.ipynb" in readme, f"README.md's chapter table is missing {stem}"
 
 
+def test_book_lists_every_chapter_in_order():
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
+    pages = [toc["root"]] + [entry["file"] for entry in toc.get("chapters", [])]
+    assert pages == [f"notebooks/{stem}" for stem, _, _ in CHAPTERS], "book/_toc.yml is out of date"
+
+
+def test_package_docstring_lists_every_module():
+    """companion/__init__.py's docstring is the package's table of contents."""
+    import companion
+
+    modules = {path.stem for path in (ROOT / "companion").glob("*.py")} - {"__init__"}
+    listed = set(re.findall(r"^    (\w+)\s", companion.__doc__, flags=re.MULTILINE))
+    assert modules <= listed, f"add to companion/__init__.py: {sorted(modules - listed)}"
+    assert listed <= modules, f"no such module: {sorted(listed - modules)}"
+
+
 def _requirement_name(requirement: str) -> str:
     name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
     return {"pytorch": "torch"}.get(name.lower(), name.lower())
@@ -83,6 +100,20 @@ def test_environment_yml_matches_pyproject():
         for r in project["dependencies"]
     }
     assert from_environment == from_pyproject
+
+
+def test_package_data_ships_every_asset():
+    """Colab installs the package, not the repository: every asset must be in the wheel."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "setuptools"
+    ]["package-data"]["companion"]
+    for path in (ROOT / "companion" / "assets").rglob("*"):
+        if path.is_file():
+            relative = path.relative_to(ROOT / "companion").as_posix()
+            assert any(
+                fnmatch.fnmatch(relative, p) and relative.count("/") == p.count("/")
+                for p in patterns
+            ), f"pyproject.toml's package-data misses {relative}"
 
 
 def test_torch_has_no_upper_bound():
