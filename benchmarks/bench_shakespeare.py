@@ -48,6 +48,25 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+@torch.no_grad()
+def whole_split_loss(model: torch.nn.Module, tokens: torch.Tensor, T: int, B: int = 256) -> float:
+    """Mean next-token loss over every position of ``tokens``, in non-overlapping windows of T.
+
+    nanoGPT's figure (and ``history.val_loss``) averages 20 random batches of 12 × 64 tokens: an
+    estimate with sampling noise. This one has none, so seeds and implementations
+    can be compared on it.
+    """
+    model.eval()
+    n = (len(tokens) - 1) // T  # whole windows with their shifted targets
+    x = tokens[: n * T].view(n, T)  # (n, T)
+    y = tokens[1 : n * T + 1].view(n, T)  # (n, T)
+    total = 0.0
+    for i in range(0, n, B):
+        _, loss = model(x[i : i + B], y[i : i + B])
+        total += loss.item() * len(x[i : i + B])
+    return total / n
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="tinyshakespeare.txt")
@@ -99,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "tokens/s": tokens_seen / history.seconds[-1],
         "ms/iteration (median)": 1000 * statistics.median(step_times),
         "peak RSS MB": peak_rss_mb(),
+        "val loss, whole split": whole_split_loss(model, val_tokens, 64),
     }
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.iters} iterations"
