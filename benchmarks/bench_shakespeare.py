@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, value in figures.items():
         ref = REFERENCE.get(name)
         if ref is None:
-            print(f"{name:<24} {value:>10.2f}")
+            print(f"{name:<24} {value:>10.{3 if 'loss' in name else 2}f}")
         else:
             print(f"{name:<24} {value:>10.3f} {ref:>10.3f} {value / ref:>7.2f}")
     ok_loss = abs(figures["val loss"] - REFERENCE["val loss"]) <= TARGET_LOSS_MARGIN
