@@ -97,9 +97,28 @@ def test_environment_yml_matches_pyproject():
     }
     from_pyproject = {
         _requirement_name(r): re.sub(r"^[A-Za-z0-9_.-]+", "", r).strip()
-        for r in project["dependencies"]
+        for r in project["dependencies"] + project["optional-dependencies"]["notebooks"]
     }
     assert from_environment == from_pyproject
+
+
+def test_notebooks_import_only_what_binder_installs():
+    """Binder installs environment.yml: the core dependencies and the ``notebooks`` extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    installed = {
+        _requirement_name(r).replace("-", "_")
+        for r in project["dependencies"] + project["optional-dependencies"]["notebooks"]
+    }
+    installed |= {"companion", "IPython", "torch"} | set(sys.stdlib_module_names)
+    for path in NOTEBOOKS:
+        for cell in _code_cells(path):
+            for module in re.findall(
+                r"^\s*(?:import|from) (\w+)", "".join(cell["source"]), flags=re.MULTILINE
+            ):
+                assert module in installed, (
+                    f"{path.name} imports {module}, which environment.yml does not install: add it "
+                    "to the notebooks extra in pyproject.toml and to environment.yml"
+                )
 
 
 def test_package_data_ships_every_asset():
