@@ -203,10 +203,21 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU and MPS)."""
-    if device.type == "cuda":
+    """bf16 autocast on a CUDA GPU with native bf16 (Ampere or newer); fp32 everywhere else.
+
+    Older GPUs, such as Colab's free T4, only emulate bf16 (slowly), so they train in fp32, as
+    do the CPU and MPS.
+    """
+    if device.type == "cuda" and _native_bf16():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def _native_bf16() -> bool:
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch has no including_emulation argument
+        return torch.cuda.is_bf16_supported()
 
 
 @torch.no_grad()

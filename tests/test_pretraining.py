@@ -7,6 +7,7 @@ import doctest
 import itertools
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -208,3 +209,19 @@ def test_progress_bar_shows_the_loss(capsys):
     train(init_model(TINY, seed=0), TOKENS, TOKENS, tiny_config(steps=4), progress=True)
     err = capsys.readouterr().err
     assert "training" in err and "val=" in err
+
+
+def test_autocast_only_on_gpus_with_native_bf16(monkeypatch):
+    """bf16 on Ampere-class GPUs; fp32 on the CPU, MPS and GPUs that only emulate bf16 (T4)."""
+    from contextlib import nullcontext
+
+    pretraining = companion.pretraining
+    assert isinstance(pretraining._autocast(torch.device("cpu")), nullcontext)
+    assert isinstance(pretraining._autocast(torch.device("mps")), nullcontext)
+    monkeypatch.setattr(pretraining, "_native_bf16", lambda: False)
+    assert isinstance(pretraining._autocast(torch.device("cuda")), nullcontext)
+    monkeypatch.setattr(pretraining, "_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU-only build warns that CUDA autocast is disabled
+        context = pretraining._autocast(torch.device("cuda"))
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
