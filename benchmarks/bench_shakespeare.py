@@ -38,7 +38,8 @@ import torch
 from companion.data import CharTokenizer, get_batch, train_val_split
 from companion.environment import make_generator
 from companion.model import GPTConfig
-from companion.pretraining import TrainConfig, init_model, make_optimizer, train
+from companion.optimizer import make_optimizer
+from companion.pretraining import TrainConfig, init_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "tinyshakespeare.txt"

@@ -17,6 +17,7 @@ Read the modules in course order; each one names the notebook that teaches it.
     corpus              the course's own corpus, generated from the world       (04_pretraining)
     data                tokenised corpus, splits and batches                    (04_pretraining)
     pretraining         the training loop every later stage reuses              (04_pretraining)
+    optimizer           AdamW with weight-decay groups, warm-up and cosine      (04_pretraining)
     checkpoints         safetensors checkpoints and the base model              (04_pretraining)
     base_model          the command that trains the shipped base model          (04_pretraining)
     evaluation          fact-completion accuracy and sampled completions        (04_pretraining)

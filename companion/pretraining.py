@@ -1,4 +1,4 @@
-"""The training loop every later stage reuses: a config, a learning-rate schedule, ``train``.
+"""The training loop every later stage reuses: a config, a history of losses, ``train``.
 
 Taught in ``04_pretraining.ipynb``. Pretraining is next-token prediction repeated: draw a batch
 of windows ``x`` (B, T) with targets ``y`` = ``x`` shifted by one, compute the cross-entropy of
@@ -8,16 +8,15 @@ for any 1-D token tensor (characters or BPE ids) and, through ``batch_fn``, for 
 
 One step, in order:
 
-1. set the learning rate from :func:`learning_rate_at` (linear warm-up, cosine decay);
+1. set the learning rate (:func:`companion.optimizer.learning_rate_at`: warm-up, cosine);
 2. ``grad_accumulation`` micro-batches: forward (bf16 autocast on CUDA), ``loss / n``, backward;
 3. clip the gradient norm to ``grad_clip``; AdamW step; clear the gradients;
 4. every ``eval_interval`` steps (and at the last): mean train loss since the last row, loss on
    the fixed validation batches, one row of :class:`History`; every ``checkpoint_interval``
    steps: a checkpoint that :func:`train` can resume from exactly.
 
-Weight decay applies to the tensors with two or more dimensions (linear weights and the
-embeddings, as in nanoGPT), never to biases or LayerNorm scales: shrinking those towards zero
-only fights the normalisation. The course base model is trained with this loop by
+The optimiser (AdamW, weight decay on matrices only) and the schedule are in
+:mod:`companion.optimizer`. The course base model is trained with this loop by
 :mod:`companion.base_model`; checkpoints are written by :mod:`companion.checkpoints`.
 
 Left out: learning-rate finders, distributed data parallelism, ``torch.compile`` (optional in the
@@ -27,7 +26,6 @@ benchmark), mixed precision on CPU and MPS (they train in fp32).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -40,6 +38,7 @@ from torch import nn
 
 from companion.environment import DeviceLike, make_generator, resolve_device
 from companion.model import GPT, GPTConfig
+from companion.optimizer import learning_rate_at, make_optimizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (x (B, T), y (B, T))
 BatchFn = Callable[[Any, torch.Generator], Batch]  # (data, generator) -> batch
@@ -124,29 +123,6 @@ def _check_int(name: str, value: Any, *, minimum: int | None) -> None:
         raise ValueError(f"TrainConfig.{name}={value} must be >= {minimum}")
 
 
-def learning_rate_at(step: int, config: TrainConfig) -> float:
-    """The learning rate of optimiser step ``step`` (0-based): linear warm-up, then cosine decay.
-
-    Warm-up: ``lr · (step + 1) / warmup_steps`` for ``step < warmup_steps``. Then the cosine
-    ``min_lr + (lr - min_lr) · ½(1 + cos(π · p))`` with ``p`` going from 0 at ``warmup_steps``
-    to 1 at ``decay_steps`` (default ``steps``); ``min_lr`` after that.
-
-    >>> c = TrainConfig(steps=110, learning_rate=1.0, min_learning_rate=0.1, warmup_steps=10)
-    >>> [round(learning_rate_at(s, c), 3) for s in (0, 4, 9, 10, 60, 110)]
-    [0.1, 0.5, 1.0, 1.0, 0.55, 0.1]
-    """
-    if not isinstance(step, int) or step < 0:
-        raise ValueError(f"step={step!r} must be an int >= 0")
-    lr, min_lr, warmup = config.learning_rate, config.min_learning_rate, config.warmup_steps
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    decay_steps = config.steps if config.decay_steps is None else config.decay_steps
-    if step >= decay_steps:
-        return min_lr
-    progress = (step - warmup) / (decay_steps - warmup)  # 0 → 1
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 @dataclass
 class History:
     """One row per evaluation; every field is a list with one entry per row (JSON-ready)."""
@@ -177,29 +153,6 @@ class History:
     def load(cls, path: str | Path) -> History:
         """Read a history written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: ≥2-D tensors decay by ``weight_decay``, the rest (biases, norms)
-    do not. Tied tensors are counted once. Uses the fused kernel where this torch has one.
-
-    >>> from companion.model import GPT, GPTConfig
-    >>> opt = make_optimizer(GPT(GPTConfig(11, 8, 1, 1, 4)), TrainConfig(steps=10, warmup_steps=1))
-    >>> [len(g["params"]) for g in opt.param_groups]  # 6 weight matrices | 4 biases, 3 LayerNorms
-    [6, 10]
-    """
-    params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    kwargs = {"lr": config.learning_rate, "betas": config.betas}
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, ValueError):  # no fused kernel for this device or torch version
-        return torch.optim.AdamW(groups, **kwargs)
 
 
 def _autocast(device: torch.device):

@@ -25,7 +25,8 @@ from companion.checkpoints import (
 )
 from companion.environment import make_generator
 from companion.model import GPT, GPTConfig
-from companion.pretraining import History, TrainConfig, init_model, make_optimizer
+from companion.optimizer import make_optimizer
+from companion.pretraining import History, TrainConfig, init_model
 
 TINY = GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=2, d_model=8)
 CONFIG = TrainConfig(steps=10, warmup_steps=1, device="cpu")

@@ -13,18 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import companion.optimizer
 import companion.pretraining
 from companion.data import CharTokenizer, get_batch
 from companion.environment import make_generator
 from companion.model import GPTConfig
-from companion.pretraining import (
-    History,
-    TrainConfig,
-    init_model,
-    learning_rate_at,
-    make_optimizer,
-    train,
-)
+from companion.optimizer import learning_rate_at, make_optimizer
+from companion.pretraining import History, TrainConfig, init_model, train
 
 TEXT = "the cat sat on the mat. " * 40
 TOKENIZER = CharTokenizer.from_text(TEXT)
@@ -42,8 +37,9 @@ def tiny_config(**changes) -> TrainConfig:
     return TrainConfig(**(values | changes))
 
 
-def test_docstring_examples_run():
-    result = doctest.testmod(companion.pretraining)
+@pytest.mark.parametrize("module", [companion.pretraining, companion.optimizer])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
 
