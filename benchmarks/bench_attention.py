@@ -22,12 +22,16 @@ def _model_forward_seconds(attention: str, device: torch.device, T: int = 256) -
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=1000, context_length=T, n_layer=4, n_head=4, d_model=256)
     model = GPT(config).to(device).eval()
-    idx = torch.randint(0, 1000, (4, T), generator=torch.Generator().manual_seed(0)).to(device)
+    idx = torch.randint(
+        0, config.vocab_size, (4, T), generator=torch.Generator().manual_seed(0)
+    ).to(device)
     best = float("inf")
     with torch.no_grad():
         for _ in range(3):
             start = time.perf_counter()
             model(idx, attention=attention)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # wait for the kernels, not just their launch
             best = min(best, time.perf_counter() - start)
     return best
 

@@ -41,11 +41,11 @@ def notebook_title(stem: str) -> str:
     return first.lstrip("# ").strip()
 
 
-def check_page(page, url: str, title: str) -> list[str]:
-    """Problems found on one page (empty when it passes)."""
+def check_page(page, url: str, title: str) -> tuple[list[str], int]:
+    """Problems found on one page (empty when it passes), and its number of figures."""
     response = page.goto(url, wait_until="load")
     if response is None or response.status != 200:
-        return [f"HTTP {response.status if response else 'no response'}"]
+        return [f"HTTP {response.status if response else 'no response'}"], 0
     problems = []
     heading = page.inner_text("h1")
     if title not in heading.replace("#", "").strip():
@@ -62,7 +62,7 @@ def check_page(page, url: str, title: str) -> list[str]:
     for service in ("mybinder.org", "colab.research.google.com"):
         if not any(service in link for link in links):
             problems.append(f"no launch link to {service}")
-    return problems
+    return problems, len(images)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         page = browser.new_page()
         for stem, _, _ in CHAPTERS:
-            problems = check_page(page, f"{base}/notebooks/{stem}.html", notebook_title(stem))
-            images = len(page.query_selector_all("main img"))
+            url = f"{base}/notebooks/{stem}.html"
+            problems, images = check_page(page, url, notebook_title(stem))
             status = "ok" if not problems else "; ".join(problems)
             print(f"{stem + '.html':<28} {images:>3} figures  {status}")
             failures += bool(problems)

@@ -61,8 +61,7 @@ def residual_stream(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     l is the residual stream after block l. ``model.hidden_states`` is the last entry after the
     final LayerNorm.
     """
-    T = idx.shape[1]
-    x = model.wte(idx) + model.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+    x = model.embed(idx)  # (B, T, C)
     states = [x]
     for block in model.blocks:
         x, _ = block(x)  # (B, T, C)
@@ -146,9 +145,7 @@ class AttentionExplorer:
         if sentence not in self._cache:
             ids = self.encode(sentence)
             idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
-            maps = self.model.attention_maps(idx)[
-                :, 0
-            ].cpu()  # (n_layer, 1, H, T, T) -> (L, H, T, T)
+            maps = self.model.attention_maps(idx)[:, 0].cpu()  # (L, 1, H, T, T) -> (L, H, T, T)
             self._cache[sentence] = ([self.token_text(i) for i in ids], maps)
         return self._cache[sentence]
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from companion.checkpoints import BASE_MODEL_COMMAND, save_checkpoint
-from companion.model import GPTConfig
+from companion.model import GPTConfig, count_parameters
 from companion.pretraining import TrainConfig, init_model, train
 
 
@@ -93,7 +93,7 @@ def train_base_model(out_dir: str | Path, *, progress: bool = True) -> dict[str,
         "facts": len(facts),
         "train_seconds": round(history.seconds[-1], 1),
         "threads": torch.get_num_threads(),
-        "parameters": sum(p.numel() for p in dict.fromkeys(model.parameters())),
+        "parameters": count_parameters(model_config),
         "torch": torch.__version__,
         "command": BASE_MODEL_COMMAND,
     }

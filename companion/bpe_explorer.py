@@ -45,15 +45,15 @@ def segment(tokenizer: BPETokenizer, text: str, num_merges: int) -> list[bytes]:
     >>> segment(tok, "aaabdaaabac", 3)
     [b'aaab', b'd', b'aaab', b'a', b'c']
     """
-    if not 0 <= num_merges <= len(tokenizer.merges):
+    merges = tokenizer.merges
+    if not 0 <= num_merges <= len(merges):
         raise ValueError(
-            f"num_merges={num_merges} is outside 0..{len(tokenizer.merges)} (the tokenizer's merges)"
+            f"num_merges={num_merges} is outside 0..{len(merges)} (the tokenizer's merges)"
         )
-    merges = tokenizer.merges[:num_merges]
+    merges = merges[:num_merges]
     byte_id = {b: i for i, b in enumerate(tokenizer.byte_order)}  # byte -> its id
-    pieces = [text] if tokenizer.pattern is None else tokenizer.split(text)
     tokens: list[bytes] = []
-    for piece in pieces:
+    for piece in tokenizer.split(text):  # [text] when the tokenizer has no pattern
         ids = replay_merges([byte_id[b] for b in piece.encode("utf-8")], merges)
         tokens.extend(tokenizer.token_bytes(i) for i in ids)
     return tokens
@@ -133,7 +133,8 @@ def merges_figure(tokenizer: BPETokenizer, text: str, steps: Sequence[int]):
 
     n = len(tokenizer.merges)
     xs = sorted({*range(0, n + 1, max(1, n // 100)), n, *steps})
-    counts = [len(segment(tokenizer, text, k)) for k in xs]
+    segments = {k: segment(tokenizer, text, k) for k in xs}  # xs includes every step
+    counts = [len(segments[k]) for k in xs]
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(11, 3 + 0.55 * len(steps)), height_ratios=[2.2, 0.5 * len(steps) + 0.4]
     )
@@ -142,7 +143,7 @@ def merges_figure(tokenizer: BPETokenizer, text: str, steps: Sequence[int]):
     top.set_ylabel("tokens in the text")
     top.set_title(f"{len(text)} characters re-segmented as merges are added")
     top.grid(alpha=0.3)
-    rows = [[show_token(t) for t in segment(tokenizer, text, k)] for k in steps]
+    rows = [[show_token(t) for t in segments[k]] for k in steps]
     width = max(sum(len(label) for label in labels) for labels in rows)
     bottom.set_xlim(-12, width + 1)
     bottom.set_ylim(len(steps), -0.2)

@@ -188,7 +188,7 @@ def _check_model_config(model: nn.Module, saved: dict[str, Any] | None) -> None:
 
 def _load_model_tensors(model: nn.Module, file: Path, aliases: dict[str, str]) -> None:
     loaded = load_file(file)
-    expected = {k: v for k, v in model.state_dict().items()}
+    expected = model.state_dict()
     for name, tensor in expected.items():
         source = aliases.get(name, name)
         if source not in loaded:
@@ -286,16 +286,21 @@ def base_model_path() -> Path:
     return Path(__file__).resolve().parent / "assets" / BASE_MODEL_ASSET
 
 
-def read_base_model_info() -> dict[str, Any]:
-    """The shipped base model's ``checkpoint.json``: configs, history and, in ``extra``, its
-    final validation loss, fact accuracy and training time."""
-    resource = importlib.resources.files("companion") / "assets" / BASE_MODEL_ASSET / META_FILE
-    if not resource.is_file():
+def _base_model_resource():
+    """The shipped base model's directory, as a package resource; a clear error if missing."""
+    directory = importlib.resources.files("companion") / "assets" / BASE_MODEL_ASSET
+    if not (directory / META_FILE).is_file():
         raise FileNotFoundError(
             f"the base model is missing from companion/assets/{BASE_MODEL_ASSET}; "
             f"recreate it with `{BASE_MODEL_COMMAND}`"
         )
-    return json.loads(resource.read_text(encoding="utf-8"))
+    return directory
+
+
+def read_base_model_info() -> dict[str, Any]:
+    """The shipped base model's ``checkpoint.json``: configs, history and, in ``extra``, its
+    final validation loss, fact accuracy and training time."""
+    return json.loads((_base_model_resource() / META_FILE).read_text(encoding="utf-8"))
 
 
 def load_base_model(device: DeviceLike = None) -> tuple[nn.Module, Any]:
@@ -309,8 +314,6 @@ def load_base_model(device: DeviceLike = None) -> tuple[nn.Module, Any]:
     """
     from companion.data import load_course_tokenizer
 
-    read_base_model_info()  # a clear error if the asset is missing
-    directory = importlib.resources.files("companion") / "assets" / BASE_MODEL_ASSET
-    with importlib.resources.as_file(directory) as path:
+    with importlib.resources.as_file(_base_model_resource()) as path:
         model = load_checkpoint(path, device=device).model
     return model, load_course_tokenizer()

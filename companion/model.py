@@ -168,15 +168,18 @@ class GPT(nn.Module):
         x, _ = self._run(idx, attention=attention, return_weights=False)
         return x
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token + position embedding (B, T, C), before dropout: the start of the residual stream."""
+        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
+        return self.wte(idx) + self.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
+
     def _run(
         self, idx: torch.Tensor, *, attention: AttentionImpl, return_weights: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self._check_idx(idx)
         if attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention={attention!r} is not one of {ATTENTION_IMPLS}")
-        T = idx.shape[1]
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.drop(self.embed(idx))  # (B, T, C)
         maps = []
         for block in self.blocks:
             x, weights = block(x, attention=attention, return_weights=return_weights)

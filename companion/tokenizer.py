@@ -289,10 +289,12 @@ class BPETokenizer:
         """A ``tiktoken.Encoding`` that encodes every string exactly as this tokenizer does."""
         import tiktoken
 
-        ranks = {token: i for i, token in reversed(list(enumerate(self._vocab)))}
         pattern = WHOLE_TEXT_PATTERN if self.pattern is None else self.pattern
         return tiktoken.Encoding(
-            name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=dict(self._special)
+            name,
+            pat_str=pattern,
+            mergeable_ranks=dict(self._ranks),  # bytes -> lowest id, as tiktoken wants
+            special_tokens=dict(self._special),
         )
 
     @classmethod

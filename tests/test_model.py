@@ -22,21 +22,18 @@ def _ids(B: int, T: int, V: int = TINY.vocab_size, seed: int = 0) -> torch.Tenso
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module")
-def hf_gpt2():
+def _hf_gpt2(**config) -> torch.nn.Module:
+    """A randomly initialised ``transformers`` GPT2LMHeadModel of the given shape."""
     transformers = pytest.importorskip("transformers")
     transformers.logging.set_verbosity_error()
+    hf_config = transformers.GPT2Config(bos_token_id=0, eos_token_id=0, **config)
+    return transformers.GPT2LMHeadModel(hf_config)
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2():
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=97,
-        n_positions=24,
-        n_embd=48,
-        n_layer=3,
-        n_head=4,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
+    return _hf_gpt2(vocab_size=97, n_positions=24, n_embd=48, n_layer=3, n_head=4).eval()
 
 
 def test_logits_equal_hugging_face_gpt2(hf_gpt2):
@@ -207,17 +204,6 @@ def test_bad_config_raises(kwargs: dict, message: str):
 
 
 def test_from_hf_rejects_non_standard_gpt2_variants():
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    config = transformers.GPT2Config(
-        vocab_size=11,
-        n_positions=8,
-        n_embd=8,
-        n_layer=1,
-        n_head=2,
-        n_inner=16,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    hf_model = _hf_gpt2(vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2, n_inner=16)
     with pytest.raises(ValueError, match=r"\['n_inner'\]"):
-        GPT.from_hf_gpt2(transformers.GPT2LMHeadModel(config))
+        GPT.from_hf_gpt2(hf_model)
