@@ -138,6 +138,13 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
     def _check_idx(self, idx: torch.Tensor) -> None:
+        """Shape, length and (for CPU tensors) id range of ``idx``, each with a clear error.
+
+        The id range is checked only on the CPU: on a GPU, reading the answer back would make
+        every forward pass wait for the device (a host/device sync). ``train`` checks its token
+        streams once, before the first step, and on a GPU an id out of range still fails in the
+        embedding, with a less helpful message.
+        """
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx)
             raise ValueError(
@@ -152,6 +159,8 @@ class GPT(nn.Module):
             )
         if length == 0:
             raise ValueError("idx has no tokens (T=0); give the model at least one token")
+        if idx.device.type != "cpu":  # a GPU would have to sync to answer; see the docstring
+            return
         bad = (idx < 0) | (idx >= V)
         if bad.any():
             b, t = (int(i) for i in bad.nonzero()[0])
@@ -212,7 +221,7 @@ class GPT(nn.Module):
             )
         V = self.config.vocab_size
         bad = ((targets < 0) | (targets >= V)) & (targets != IGNORE_INDEX)
-        if bad.any():
+        if targets.device.type == "cpu" and bad.any():  # see _check_idx
             raise ValueError(
                 f"target id {int(targets[bad][0])} is outside the vocabulary [0, {V}); "
                 f"use ids in range, or {IGNORE_INDEX} to leave a position out of the loss"

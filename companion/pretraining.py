@@ -155,6 +155,21 @@ class History:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+def _check_token_ids(model: nn.Module, tokens: Any, name: str) -> None:
+    """Every id in a token stream fits the model's vocabulary: checked once, on the CPU."""
+    V = getattr(getattr(model, "config", None), "vocab_size", None)
+    if V is None or not isinstance(tokens, torch.Tensor) or tokens.numel() == 0:
+        return  # not a GPT, or not a stream: get_batch explains what it needs
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= V:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} holds token id {bad}, outside the model's vocabulary [0, {V}); encode the "
+            f"text with the tokenizer the model was built for, or build the model with "
+            f"vocab_size > {high}"
+        )
+
+
 def _autocast(device: torch.device):
     """bf16 autocast on a CUDA GPU with native bf16 (Ampere or newer); fp32 everywhere else.
 
@@ -174,8 +189,12 @@ def _native_bf16() -> bool:
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, batches: Sequence[Batch], device: torch.device) -> float:
-    """Mean loss of ``model`` over ``batches`` in eval mode (restores the mode afterwards)."""
+def evaluate_loss(model: nn.Module, batches: Sequence[Batch], device: DeviceLike = None) -> float:
+    """Mean loss of ``model`` over ``batches`` of ``(x, y)`` in eval mode (the mode is restored).
+
+    ``device`` is where the batches and model live (default: the model's parameters' device).
+    """
+    device = next(model.parameters()).device if device is None else resolve_device(device)
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device)
@@ -214,6 +233,8 @@ def train(
     device = resolve_device(config.device)
     model.to(device)
     if batch_fn is None:
+        _check_token_ids(model, train_tokens, "train_tokens")
+        _check_token_ids(model, val_tokens, "val_tokens")
         B, T = config.batch_size, config.context_length
 
         def batch_fn(data: torch.Tensor, generator: torch.Generator) -> Batch:
@@ -233,6 +254,7 @@ def train(
         if state.torch_rng_state is not None:
             torch.set_rng_state(state.torch_rng_state)  # dropout draws from the global generator
     model.train()
+    autocast = _autocast(device)  # decided once; entered at every step
     tokens_per_step = config.grad_accumulation * config.batch_size * config.context_length
     loss_sum = torch.tensor(pending.get("loss_sum", 0.0), device=device)
     steps_summed = pending.get("steps", 0)
@@ -245,7 +267,7 @@ def train(
             group["lr"] = lr
         for _ in range(config.grad_accumulation):
             x, y = batch_fn(train_tokens, generator)
-            with _autocast(device):
+            with autocast:
                 _, loss = model(x, y)
             (loss / config.grad_accumulation).backward()
             loss_sum += loss.detach().float() / config.grad_accumulation

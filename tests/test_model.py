@@ -175,6 +175,19 @@ def test_token_outside_vocabulary_raises():
         model(_ids(1, 3), targets=torch.tensor([[1, 40, 2]]))
 
 
+def test_forward_reads_no_values_off_the_cpu():
+    """Off the CPU the id checks are skipped: they would sync the device at every forward.
+
+    On the meta device tensors have no values, so any check that reads one raises here.
+    """
+    model = _tiny_model().to("meta")
+    idx = torch.full((2, 4), 99, device="meta")  # out of range, and nobody looks
+    logits, loss = model(idx, targets=idx)
+    assert logits.shape == (2, 4, model.config.vocab_size) and loss.shape == ()
+    with pytest.raises(ValueError, match="T=13"):  # shape checks stay: they read no values
+        model(torch.zeros(1, 13, dtype=torch.long, device="meta"))
+
+
 def test_other_bad_idx_and_targets_raise():
     model = _tiny_model()
     with pytest.raises(ValueError, match="int64"):

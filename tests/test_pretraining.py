@@ -62,6 +62,19 @@ def test_untrained_loss_is_about_ln_vocab_size():
     assert abs(loss.item() - math.log(V)) < 0.05
 
 
+def test_evaluate_loss_is_the_mean_batch_loss_in_eval_mode():
+    model = init_model(TINY, seed=0, device="cpu")
+    batches = [get_batch(TOKENS, 4, 16, generator=make_generator(i)) for i in range(3)]
+    expected = sum(model(x, y)[1].item() for x, y in batches) / 3
+    for device in (None, "cpu", torch.device("cpu")):  # the model's device, a name, a device
+        assert companion.pretraining.evaluate_loss(model, batches, device) == pytest.approx(
+            expected, rel=1e-6
+        )
+    assert model.training  # the mode is restored
+    with pytest.raises(ValueError, match="not a device torch knows"):
+        companion.pretraining.evaluate_loss(model, batches, "gpu")
+
+
 def test_learning_rate_schedule_at_known_steps():
     c = TrainConfig(steps=1100, learning_rate=1.0, min_learning_rate=0.1, warmup_steps=100)
     assert learning_rate_at(0, c) == pytest.approx(0.01)  # warm-up starts at lr / warmup
@@ -125,6 +138,17 @@ def test_a_few_steps_on_repeated_text_drive_the_loss_down():
     assert history.val_loss[0] > history.val_loss[1] > history.val_loss[2]
     assert history.val_loss[-1] < math.log(TOKENIZER.vocab_size) / 3  # from ln V ≈ 2.4 at step 0
     assert history.tokens_seen == [20 * 64, 40 * 64, 60 * 64]
+
+
+def test_token_streams_are_checked_against_the_vocabulary_before_training():
+    model = init_model(TINY, seed=0)
+    before = [p.clone() for p in model.parameters()]
+    too_big = torch.cat([TOKENS, torch.tensor([TINY.vocab_size + 3])])
+    with pytest.raises(ValueError, match=rf"val_tokens holds token id {TINY.vocab_size + 3}"):
+        train(model, TOKENS, too_big, tiny_config(), progress=False)
+    with pytest.raises(ValueError, match=r"train_tokens holds token id -1.*tokenizer"):
+        train(model, torch.cat([TOKENS, torch.tensor([-1])]), TOKENS, tiny_config(), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_gradient_accumulation_matches_one_big_batch():

@@ -1,0 +1,102 @@
+"""The same loop on an accelerator: CUDA (bf16 autocast where it is native) and MPS.
+
+Each test runs once per accelerator this machine has and is skipped where there is none (the
+CPU is covered everywhere else), so a GPU session, Colab, or a Mac checks the device paths with
+``python -m pytest tests/test_devices.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from companion.checkpoints import load_base_model, load_checkpoint, save_checkpoint
+from companion.data import CharTokenizer, get_batch
+from companion.environment import make_generator
+from companion.model import GPTConfig
+from companion.pretraining import TrainConfig, init_model, train
+
+TEXT = "the cat sat on the mat. " * 40
+TOKENIZER = CharTokenizer.from_text(TEXT)
+TOKENS = torch.tensor(TOKENIZER.encode(TEXT))
+TINY = GPTConfig(TOKENIZER.vocab_size, context_length=16, n_layer=1, n_head=2, d_model=16)
+
+
+def _available(name: str) -> bool:
+    if name == "cuda":
+        return torch.cuda.is_available()
+    return torch.backends.mps.is_available()
+
+
+ACCELERATORS = [
+    pytest.param(name, marks=pytest.mark.skipif(not _available(name), reason=f"no {name} here"))
+    for name in ("cuda", "mps")
+]
+
+
+def tiny_config(device: str, **changes) -> TrainConfig:
+    values = dict(
+        steps=60, batch_size=4, context_length=16, learning_rate=1e-2, warmup_steps=2,
+        eval_interval=20, eval_batches=2, device=device,
+    )  # fmt: skip
+    return TrainConfig(**(values | changes))
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+def test_training_on_the_device_drives_the_loss_down(device):
+    model = init_model(TINY, seed=0, device=device)
+    history = train(model, TOKENS, TOKENS, tiny_config(device), progress=False)
+    assert next(model.parameters()).device.type == device
+    assert history.val_loss[0] > history.val_loss[-1]
+    assert history.val_loss[-1] < math.log(TOKENIZER.vocab_size) / 3
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+def test_the_device_follows_the_cpu_run(device):
+    """Same seed, same batches: the device's losses track the CPU's (bf16 autocast included)."""
+    on_cpu = train(init_model(TINY, seed=0), TOKENS, TOKENS, tiny_config("cpu"), progress=False)
+    model = init_model(TINY, seed=0, device=device)
+    on_device = train(model, TOKENS, TOKENS, tiny_config(device), progress=False)
+    for a, b in zip(on_cpu.val_loss, on_device.val_loss, strict=True):
+        assert a == pytest.approx(b, abs=0.1)
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+def test_resume_on_the_device_continues_the_run(device, tmp_path):
+    config = tiny_config(device, steps=8, eval_interval=2)
+    straight = train(
+        init_model(TINY, seed=0, device=device), TOKENS, TOKENS, config, progress=False
+    )
+    config = tiny_config(
+        device, steps=8, eval_interval=2, checkpoint_dir=str(tmp_path), checkpoint_interval=4
+    )
+    train(init_model(TINY, seed=0, device=device), TOKENS, TOKENS, config, progress=False)
+    resumed = train(
+        init_model(TINY, seed=9, device=device), TOKENS, TOKENS, config, progress=False,
+        resume_from=tmp_path / "step-000004",
+    )  # fmt: skip
+    assert resumed.step == straight.step
+    for a, b in zip(straight.val_loss, resumed.val_loss, strict=True):
+        assert a == pytest.approx(b, rel=1e-4)  # GPU kernels may add up in another order
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+def test_a_device_checkpoint_loads_on_the_cpu(device, tmp_path):
+    model = init_model(TINY, seed=0, device=device)
+    save_checkpoint(tmp_path / "ckpt", model, generator=make_generator(0))
+    state = load_checkpoint(tmp_path / "ckpt", device="cpu")
+    for a, b in zip(model.state_dict().values(), state.model.state_dict().values(), strict=True):
+        assert b.device.type == "cpu" and torch.equal(a.cpu(), b)
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+def test_the_base_model_gives_the_same_logits_on_the_device(device):
+    cpu_model, _ = load_base_model("cpu")
+    device_model, _ = load_base_model(device)
+    x, _ = get_batch(torch.arange(500) % TINY.vocab_size, 2, 16, generator=make_generator(0))
+    with torch.no_grad():
+        expected, _ = cpu_model(x)
+        got, _ = device_model(x.to(device))
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-3, rtol=1e-3)
