@@ -148,8 +148,10 @@ class BareLoop:
         self.times: list[float] = []  # seconds per step
 
     def run(self, steps: int) -> None:
+        """``steps`` timed updates; the first one, which finds the caches full of the other
+        model, is run but not recorded."""
         c = self.config
-        for _ in range(steps):
+        for i in range(steps + 1):
             begin = time.perf_counter()
             x, y = get_batch(self.tokens, c.batch_size, c.context_length, generator=self.generator)
             _, loss = self.model(x, y)
@@ -157,7 +159,8 @@ class BareLoop:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.times.append(time.perf_counter() - begin)
+            if i > 0:
+                self.times.append(time.perf_counter() - begin)
 
 
 BURST_EVERY, BURST = 100, 10  # a burst of 10 bare-loop steps after every 100 course steps
