@@ -1,4 +1,5 @@
-"""Shared pytest set-up (at the root, so it sees the notebooks too): the notebook budget table.
+"""Shared pytest set-up (at the root, so it sees the notebooks too): the notebook budget table,
+and a temporary home for hypothesis.
 
 Every notebook is executed by nbval (one fresh kernel per notebook, one pytest item per cell).
 This plugin times each notebook from its first cell to its last, reads the kernel's peak resident
@@ -9,6 +10,8 @@ budget is what a Binder session on 2 CPU cores can afford.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +136,21 @@ def pytest_terminal_summary(terminalreporter) -> None:
         f"budget per notebook: {NOTEBOOK_SECONDS_BUDGET:.0f} s and "
         f"{NOTEBOOK_MEMORY_BUDGET_MB:.0f} MB (a Binder session on 2 CPU cores)"
     )
+
+
+_hypothesis_home: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis writes under ./.hypothesis by default, already while tests are collected; give
+    it a temporary folder instead (this runs before collection), removed when the run ends."""
+    global _hypothesis_home
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    _hypothesis_home = tempfile.mkdtemp(prefix="hypothesis-")
+    set_hypothesis_home_dir(_hypothesis_home)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _hypothesis_home is not None:
+        shutil.rmtree(_hypothesis_home, ignore_errors=True)

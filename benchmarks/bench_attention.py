@@ -14,17 +14,15 @@ import time
 import torch
 
 from companion.attention import power_law_exponent, time_attention
-from companion.environment import resolve_device
-from companion.model import GPT, GPTConfig
+from companion.environment import make_generator, resolve_device
+from companion.model import GPTConfig
+from companion.pretraining import init_model
 
 
 def _model_forward_seconds(attention: str, device: torch.device, T: int = 256) -> float:
-    torch.manual_seed(0)
     config = GPTConfig(vocab_size=1000, context_length=T, n_layer=4, n_head=4, d_model=256)
-    model = GPT(config).to(device).eval()
-    idx = torch.randint(
-        0, config.vocab_size, (4, T), generator=torch.Generator().manual_seed(0)
-    ).to(device)
+    model = init_model(config, seed=0, device=device).eval()
+    idx = torch.randint(0, config.vocab_size, (4, T), generator=make_generator(0)).to(device)
     best = float("inf")
     with torch.no_grad():
         for _ in range(3):

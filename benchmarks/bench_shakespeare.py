@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = GPT(model_config)  # draws nanoGPT's initial weights from the global generator
         stream = torch.Generator()
         stream.set_state(torch.get_rng_state())  # where nanoGPT's batches start drawing
-        replay = NanoGPTBatches(stream, train_tokens, val_tokens, 12, 64, config.eval_interval)
+        replay = NanoGPTBatches(
+            stream, train_tokens, val_tokens, config.batch_size, config.context_length,
+            config.eval_interval,
+        )  # fmt: skip
     else:
         model = init_model(model_config, seed=args.seed, device="cpu")
     if args.compile:

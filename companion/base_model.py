@@ -81,7 +81,6 @@ def train_base_model(out_dir: str | Path, *, progress: bool = True) -> dict[str,
     train_tokens, val_tokens = train_val_split(encode_corpus(), 0.1)
     model = init_model(model_config, seed=train_config.seed, device=train_config.device)
     history = train(model, train_tokens, val_tokens, train_config, progress=progress)
-    model.eval()
     facts = build_world().facts
     result = fact_completion_accuracy(
         model, load_course_tokenizer(), facts, device=train_config.device

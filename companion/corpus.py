@@ -66,10 +66,9 @@ DOCUMENT_KINDS: dict[str, float] = {  # kind -> share of the documents
 }
 CANONICAL_SHARE = 0.5  # how often a fact is stated in its prompt's own words
 
-# relation -> phrasings of the fact; the first is RELATIONS' prompt + answer, the others vary it.
-PHRASINGS: dict[str, tuple[str, ...]] = {
+# relation -> other phrasings of the fact, besides its prompt + answer (see PHRASINGS).
+_VARIANTS: dict[str, tuple[str, ...]] = {
     "home_town": (
-        "{name} lives in the town of {town}.",
         "{name} lives in {town}.",
         "{name}'s home is in {town}.",
         "{name} has a house in {town}, by the river {river}.",
@@ -77,52 +76,51 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
         "{name} was born in {town} and still lives there.",
     ),
     "job": (
-        "{name} works as a {job}.",
         "{name} is a {job}.",
         "By trade, {name} is a {job}.",
         "Every day {name} goes to work as a {job} in {town}.",
         "{name} has been a {job} for many years.",
     ),
     "food": (
-        "{name}'s favourite food is {food}.",
         "{name} likes {food} more than any other food.",
         "Of all foods, {name} loves {food} the most.",
         "If you ask {name}, the best food in the world is {food}.",
         "{name} eats {food} whenever {they} can.",
     ),
     "pet_kind": (
-        "{name}'s pet is a {kind}.",
         "{name} has a pet {kind}.",
         "{name} keeps a {kind} as a pet.",
         "At home, {name} has a {kind} called {pet}.",
     ),
     "pet_name": (
-        "{name}'s {kind} is called {pet}.",
         "The name of {name}'s {kind} is {pet}.",
         "{name} has a {kind} called {pet}.",
         "{pet} is the {kind} that belongs to {name}.",
         "{name} calls {their} {kind} {pet}.",
     ),
     "pet_colour": (
-        "The colour of {pet} is {colour}.",
         "{pet} is a {colour} {kind}.",
         "{name}'s {kind}, {pet}, is {colour}.",
         "{pet} has {colour} {covering}.",
     ),
     "river": (
-        "{town} lies on the river {river}.",
         "The river {river} flows through {town}.",
         "{town} is a town on the river {river}.",
         "In {town} you can walk along the river {river}.",
         "The town of {town} was built beside the river {river}.",
     ),
     "goods": (
-        "The shop in {town} sells {goods}.",
         "In {town} there is a shop that sells {goods}.",
         "If you need {goods}, go to the shop in {town}.",
         "The shop in {town} is full of {goods}.",
     ),
 }
+# relation -> phrasings of the fact; the first is the prompt + answer (Fact.statement's words).
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    relation: (f"{RELATIONS[relation][0]} {{{field}}}.", *_VARIANTS[relation])
+    for relation, field in {**PERSON_RELATIONS, **TOWN_RELATIONS}.items()
+}
+
 # relation -> other ways to ask the question (Fact.question is RELATIONS' own).
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "home_town": ("In which town does {name} live?", "Which town is {name} from?"),

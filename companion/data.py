@@ -95,8 +95,7 @@ def load_course_tokenizer() -> BPETokenizer:
 
 @lru_cache(maxsize=2)
 def _encode_course_corpus(seed: int) -> torch.Tensor:
-    ids = load_course_tokenizer().encode(generate_corpus(seed), allowed_special={END_OF_TEXT})
-    return torch.tensor(ids, dtype=torch.long)
+    return encode_corpus(generate_corpus(seed), load_course_tokenizer())
 
 
 def encode_corpus(

@@ -220,12 +220,13 @@ class GPT(nn.Module):
                 "one next-token id per position (usually idx shifted left by one)"
             )
         V = self.config.vocab_size
-        bad = ((targets < 0) | (targets >= V)) & (targets != IGNORE_INDEX)
-        if targets.device.type == "cpu" and bad.any():  # see _check_idx
-            raise ValueError(
-                f"target id {int(targets[bad][0])} is outside the vocabulary [0, {V}); "
-                f"use ids in range, or {IGNORE_INDEX} to leave a position out of the loss"
-            )
+        if targets.device.type == "cpu":  # off the CPU the check would sync; see _check_idx
+            bad = ((targets < 0) | (targets >= V)) & (targets != IGNORE_INDEX)
+            if bad.any():
+                raise ValueError(
+                    f"target id {int(targets[bad][0])} is outside the vocabulary [0, {V}); "
+                    f"use ids in range, or {IGNORE_INDEX} to leave a position out of the loss"
+                )
         loss = F.cross_entropy(
             logits.reshape(-1, V), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )  # (B·T, V) vs (B·T,) -> scalar

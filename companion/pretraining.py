@@ -198,8 +198,9 @@ def evaluate_loss(model: nn.Module, batches: Sequence[Batch], device: DeviceLike
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device)
+    autocast = _autocast(device)
     for x, y in batches:
-        with _autocast(device):
+        with autocast:
             _, loss = model(x, y)
         total += loss.float()
     model.train(was_training)

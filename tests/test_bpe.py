@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import doctest
-import tempfile
 import warnings
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 
 import companion.bpe
 from companion.bpe import (
@@ -22,10 +20,6 @@ from companion.bpe import (
     train_plain,
 )
 from companion.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPETokenizer
-
-# Hypothesis caches what it learns under ./.hypothesis by default; keep this test module's writes
-# in a temporary folder instead (set before any strategy is built, as collection already writes).
-set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis-"))
 
 SMALL_TEXT = (
     "The cat sat on the mat. The cat's hat is flat; that's that! 12345 + 678 = 13023.\n"

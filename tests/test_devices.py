@@ -13,15 +13,11 @@ import pytest
 import torch
 
 from companion.checkpoints import load_base_model, load_checkpoint, save_checkpoint
-from companion.data import CharTokenizer, get_batch
+from companion.data import get_batch
 from companion.environment import make_generator
-from companion.model import GPTConfig
 from companion.pretraining import TrainConfig, init_model, train
 
-TEXT = "the cat sat on the mat. " * 40
-TOKENIZER = CharTokenizer.from_text(TEXT)
-TOKENS = torch.tensor(TOKENIZER.encode(TEXT))
-TINY = GPTConfig(TOKENIZER.vocab_size, context_length=16, n_layer=1, n_head=2, d_model=16)
+from _tiny import TINY, TOKENIZER, TOKENS, tiny_config
 
 
 def _available(name: str) -> bool:
@@ -36,18 +32,17 @@ ACCELERATORS = [
 ]
 
 
-def tiny_config(device: str, **changes) -> TrainConfig:
-    values = dict(
-        steps=60, batch_size=4, context_length=16, learning_rate=1e-2, warmup_steps=2,
-        eval_interval=20, eval_batches=2, device=device,
-    )  # fmt: skip
-    return TrainConfig(**(values | changes))
+def device_config(device: str, **changes) -> TrainConfig:
+    """The CPU tests' tiny config, run longer (60 steps) on ``device``."""
+    return tiny_config(
+        **({"steps": 60, "eval_interval": 20, "learning_rate": 1e-2} | changes), device=device
+    )
 
 
 @pytest.mark.parametrize("device", ACCELERATORS)
 def test_training_on_the_device_drives_the_loss_down(device):
     model = init_model(TINY, seed=0, device=device)
-    history = train(model, TOKENS, TOKENS, tiny_config(device), progress=False)
+    history = train(model, TOKENS, TOKENS, device_config(device), progress=False)
     assert next(model.parameters()).device.type == device
     assert history.val_loss[0] > history.val_loss[-1]
     assert history.val_loss[-1] < math.log(TOKENIZER.vocab_size) / 3
@@ -56,20 +51,20 @@ def test_training_on_the_device_drives_the_loss_down(device):
 @pytest.mark.parametrize("device", ACCELERATORS)
 def test_the_device_follows_the_cpu_run(device):
     """Same seed, same batches: the device's losses track the CPU's (bf16 autocast included)."""
-    on_cpu = train(init_model(TINY, seed=0), TOKENS, TOKENS, tiny_config("cpu"), progress=False)
+    on_cpu = train(init_model(TINY, seed=0), TOKENS, TOKENS, device_config("cpu"), progress=False)
     model = init_model(TINY, seed=0, device=device)
-    on_device = train(model, TOKENS, TOKENS, tiny_config(device), progress=False)
+    on_device = train(model, TOKENS, TOKENS, device_config(device), progress=False)
     for a, b in zip(on_cpu.val_loss, on_device.val_loss, strict=True):
         assert a == pytest.approx(b, abs=0.1)
 
 
 @pytest.mark.parametrize("device", ACCELERATORS)
 def test_resume_on_the_device_continues_the_run(device, tmp_path):
-    config = tiny_config(device, steps=8, eval_interval=2)
+    config = device_config(device, steps=8, eval_interval=2)
     straight = train(
         init_model(TINY, seed=0, device=device), TOKENS, TOKENS, config, progress=False
     )
-    config = tiny_config(
+    config = device_config(
         device, steps=8, eval_interval=2, checkpoint_dir=str(tmp_path), checkpoint_interval=4
     )
     train(init_model(TINY, seed=0, device=device), TOKENS, TOKENS, config, progress=False)

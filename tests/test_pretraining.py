@@ -15,26 +15,13 @@ import torch.nn.functional as F
 
 import companion.optimizer
 import companion.pretraining
-from companion.data import CharTokenizer, get_batch
+from companion.data import get_batch
 from companion.environment import make_generator
 from companion.model import GPTConfig
 from companion.optimizer import learning_rate_at, make_optimizer
 from companion.pretraining import History, TrainConfig, init_model, train
 
-TEXT = "the cat sat on the mat. " * 40
-TOKENIZER = CharTokenizer.from_text(TEXT)
-TOKENS = torch.tensor(TOKENIZER.encode(TEXT))
-TINY = GPTConfig(
-    vocab_size=TOKENIZER.vocab_size, context_length=16, n_layer=1, n_head=2, d_model=16
-)
-
-
-def tiny_config(**changes) -> TrainConfig:
-    values = dict(
-        steps=8, batch_size=4, context_length=16, learning_rate=3e-3, warmup_steps=2,
-        eval_interval=2, eval_batches=2, device="cpu",
-    )  # fmt: skip
-    return TrainConfig(**(values | changes))
+from _tiny import TINY, TOKENIZER, TOKENS, tiny_config
 
 
 @pytest.mark.parametrize("module", [companion.pretraining, companion.optimizer])

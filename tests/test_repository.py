@@ -22,6 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
 def _code_cells(path: Path) -> list[dict]:
@@ -82,7 +83,7 @@ def _requirement_name(requirement: str) -> str:
 
 
 def test_environment_yml_matches_pyproject():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    project = PYPROJECT["project"]
     environment = yaml.safe_load((ROOT / "environment.yml").read_text(encoding="utf-8"))
     conda, pip = [], []
     for entry in environment["dependencies"]:
@@ -104,7 +105,7 @@ def test_environment_yml_matches_pyproject():
 
 def test_notebooks_import_only_what_binder_installs():
     """Binder installs environment.yml: the core dependencies and the ``notebooks`` extra."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    project = PYPROJECT["project"]
     installed = {
         _requirement_name(r).replace("-", "_")
         for r in project["dependencies"] + project["optional-dependencies"]["notebooks"]
@@ -123,9 +124,7 @@ def test_notebooks_import_only_what_binder_installs():
 
 def test_package_data_ships_every_asset():
     """Colab installs the package, not the repository: every asset must be in the wheel."""
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
-        "setuptools"
-    ]["package-data"]["companion"]
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["companion"]
     for path in (ROOT / "companion" / "assets").rglob("*"):
         if path.is_file():
             relative = path.relative_to(ROOT / "companion").as_posix()
@@ -137,7 +136,7 @@ def test_package_data_ships_every_asset():
 
 def test_torch_has_no_upper_bound():
     """Colab ships torch: an upper bound would force a multi-GB reinstall there."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    project = PYPROJECT["project"]
     (torch,) = [r for r in project["dependencies"] if _requirement_name(r) == "torch"]
     assert "<" not in torch and "==" not in torch
 

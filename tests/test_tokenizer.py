@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import doctest
-import tempfile
 import warnings
 
 import pytest
 import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 
 import companion.pretokenize
 import companion.tokenizer
@@ -23,10 +21,6 @@ from companion.tokenizer import (
     count_tokens,
     load_cl100k,
 )
-
-# Hypothesis caches what it learns under ./.hypothesis by default; keep this test module's writes
-# in a temporary folder instead (set before any strategy is built, as collection already writes).
-set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis-"))
 
 SEED_TEXT = "Hello, how many tokens is this sentence?"
 SEED_IDS = [9906, 11, 1268, 1690, 11460, 374, 420, 11914, 30]
