@@ -3,7 +3,8 @@
 Run: ``python benchmarks/bench_attention.py [--lengths 256 512 1024 2048] [--device cpu]``.
 Prints seconds per causal attention call (best of 3, batch 1, 4 heads of size 64) and the
 fitted exponent of time ∝ T^slope for each implementation (2 means quadratic), then the
-forward time of a small GPT with each attention path. Nothing is written to disk.
+time of a small GPT's forward pass (fused attention) and of its ``attention_maps`` walk (the
+from-scratch attention, which also returns every weight). Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import time
 
 import torch
 
-from companion.attention import power_law_exponent, time_attention
+from companion.attention_explorer import power_law_exponent, time_attention
 from companion.environment import make_generator, resolve_device
 from companion.model import GPTConfig
 from companion.pretraining import init_model
 
 
-def _model_forward_seconds(attention: str, device: torch.device, T: int = 256) -> float:
+def _model_seconds(path: str, device: torch.device, T: int = 256) -> float:
     config = GPTConfig(vocab_size=1000, context_length=T, n_layer=4, n_head=4, d_model=256)
     model = init_model(config, seed=0, device=device).eval()
     idx = torch.randint(0, config.vocab_size, (4, T), generator=make_generator(0)).to(device)
@@ -27,7 +28,7 @@ def _model_forward_seconds(attention: str, device: torch.device, T: int = 256) -
     with torch.no_grad():
         for _ in range(3):
             start = time.perf_counter()
-            model(idx, attention=attention)
+            model(idx) if path == "forward" else model.attention_maps(idx)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # wait for the kernels, not just their launch
             best = min(best, time.perf_counter() - start)
@@ -51,9 +52,9 @@ def main() -> None:
         print(f"{T:>6} {fused * 1e3:>10.2f} {manual * 1e3:>10.2f} {manual / fused:>13.1f}")
     for impl, seconds in results.items():
         print(f"{impl}: time ∝ T^{power_law_exponent(args.lengths, seconds):.2f}")
-    for impl in ("fused", "manual"):
-        ms = _model_forward_seconds(impl, device) * 1e3
-        print(f"GPT forward (4 layers, d_model 256, B=4, T=256), {impl}: {ms:.1f} ms")
+    for path in ("forward", "attention_maps"):
+        ms = _model_seconds(path, device) * 1e3
+        print(f"GPT (4 layers, d_model 256, B=4, T=256), {path}: {ms:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from companion.corpus import generate_corpus
-from companion.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer
+from companion.pretokenize import GPT4_SPLIT_PATTERN
+from companion.tokenizer import BPETokenizer
 
 N_CHARS = 1_000_000
 

@@ -50,11 +50,13 @@ from pathlib import Path
 
 import torch
 
-from companion.data import CharTokenizer, get_batch
+from companion.char_tokenizer import CharTokenizer
+from companion.data import get_batch
 from companion.environment import make_generator
 from companion.model import GPT, GPTConfig
 from companion.optimizer import make_optimizer
-from companion.pretraining import TrainConfig, evaluate_loss, init_model, train
+from companion.pretraining import evaluate_loss, init_model, train
+from companion.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "tinyshakespeare.txt"

@@ -8,6 +8,7 @@ Read the modules in course order; each one names the notebook that teaches it.
     pretokenize         split regexes; special tokens kept out of user text     (01_tokenization)
     tokenizer           BPETokenizer, tiktoken parity, cl100k_base              (01_tokenization)
     tokenizer_files     the tokenizer file format and cl100k's file             (01_tokenization)
+    char_tokenizer      characters as tokens: the simplest tokenizer            (01_tokenization)
     bpe_explorer        a widget stepping through BPE merges                    (01_tokenization)
     attention           scaled dot-product and multi-head attention             (02_attention)
     attention_explorer  heatmaps, a widget, contextual vectors                  (02_attention)
@@ -16,10 +17,11 @@ Read the modules in course order; each one names the notebook that teaches it.
     world               the small world of people, towns and facts              (04_pretraining)
     corpus              the course's own corpus, generated from the world       (04_pretraining)
     data                tokenised corpus, splits and batches                    (04_pretraining)
+    train_config        the recipe of a training run and its history            (04_pretraining)
     pretraining         the training loop every later stage reuses              (04_pretraining)
     optimizer           AdamW with weight-decay groups, warm-up and cosine      (04_pretraining)
-    checkpoints         safetensors checkpoints and the base model              (04_pretraining)
-    base_model          the command that trains the shipped base model          (04_pretraining)
+    checkpoints         safetensors checkpoints, written atomically             (04_pretraining)
+    base_model          the shipped base model: its recipe, command and loader  (04_pretraining)
     evaluation          fact-completion accuracy and sampled completions        (04_pretraining)
 
 Importing ``companion`` does nothing else: no I/O, no network, no seeding. Import the module you

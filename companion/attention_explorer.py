@@ -8,17 +8,22 @@ tested without a kernel: set ``explorer.layer.value = 1`` and the handler re-dra
 The notebook only creates and displays it, next to a static figure made by
 :func:`attention_heads_figure` (widgets render blank in the static book).
 
+:func:`time_attention` and :func:`power_law_exponent` measure how attention's cost grows with
+the sequence length (the notebook prints the measured exponent beside the operation count).
+
 Left out: attention rollout and other attribution methods; the heatmaps show raw weights.
 """
 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from companion.attention import scaled_dot_product_attention
 from companion.environment import DeviceLike, resolve_device
 
 
@@ -64,7 +69,7 @@ def residual_stream(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     x = model.embed(idx)  # (B, T, C)
     states = [x]
     for block in model.blocks:
-        x, _ = block(x)  # (B, T, C)
+        x = block(x)  # (B, T, C)
         states.append(x)
     return torch.stack(states)  # (n_layer + 1, B, T, C)
 
@@ -170,3 +175,58 @@ class AttentionExplorer:
         self.summary.value = (
             f"{title}: the last token {query!r} attends most to {key!r} (weight {weight:.2f})"
         )
+
+
+# --- measuring attention's cost -----------------------------------------------------------
+
+
+def time_attention(
+    lengths: list[int],
+    *,
+    n_heads: int = 4,
+    head_size: int = 64,
+    attention: str = "fused",
+    repeats: int = 3,
+    seed: int = 0,
+    device: torch.device | str | None = "cpu",
+) -> list[float]:
+    """Best-of-``repeats`` seconds for one causal attention call at each sequence length T.
+
+    Inputs are random (1, H, T, D) queries, keys and values drawn with ``seed``;
+    ``attention="manual"`` times the from-scratch function, ``"fused"`` PyTorch's kernel. Used by
+    ``02_attention.ipynb`` and ``benchmarks/bench_attention.py`` to show cost growing like T².
+    Wall-clock times depend on the machine and its load: print them, never assert on them.
+    """
+    if attention not in ("fused", "manual"):
+        raise ValueError(f"attention={attention!r} must be 'fused' or 'manual'")
+    generator = torch.Generator().manual_seed(seed)
+    seconds = []
+    for T in lengths:
+        q, k, v = (torch.randn(1, n_heads, T, head_size, generator=generator) for _ in range(3))
+        q, k, v = q.to(device), k.to(device), v.to(device)  # (1, H, T, D) each
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            if attention == "fused":
+                F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                scaled_dot_product_attention(q, k, v, causal=True)
+            if q.device.type == "cuda":
+                torch.cuda.synchronize(q.device)
+            best = min(best, time.perf_counter() - start)
+        seconds.append(best)
+    return seconds
+
+
+def power_law_exponent(xs: list[float], ys: list[float]) -> float:
+    """Slope of the least-squares line through (log x, log y): y ∝ x^slope.
+
+    >>> round(power_law_exponent([1, 2, 4], [3, 12, 48]), 6)
+    2.0
+    """
+    lx, ly = (
+        torch.tensor(xs, dtype=torch.float64).log(),
+        torch.tensor(ys, dtype=torch.float64).log(),
+    )
+    lx, ly = lx - lx.mean(), ly - ly.mean()
+    return float((lx * ly).sum() / (lx * lx).sum())

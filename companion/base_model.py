@@ -1,7 +1,7 @@
 """The course base model: its recipe, the command that trains it, and the call that loads it.
 
 Taught in ``04_pretraining.ipynb``; every later chapter starts from the model that
-:func:`companion.checkpoints.load_base_model` returns. The model is a 0.9 M-parameter GPT
+:func:`load_base_model` returns. The model is a 0.9 M-parameter GPT
 (4 blocks of width 128, context 64) trained on the course corpus (:mod:`companion.data`) with
 :func:`companion.pretraining.train`: 1,200 AdamW steps of 32 × 64 tokens, about 2.5 M tokens or
 5 passes over the corpus, on the CPU, seed 0.
@@ -30,9 +30,41 @@ from typing import Any
 
 import torch
 
-from companion.checkpoints import BASE_MODEL_COMMAND, save_checkpoint
-from companion.model import GPTConfig, count_parameters
-from companion.pretraining import TrainConfig, init_model, train
+from companion.checkpoints import asset_path, load_asset, read_asset_info, save_checkpoint
+from companion.data import COURSE_VOCAB_SIZE, encode_corpus, load_course_tokenizer, train_val_split
+from companion.environment import DeviceLike
+from companion.evaluation import fact_completion_accuracy
+from companion.model import GPT, GPTConfig, count_parameters
+from companion.pretraining import init_model, train
+from companion.tokenizer import BPETokenizer
+from companion.train_config import TrainConfig
+from companion.world import build_world
+
+ASSET = "base_model"  # the folder inside companion/assets
+COMMAND = "python -m companion.base_model --out companion/assets/base_model"
+
+
+def load_base_model(device: DeviceLike = None) -> tuple[GPT, BPETokenizer]:
+    """The course base model and its tokenizer: ``(GPT in eval mode, BPETokenizer)``.
+
+    Read from ``companion/assets/base_model``; nothing is trained or downloaded.
+
+    >>> model, tokenizer = load_base_model("cpu")
+    >>> model.training, model.config.vocab_size == tokenizer.vocab_size
+    (False, True)
+    """
+    return load_asset(ASSET, COMMAND, device), load_course_tokenizer()
+
+
+def read_base_model_info() -> dict[str, Any]:
+    """The shipped base model's ``checkpoint.json``: configs, history and, in ``extra``, its
+    final validation loss, fact accuracy and training time."""
+    return read_asset_info(ASSET, COMMAND)
+
+
+def base_model_path() -> Path:
+    """Where the shipped base model lives in the source tree (for rewriting it)."""
+    return asset_path(ASSET)
 
 
 def base_model_configs() -> tuple[GPTConfig, TrainConfig]:
@@ -42,8 +74,6 @@ def base_model_configs() -> tuple[GPTConfig, TrainConfig]:
     >>> model_config.n_layer, model_config.d_model, train_config.steps, train_config.batch_size
     (4, 128, 1200, 32)
     """
-    from companion.data import COURSE_VOCAB_SIZE
-
     model_config = GPTConfig(
         vocab_size=COURSE_VOCAB_SIZE, context_length=64, n_layer=4, n_head=4, d_model=128
     )
@@ -73,10 +103,6 @@ def train_base_model(out_dir: str | Path, *, progress: bool = True) -> dict[str,
     4. greedy fact-completion accuracy over ``build_world().facts``; 5. save the checkpoint with
     the figures (final val loss, fact accuracy, seconds, parameters) in its ``extra``.
     """
-    from companion.data import encode_corpus, load_course_tokenizer, train_val_split
-    from companion.evaluation import fact_completion_accuracy
-    from companion.world import build_world
-
     model_config, train_config = base_model_configs()
     train_tokens, val_tokens = train_val_split(encode_corpus(), 0.1)
     model = init_model(model_config, seed=train_config.seed, device=train_config.device)
@@ -94,7 +120,7 @@ def train_base_model(out_dir: str | Path, *, progress: bool = True) -> dict[str,
         "threads": torch.get_num_threads(),
         "parameters": count_parameters(model_config),
         "torch": torch.__version__,
-        "command": BASE_MODEL_COMMAND,
+        "command": COMMAND,
     }
     save_checkpoint(
         out_dir,

@@ -45,15 +45,7 @@ from companion.world import (
     facts_of,
 )
 
-__all__ = [
-    "DOCUMENT_KINDS",
-    "END_OF_TEXT",
-    "Fact",
-    "World",
-    "build_world",
-    "generate_corpus",
-    "generate_documents",
-]
+__all__ = ["DOCUMENT_KINDS", "END_OF_TEXT", "generate_corpus", "generate_documents"]
 
 END_OF_TEXT = "<|endoftext|>"  # separates documents; the tokenizer keeps it as one special token
 DOCUMENT_KINDS: dict[str, float] = {  # kind -> share of the documents
@@ -185,7 +177,7 @@ STORY_FOOD = (
 )
 STORY_SHOP = ("On the way home, {name} stopped at the shop in {town}, which sells {goods}.",)
 STORY_ENDINGS = ("Then {name} went to bed.", "It was a good day.", "{name} and {pet} slept well.")
-T = TypeVar("T")
+Item = TypeVar("Item")  # whatever a list holds
 
 
 def _pick(rng: random.Random, templates: Sequence[str], fields: dict[str, str]) -> str:
@@ -306,7 +298,7 @@ def _quiz(rng: random.Random, pairs: list[tuple[Fact, dict[str, str]]]) -> str:
     return text
 
 
-def _deck(rng: random.Random, items: Sequence[T]) -> Iterator[T]:
+def _deck(rng: random.Random, items: Sequence[Item]) -> Iterator[Item]:
     """Yield ``items`` in a fresh random order, again and again (every item equally often)."""
     while True:
         order = list(items)

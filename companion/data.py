@@ -14,10 +14,9 @@ where only the package is installed) tokenises the same way. It is reproducible:
 (a test checks the shipped file against a fresh training). ``python -m companion.data --stats``
 prints the corpus's size in characters and tokens.
 
-:class:`CharTokenizer` is the character-level alternative (one id per distinct character), used
-by the benchmark on Tiny Shakespeare and for teaching. Left out: streaming corpora too large for
-memory, document-aware batching (windows cross ``<|endoftext|>`` boundaries, as in GPT-2's
-training), and padding (all windows have the same length).
+Left out: streaming corpora too large for memory, document-aware batching (windows cross
+``<|endoftext|>`` boundaries, as in GPT-2's training), and padding (all windows have the same
+length).
 """
 
 from __future__ import annotations
@@ -27,15 +26,13 @@ import importlib.resources
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from companion.char_tokenizer import CharTokenizer
 from companion.corpus import END_OF_TEXT, generate_corpus
 from companion.environment import DeviceLike, resolve_device
-
-if TYPE_CHECKING:  # imported where used, so the batch tools work without the tokenizer module
-    from companion.tokenizer import BPETokenizer
+from companion.tokenizer import BPETokenizer
 
 COURSE_CORPUS_SEED = 0  # the corpus every chapter trains on: generate_corpus(COURSE_CORPUS_SEED)
 COURSE_VOCAB_SIZE = 768  # V of the course tokenizer: 256 bytes + 508 merges + 4 special tokens
@@ -52,8 +49,6 @@ def train_course_tokenizer() -> BPETokenizer:
     token and BPE runs out of pairs (V = 984, 4.07 characters per token); 768 (a multiple of 64)
     keeps the rarer words in pieces at 3.58 characters per token and a smaller embedding table.
     """
-    from companion.tokenizer import BPETokenizer
-
     text = generate_corpus(COURSE_CORPUS_SEED)
     return BPETokenizer.train(text, COURSE_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS))
 
@@ -81,8 +76,6 @@ def load_course_tokenizer() -> BPETokenizer:
     >>> tok.decode(tok.encode("Mira lives in the town of Thornby."))
     'Mira lives in the town of Thornby.'
     """
-    from companion.tokenizer import BPETokenizer
-
     resource = importlib.resources.files("companion") / "assets" / TOKENIZER_ASSET
     if not resource.is_file():
         raise FileNotFoundError(
@@ -114,10 +107,7 @@ def encode_corpus(
         return _encode_course_corpus(COURSE_CORPUS_SEED).clone()
     text = generate_corpus(COURSE_CORPUS_SEED) if text is None else text
     tokenizer = load_course_tokenizer() if tokenizer is None else tokenizer
-    if isinstance(tokenizer, CharTokenizer):
-        ids = tokenizer.encode(text)
-    else:
-        ids = tokenizer.encode(text, allowed_special={END_OF_TEXT})
+    ids = tokenizer.encode(text, allowed_special={END_OF_TEXT})
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -152,17 +142,18 @@ def get_batch(
     context_length: int,
     *,
     generator: torch.Generator,
-    device: DeviceLike = "cpu",
+    device: DeviceLike = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` random windows of the stream: inputs ``x`` and next-token targets ``y``.
 
     Window ``b`` starts at a position ``s`` drawn uniformly from ``generator`` (every start with
     a full window fits, ``0 ≤ s ≤ N - T - 1``): ``x[b] = tokens[s : s+T]``, ``y[b] =
-    tokens[s+1 : s+T+1]``. Both are ``(B, T)`` long tensors on ``device``; the same generator state
-    gives the same batch.
+    tokens[s+1 : s+T+1]``. Both are ``(B, T)`` long tensors on ``device`` (default: the best
+    available, as for :func:`companion.pretraining.init_model`); the same generator state gives
+    the same batch.
 
     >>> from companion.environment import make_generator
-    >>> x, y = get_batch(torch.arange(100), 2, 4, generator=make_generator(0))
+    >>> x, y = get_batch(torch.arange(100), 2, 4, generator=make_generator(0), device="cpu")
     >>> x.shape, bool((y == x + 1).all())
     (torch.Size([2, 4]), True)
     """
@@ -197,54 +188,6 @@ def _check_tokens(tokens: torch.Tensor) -> None:
         )
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise ValueError(f"tokens must hold integer ids, got dtype {tokens.dtype}; use .long()")
-
-
-class CharTokenizer:
-    """A character-level tokenizer: one id per distinct character, in sorted order.
-
-    >>> tok = CharTokenizer.from_text("hello")
-    >>> tok.chars, tok.encode("hole"), tok.decode([3, 1])
-    (('e', 'h', 'l', 'o'), [1, 3, 2, 0], 'oh')
-    """
-
-    def __init__(self, chars: Sequence[str]) -> None:
-        chars = tuple(chars)
-        if not chars or any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
-            raise ValueError(
-                "chars must be distinct single characters; use CharTokenizer.from_text"
-            )
-        self.chars = chars  # id -> character
-        self.ids = {c: i for i, c in enumerate(chars)}  # character -> id
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        """The vocabulary of ``text``: its distinct characters, sorted."""
-        if not text:
-            raise ValueError("cannot build a character vocabulary from empty text")
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self) -> int:
-        """V: the number of distinct characters."""
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        """Characters to ids; a character outside the vocabulary raises ``ValueError``."""
-        try:
-            return [self.ids[c] for c in text]
-        except KeyError as err:
-            raise ValueError(
-                f"character {err.args[0]!r} is not in this tokenizer's {self.vocab_size}-character "
-                "vocabulary; build it from text that contains it (CharTokenizer.from_text)"
-            ) from None
-
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Ids to characters; an id outside ``0 … V-1`` raises ``ValueError``."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids {bad[:5]} are outside 0..{self.vocab_size - 1}")
-        return "".join(self.chars[i] for i in ids)
 
 
 def corpus_stats(seed: int = COURSE_CORPUS_SEED) -> dict[str, float]:

@@ -88,7 +88,7 @@ def complete(
     length run as one batch (B, T). The model is moved to ``device`` (and stays there).
 
     >>> from companion.model import GPT, GPTConfig
-    >>> from companion.data import CharTokenizer
+    >>> from companion.char_tokenizer import CharTokenizer
     >>> tok = CharTokenizer.from_text("ab ")
     >>> model = GPT(GPTConfig(tok.vocab_size, 16, 1, 1, 8))
     >>> [len(c) for c in complete(model, tok, ["ab", "a b"], max_new_tokens=3, device="cpu")]

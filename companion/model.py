@@ -9,6 +9,9 @@ The model is GPT-2's architecture: token + position embeddings, ``n_layer`` bloc
 its weight with the token embedding. :meth:`GPT.from_hf_gpt2` copies the weights of a
 ``transformers`` GPT-2 and gives the same logits, so real GPT-2 checkpoints load into it.
 
+Attention maps come from :meth:`GPT.attention_maps`, which walks the blocks with the
+from-scratch attention; the forward pass itself always uses PyTorch's fused kernel.
+
 Left out: the KV cache (the inference chapter adds it), weight decay groups and the optimiser
 (the training loop builds those), mixed precision, and any download: weights come from you.
 """
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.attention import ATTENTION_IMPLS, AttentionImpl, MultiHeadAttention
+from companion.attention import MultiHeadAttention
 
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh")
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (SFT masks prompts so)
@@ -43,28 +46,63 @@ class GPTConfig:
     activation: str = "gelu"  # "gelu" (exact) or "gelu_tanh" (GPT-2's tanh approximation)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name}={value!r} must be a positive int")
-        if self.d_model % self.n_head != 0:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by n_head={self.n_head}: each head needs "
-                f"d_model / n_head channels; pick d_model a multiple of {self.n_head} "
-                f"(e.g. {self.n_head * max(1, round(self.d_model / self.n_head))}) or change n_head"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1); use 0.0 to switch it off")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r} must be one of {ACTIVATIONS}")
+        _check_gpt_config(self)
 
     def to_dict(self) -> dict:
         """The fields as a plain dict (JSON-ready, for checkpoints)."""
         return asdict(self)
 
 
-class FeedForward(nn.Module):
-    """Per-token MLP: C → 4C, GELU, 4C → C. (B, T, C) → (B, T, C)."""
+def _check_gpt_config(c: GPTConfig) -> None:
+    """A ``ValueError`` that names the field and a fix, for every shape the model cannot take."""
+    for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model"):
+        value = getattr(c, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"GPTConfig.{name}={value!r} must be a positive int")
+    if c.d_model % c.n_head != 0:
+        raise ValueError(
+            f"d_model={c.d_model} is not divisible by n_head={c.n_head}: each head needs "
+            f"d_model / n_head channels; pick d_model a multiple of {c.n_head} "
+            f"(e.g. {c.n_head * max(1, round(c.d_model / c.n_head))}) or change n_head"
+        )
+    if not 0.0 <= c.dropout < 1.0:
+        raise ValueError(f"dropout={c.dropout} must be in [0, 1); use 0.0 to switch it off")
+    if c.activation not in ACTIVATIONS:
+        raise ValueError(f"activation={c.activation!r} must be one of {ACTIVATIONS}")
+
+
+def check_token_ids(
+    ids: torch.Tensor, vocab_size: int, name: str, *, ignore_index: int | None = None
+) -> None:
+    """A ``ValueError`` unless every id in ``ids`` (any shape) is in ``[0, vocab_size)``.
+
+    ``ignore_index`` (targets only) is allowed too. Read only on the CPU: on a GPU, reading the
+    answer back would make every forward pass wait for the device (a host/device sync), so there
+    an id out of range fails in the embedding, less helpfully. ``train`` checks its token streams
+    once, before the first step.
+
+    >>> check_token_ids(torch.tensor([[3, 12]]), 10, "idx")
+    Traceback (most recent call last):
+    ValueError: idx holds token id 12 at index (0, 1), outside the vocabulary [0, 10); encode with the tokenizer the model was built for
+    """
+    if ids.device.type != "cpu":
+        return
+    bad = (ids < 0) | (ids >= vocab_size)
+    if ignore_index is not None:
+        bad &= ids != ignore_index
+    if bad.any():
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} holds token id {int(ids[where])} at index {where}, outside the vocabulary "
+            f"[0, {vocab_size}); encode with the tokenizer the model was built for"
+        )
+
+
+class MLP(nn.Module):
+    """The feed-forward layer, applied to each token alone: C → 4C, GELU, 4C → C.
+
+    (B, T, C) → (B, T, C).
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -86,20 +124,15 @@ class Block(nn.Module):
         super().__init__()
         C = config.d_model
         self.ln1 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
-        self.attn = MultiHeadAttention(
-            C, config.n_head, causal=True, bias=config.bias, dropout=config.dropout
-        )
+        self.attn = MultiHeadAttention(C, config.n_head, bias=config.bias, dropout=config.dropout)
         self.ln2 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
-        self.mlp = FeedForward(config)
+        self.mlp = MLP(config)
 
-    def forward(
-        self, x: torch.Tensor, *, attention: AttentionImpl = "fused", return_weights: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T, C) → ``(x (B, T, C), weights (B, H, T, T) or None)``."""
-        a, weights = self.attn(self.ln1(x), attention=attention, return_weights=return_weights)
-        x = x + a  # (B, T, C): attention writes into the residual stream
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) → (B, T, C)."""
+        x = x + self.attn(self.ln1(x))  # (B, T, C): attention writes into the residual stream
         x = x + self.mlp(self.ln2(x))  # (B, T, C): so does the feed-forward layer
-        return x, weights
+        return x
 
 
 class GPT(nn.Module):
@@ -137,110 +170,77 @@ class GPT(nn.Module):
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
-    def _check_idx(self, idx: torch.Tensor) -> None:
-        """Shape, length and (for CPU tensors) id range of ``idx``, each with a clear error.
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids (B, T) → ``(logits (B, T, V), loss or None)``.
 
-        The id range is checked only on the CPU: on a GPU, reading the answer back would make
-        every forward pass wait for the device (a host/device sync). ``train`` checks its token
-        streams once, before the first step, and on a GPU an id out of range still fails in the
-        embedding, with a less helpful message.
+        ``loss`` is the mean cross-entropy of ``targets`` (B, T) under the logits, skipping
+        positions whose target is ``IGNORE_INDEX`` (-100); it is ``None`` without targets.
         """
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx)
-            raise ValueError(
-                f"idx must be a (B, T) tensor of int64 token ids, got {got}; "
-                "use torch.tensor([ids]) for one sequence"
-            )
-        length, limit, V = idx.shape[1], self.config.context_length, self.config.vocab_size
-        if length > limit:
-            raise ValueError(
-                f"sequence length T={length} is longer than context_length={limit}; the model has no "
-                f"position embedding beyond that. Keep the last {limit} tokens: idx[:, -{limit}:]"
-            )
-        if length == 0:
-            raise ValueError("idx has no tokens (T=0); give the model at least one token")
-        if idx.device.type != "cpu":  # a GPU would have to sync to answer; see the docstring
-            return
-        bad = (idx < 0) | (idx >= V)
-        if bad.any():
-            b, t = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(
-                f"token id {int(idx[b, t])} at position (batch {b}, t {t}) is outside the "
-                f"vocabulary [0, {V}); encode with the tokenizer this model was built for "
-                f"(vocab_size={V})"
-            )
+        self._check_input(idx, targets)
+        logits = self.lm_head(self.hidden_states(idx))  # (B, T, C) @ (C, V) -> (B, T, V)
+        if targets is None:
+            return logits, None
+        V = self.config.vocab_size
+        loss = F.cross_entropy(
+            logits.reshape(-1, V), targets.reshape(-1), ignore_index=IGNORE_INDEX
+        )  # (B·T, V) vs (B·T,) -> scalar
+        return logits, loss
 
-    def hidden_states(
-        self, idx: torch.Tensor, *, attention: AttentionImpl = "fused"
-    ) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """The final LayerNorm's output (B, T, C): what the LM head (or a value head) reads."""
-        x, _ = self._run(idx, attention=attention, return_weights=False)
-        return x
+        x = self.drop(self.embed(idx))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)  # (B, T, C)
+        return self.ln_f(x)  # (B, T, C)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Token + position embedding (B, T, C), before dropout: the start of the residual stream."""
         pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
         return self.wte(idx) + self.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
 
-    def _run(
-        self, idx: torch.Tensor, *, attention: AttentionImpl, return_weights: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        self._check_idx(idx)
-        if attention not in ATTENTION_IMPLS:
-            raise ValueError(f"attention={attention!r} is not one of {ATTENTION_IMPLS}")
-        x = self.drop(self.embed(idx))  # (B, T, C)
-        maps = []
-        for block in self.blocks:
-            x, weights = block(x, attention=attention, return_weights=return_weights)
-            if weights is not None:
-                maps.append(weights)  # (B, H, T, T)
-        return self.ln_f(x), maps  # (B, T, C)
-
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        *,
-        attention: AttentionImpl = "fused",
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token ids (B, T) → ``(logits (B, T, V), loss or None)``.
-
-        ``loss`` is the mean cross-entropy of ``targets`` (B, T) under the logits, skipping
-        positions whose target is -100; it is ``None`` when no targets are given.
-        ``attention="manual"`` uses the from-scratch attention instead of the fused kernel
-        (same weights, same result up to float rounding).
-        """
-        x, _ = self._run(idx, attention=attention, return_weights=False)
-        logits = self.lm_head(x)  # (B, T, C) @ (C, V) -> (B, T, V)
-        if targets is None:
-            return logits, None
-        if targets.shape != idx.shape:
-            raise ValueError(
-                f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}: "
-                "one next-token id per position (usually idx shifted left by one)"
-            )
-        V = self.config.vocab_size
-        if targets.device.type == "cpu":  # off the CPU the check would sync; see _check_idx
-            bad = ((targets < 0) | (targets >= V)) & (targets != IGNORE_INDEX)
-            if bad.any():
-                raise ValueError(
-                    f"target id {int(targets[bad][0])} is outside the vocabulary [0, {V}); "
-                    f"use ids in range, or {IGNORE_INDEX} to leave a position out of the loss"
-                )
-        loss = F.cross_entropy(
-            logits.reshape(-1, V), targets.reshape(-1), ignore_index=IGNORE_INDEX
-        )  # (B·T, V) vs (B·T,) -> scalar
-        return logits, loss
-
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
-        """Every layer's attention weights, (n_layer, B, H, T, T), via the manual path.
+        """Every layer's attention weights, (n_layer, B, H, T, T), for plotting.
 
-        Computed without gradients, for plotting. Row t of map [l, b, h] says how much token t
-        attends to each earlier token in layer l, head h.
+        Walks the blocks as :meth:`Block.forward` does, with the from-scratch attention, which
+        returns its weights. Row t of map [l, b, h] says how much token t attends to each
+        earlier token in layer l, head h.
         """
-        _, maps = self._run(idx, attention="manual", return_weights=True)
+        self._check_input(idx)
+        x, maps = self.embed(idx), []  # (B, T, C)
+        for block in self.blocks:
+            a, weights = block.attn.forward_with_weights(block.ln1(x))  # (B, T, C), (B, H, T, T)
+            x = x + a
+            x = x + block.mlp(block.ln2(x))
+            maps.append(weights)
         return torch.stack(maps)  # n_layer × (B, H, T, T) -> (n_layer, B, H, T, T)
+
+    def _check_input(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+        """A clear ``ValueError`` for ids the model cannot read, checked once per call."""
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx)
+            raise ValueError(
+                f"idx must be a (B, T) tensor of int64 token ids, got {got}; "
+                "use torch.tensor([ids]) for one sequence"
+            )
+        length, limit = idx.shape[1], self.config.context_length
+        if length == 0:
+            raise ValueError("idx has no tokens (T=0); give the model at least one token")
+        if length > limit:
+            raise ValueError(
+                f"sequence length T={length} is longer than context_length={limit}; the model has no "
+                f"position embedding beyond that. Keep the last {limit} tokens: idx[:, -{limit}:]"
+            )
+        check_token_ids(idx, self.config.vocab_size, "idx")
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(
+                    f"targets shape {tuple(targets.shape)} must equal idx shape "
+                    f"{tuple(idx.shape)}: one next-token id per position (idx shifted left by one)"
+                )
+            check_token_ids(targets, self.config.vocab_size, "targets", ignore_index=IGNORE_INDEX)
 
     @classmethod
     def from_hf_gpt2(cls, hf_model: nn.Module, *, dropout: float = 0.0) -> GPT:

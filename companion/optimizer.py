@@ -1,9 +1,9 @@
 """The optimiser and its learning-rate schedule: AdamW with decay groups, warm-up and cosine.
 
-Taught in ``04_pretraining.ipynb``; :func:`companion.pretraining.train` calls both at every
-step. Weight decay applies to the tensors with two or more dimensions (linear weights and the
-embeddings, as in nanoGPT), never to biases or LayerNorm scales: shrinking those towards zero
-only fights the normalisation.
+Taught in ``04_pretraining.ipynb``; :func:`companion.pretraining.train` builds the optimiser
+once per run and asks the schedule for the learning rate at every step. Weight decay applies to
+the tensors with two or more dimensions (linear weights and the embeddings, as in nanoGPT), never
+to biases or LayerNorm scales: shrinking those towards zero only fights the normalisation.
 
 Left out: other optimisers (SGD, Lion, Muon), learning-rate finders, per-layer learning rates.
 """
@@ -11,13 +11,11 @@ Left out: other optimisers (SGD, Lion, Muon), learning-rate finders, per-layer l
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # the config's type only: companion.pretraining imports this module
-    from companion.pretraining import TrainConfig
+from companion.train_config import TrainConfig
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
@@ -27,13 +25,10 @@ def learning_rate_at(step: int, config: TrainConfig) -> float:
     ``min_lr + (lr - min_lr) · ½(1 + cos(π · p))`` with ``p`` going from 0 at ``warmup_steps``
     to 1 at ``decay_steps`` (default ``steps``); ``min_lr`` after that.
 
-    >>> from companion.pretraining import TrainConfig
     >>> c = TrainConfig(steps=110, learning_rate=1.0, min_learning_rate=0.1, warmup_steps=10)
     >>> [round(learning_rate_at(s, c), 3) for s in (0, 4, 9, 10, 60, 110)]
     [0.1, 0.5, 1.0, 1.0, 0.55, 0.1]
     """
-    if not isinstance(step, int) or step < 0:
-        raise ValueError(f"step={step!r} must be an int >= 0")
     lr, min_lr, warmup = config.learning_rate, config.min_learning_rate, config.warmup_steps
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -49,7 +44,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     do not. Tied tensors are counted once. Uses the fused kernel where this torch has one.
 
     >>> from companion.model import GPT, GPTConfig
-    >>> from companion.pretraining import TrainConfig
     >>> opt = make_optimizer(GPT(GPTConfig(11, 8, 1, 1, 4)), TrainConfig(steps=10, warmup_steps=1))
     >>> [len(g["params"]) for g in opt.param_groups]  # 6 weight matrices | 4 biases, 3 LayerNorms
     [6, 10]

@@ -12,12 +12,18 @@ One step, in order:
 2. ``grad_accumulation`` micro-batches: forward (bf16 autocast on CUDA), ``loss / n``, backward;
 3. clip the gradient norm to ``grad_clip``; AdamW step; clear the gradients;
 4. every ``eval_interval`` steps (and at the last): mean train loss since the last row, loss on
-   the fixed validation batches, one row of :class:`History`; every ``checkpoint_interval``
-   steps: a checkpoint that :func:`train` can resume from exactly.
+   the fixed validation batches, one row of :class:`~companion.train_config.History`; every
+   ``checkpoint_interval`` steps: a checkpoint that :func:`train` can resume from exactly.
 
-The optimiser (AdamW, weight decay on matrices only) and the schedule are in
-:mod:`companion.optimizer`. The course base model is trained with this loop by
-:mod:`companion.base_model`; checkpoints are written by :mod:`companion.checkpoints`.
+Step 4's bookkeeping (evaluation, checkpoints, the progress bar, the stopwatch) lives in
+:class:`_Run`, so that the loop in :func:`train` reads as the four steps above. Randomness:
+``config.seed`` seeds the batch sampler, ``seed + 1`` the validation batches and ``seed + 2``
+dropout (drawn from torch's global generator inside a fork, so the caller's state is untouched).
+
+The recipe and the record (:class:`~companion.train_config.TrainConfig`, ``History``) are in
+:mod:`companion.train_config`, the optimiser and the schedule in :mod:`companion.optimizer`,
+checkpoints in :mod:`companion.checkpoints`. The course base model is trained with this loop by
+:mod:`companion.base_model`.
 
 Left out: learning-rate finders, distributed data parallelism, ``torch.compile`` (optional in the
 benchmark), mixed precision on CPU and MPS (they train in fp32).
@@ -25,149 +31,184 @@ benchmark), mixed precision on CPU and MPS (they train in fp32).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from companion.checkpoints import load_checkpoint, save_checkpoint
+from companion.data import get_batch
 from companion.environment import DeviceLike, make_generator, resolve_device
-from companion.model import GPT, GPTConfig
+from companion.model import GPT, GPTConfig, check_token_ids
 from companion.optimizer import learning_rate_at, make_optimizer
+from companion.train_config import History, TrainConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (x (B, T), y (B, T))
 BatchFn = Callable[[Any, torch.Generator], Batch]  # (data, generator) -> batch
 
 
-@dataclass
-class TrainConfig:
-    """How to train: a small-model recipe by default (``companion.base_model`` spells out the
-    base model's)."""
+def train(
+    model: nn.Module,
+    train_tokens: Any,
+    val_tokens: Any,
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    callback: Callable[[int, History, nn.Module], None] | None = None,
+    resume_from: str | Path | None = None,
+    batch_fn: BatchFn | None = None,
+) -> History:
+    """Train ``model`` in place for ``config.steps`` steps; returns the :class:`History`.
 
-    steps: int = 1200  # optimiser steps in the whole run
-    batch_size: int = 32  # B: windows per micro-batch
-    context_length: int = 64  # T: tokens per window (at most the model's context_length)
-    learning_rate: float = 3e-3  # peak learning rate, reached at the end of warm-up
-    min_learning_rate: float = 3e-4  # the cosine decays to this and stays there
-    warmup_steps: int = 100  # linear warm-up from learning_rate / warmup_steps
-    decay_steps: int | None = None  # cosine reaches min_learning_rate here; None = steps
-    weight_decay: float = 0.1  # AdamW decoupled weight decay on ≥2-D weights only
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's momentum and second-moment decay
-    grad_clip: float | None = 1.0  # clip the global gradient norm to this; None = no clipping
-    grad_accumulation: int = 1  # micro-batches per step (effective batch = B × this)
-    eval_interval: int = 100  # steps between History rows (validation loss, logged train loss)
-    eval_batches: int = 10  # fixed validation batches, drawn once, averaged at every evaluation
-    checkpoint_interval: int | None = None  # steps between checkpoints; None = only at the end
-    checkpoint_dir: str | None = None  # where checkpoints go; None = no checkpoints
-    seed: int = 0  # seeds the batch sampler (and, +1, the validation batches)
-    device: str | None = None  # "cpu", "cuda", "mps" or None for the best available
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # JSON gives a list back
-        positive = ("steps", "batch_size", "context_length", "grad_accumulation")
-        positive += ("eval_interval", "eval_batches")
-        for name in positive:
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("warmup_steps", self.warmup_steps, minimum=0)
-        _check_int("seed", self.seed, minimum=None)
-        if self.decay_steps is not None:
-            _check_int("decay_steps", self.decay_steps, minimum=self.warmup_steps + 1)
-        if self.checkpoint_interval is not None:
-            _check_int("checkpoint_interval", self.checkpoint_interval, minimum=1)
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate} must be > 0, e.g. 3e-4")
-        if not 0 <= self.min_learning_rate <= self.learning_rate:
-            raise ValueError(
-                f"min_learning_rate={self.min_learning_rate} must be between 0 and "
-                f"learning_rate={self.learning_rate}; e.g. learning_rate / 10"
-            )
-        if self.warmup_steps >= self.steps and self.decay_steps is None:
-            raise ValueError(
-                f"warmup_steps={self.warmup_steps} leaves no room for decay in steps={self.steps}; "
-                "use fewer warm-up steps (about 5-10 % of the run)"
-            )
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0 (0 switches it off)")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas={self.betas} must be two numbers in [0, 1), e.g. (0.9, 0.95)")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip={self.grad_clip} must be > 0, or None for no clipping")
-        if self.device is not None:
-            resolve_device(self.device)  # raises a ValueError for a device torch does not know
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (``betas`` becomes a list)."""
-        out = asdict(self)
-        out["betas"] = list(self.betas)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; an unknown key raises ``ValueError`` naming it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+    ``train_tokens``/``val_tokens`` are 1-D token tensors (N,), or whatever ``batch_fn`` reads:
+    ``batch_fn(data, generator) -> (x, y)`` (B, T) draws a batch from ``train_tokens`` or
+    ``val_tokens`` (default: :func:`companion.data.get_batch` windows of ``config.batch_size`` ×
+    ``config.context_length``). ``callback(step, history, model)`` runs after every step
+    (``step`` = steps completed; a new History row exists when ``history.step[-1] == step``).
+    ``resume_from`` is a checkpoint directory written by this function: training continues from
+    its step with the same model, optimiser, random streams and history, as if never stopped.
+    """
+    device = resolve_device(config.device)
+    model.to(device)
+    if batch_fn is None:
+        batch_fn = _window_batches(model, config, device, train_tokens, val_tokens)
+    optimizer = make_optimizer(model, config)
+    run = _Run(model, optimizer, config, batch_fn, val_tokens, progress)
+    if resume_from is not None:
+        run.resume(resume_from)
+    autocast = _autocast(device)  # decided once; entered at every step
+    model.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        run.seed_dropout()
+        for step in range(run.step, config.steps):
+            started = time.perf_counter()
+            # 1. the learning rate of this step
+            lr = learning_rate_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # 2. forward and backward over the micro-batches; gradients add up in .grad
+            for _ in range(config.grad_accumulation):
+                x, y = batch_fn(train_tokens, run.generator)  # (B, T) each
+                with autocast:
+                    _, loss = model(x, y)
+                loss = loss / config.grad_accumulation  # so the step's gradient is their mean
+                loss.backward()
+                run.loss_sum += loss.detach().float()
+            # 3. clip, update, clear
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.seconds += time.perf_counter() - started
+            # 4. log, evaluate, checkpoint, report
+            run.after_step(step + 1, lr, callback)
+    run.bar.close()
+    return run.history
 
 
-def _check_int(name: str, value: Any, *, minimum: int | None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"TrainConfig.{name}={value!r} must be an int")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"TrainConfig.{name}={value} must be >= {minimum}")
+class _Run:
+    """The bookkeeping of one :func:`train` run: everything but the step itself.
 
+    Holds the random streams, the fixed validation batches, the history, the train losses summed
+    since the last History row (on the device: no sync per step), the training-time stopwatch
+    (evaluations, checkpoints and callbacks are not training time) and the progress bar.
+    """
 
-@dataclass
-class History:
-    """One row per evaluation; every field is a list with one entry per row (JSON-ready)."""
+    def __init__(self, model, optimizer, config: TrainConfig, batch_fn, val_tokens, progress):
+        from tqdm.auto import tqdm
 
-    step: list[int] = field(default_factory=list)  # optimiser steps completed
-    train_loss: list[float] = field(default_factory=list)  # mean train loss since the last row
-    val_loss: list[float] = field(default_factory=list)  # mean loss on the fixed val batches
-    learning_rate: list[float] = field(default_factory=list)  # of the last step before the row
-    tokens_seen: list[int] = field(default_factory=list)  # training tokens so far (B·T·accum·steps)
-    seconds: list[float] = field(default_factory=list)  # time in training steps so far (no evals)
+        self.model, self.optimizer, self.config = model, optimizer, config
+        val_generator = make_generator(config.seed + 1)  # drawn once: the same batches every time
+        self.val_batches = [batch_fn(val_tokens, val_generator) for _ in range(config.eval_batches)]
+        self.generator = make_generator(config.seed)  # the training batches' sampler (CPU)
+        self.history, self.step, self.seconds, self.torch_rng_state = History(), 0, 0.0, None
+        self.loss_sum = torch.zeros((), device=next(model.parameters()).device)
+        self.steps_summed = 0
+        self.bar = tqdm(total=config.steps, disable=not progress, desc="training", unit="step")
 
-    def to_dict(self) -> dict[str, list]:
-        """The lists as a dict, for ``json.dumps``."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, list]) -> History:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{k: list(v) for k, v in data.items()})
-
-    def save(self, path: str | Path) -> Path:
-        """Write the history as JSON to ``path``."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> History:
-        """Read a history written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def _check_token_ids(model: nn.Module, tokens: Any, name: str) -> None:
-    """Every id in a token stream fits the model's vocabulary: checked once, on the CPU."""
-    V = getattr(getattr(model, "config", None), "vocab_size", None)
-    if V is None or not isinstance(tokens, torch.Tensor) or tokens.numel() == 0:
-        return  # not a GPT, or not a stream: get_batch explains what it needs
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= V:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"{name} holds token id {bad}, outside the model's vocabulary [0, {V}); encode the "
-            f"text with the tokenizer the model was built for, or build the model with "
-            f"vocab_size > {high}"
+    def resume(self, path: str | Path) -> None:
+        """Continue the run saved at ``path``: model, optimiser, streams, history, sums."""
+        state = load_checkpoint(
+            path, self.model, optimizer=self.optimizer, device=self.loss_sum.device
         )
+        _check_same_run(state.train_config, self.config)
+        pending = state.extra.get("pending", {})  # what was summed since the last History row
+        self.history, self.step = state.history, state.step
+        self.loss_sum += pending.get("loss_sum", 0.0)
+        self.steps_summed = pending.get("steps", 0)
+        self.seconds = pending.get("seconds", 0.0)
+        self.generator.set_state(state.generator_state)
+        self.torch_rng_state = state.torch_rng_state
+        self.bar.update(self.step)
+
+    def seed_dropout(self) -> None:
+        """Dropout draws from torch's global generator: seed it, or restore it on resume."""
+        if self.torch_rng_state is not None:
+            torch.set_rng_state(self.torch_rng_state)
+        else:
+            torch.manual_seed(self.config.seed + 2)
+
+    def after_step(self, done: int, lr: float, callback) -> None:
+        """Log a History row, save a checkpoint and call ``callback`` when each is due."""
+        c = self.config
+        self.steps_summed += 1
+        if done % c.eval_interval == 0 or done == c.steps:
+            h = self.history
+            h.step.append(done)
+            h.train_loss.append((self.loss_sum / self.steps_summed).item())
+            h.val_loss.append(evaluate_loss(self.model, self.val_batches))
+            h.learning_rate.append(lr)
+            h.tokens_seen.append(done * c.grad_accumulation * c.batch_size * c.context_length)
+            h.seconds.append(self.seconds)
+            self.loss_sum.zero_()
+            self.steps_summed = 0
+            self.bar.set_postfix(train=f"{h.train_loss[-1]:.3f}", val=f"{h.val_loss[-1]:.3f}")
+        every = c.checkpoint_interval
+        if c.checkpoint_dir is not None and (done == c.steps or (every and done % every == 0)):
+            pending = {"loss_sum": self.loss_sum.item(), "steps": self.steps_summed}
+            save_checkpoint(
+                Path(c.checkpoint_dir) / f"step-{done:06d}", self.model,
+                optimizer=self.optimizer, train_config=c, history=self.history, step=done,
+                generator=self.generator, extra={"pending": pending | {"seconds": self.seconds}},
+            )  # fmt: skip
+        self.bar.update(1)
+        if callback is not None:
+            callback(done, self.history, self.model)
+
+
+_MAY_DIFFER_ON_RESUME = {"checkpoint_dir", "checkpoint_interval", "device"}
+
+
+def _check_same_run(saved: TrainConfig | None, config: TrainConfig) -> None:
+    """Resuming continues the saved run: every field that shapes the run must be equal."""
+    if saved is None:
+        raise ValueError("the checkpoint has no TrainConfig, so it cannot be resumed exactly")
+    for f in fields(TrainConfig):
+        ours, theirs = getattr(config, f.name), getattr(saved, f.name)
+        if f.name not in _MAY_DIFFER_ON_RESUME and ours != theirs:
+            raise ValueError(
+                f"cannot resume: TrainConfig.{f.name} is {ours!r} here but {theirs!r} in the "
+                "checkpoint; resume with the checkpoint's config (state.train_config)"
+            )
+
+
+def _window_batches(model, config: TrainConfig, device, train_tokens, val_tokens) -> BatchFn:
+    """The default ``batch_fn``: random windows of a token stream, checked once against the
+    model's vocabulary before the first step."""
+    for name, tokens in (("train_tokens", train_tokens), ("val_tokens", val_tokens)):
+        if isinstance(tokens, torch.Tensor):  # anything else: get_batch says what it needs
+            check_token_ids(tokens.cpu(), model.config.vocab_size, name)
+    B, T = config.batch_size, config.context_length
+
+    def batch_fn(tokens: torch.Tensor, generator: torch.Generator) -> Batch:
+        return get_batch(tokens, B, T, generator=generator, device=device)
+
+    return batch_fn
 
 
 def _autocast(device: torch.device):
@@ -198,154 +239,16 @@ def evaluate_loss(model: nn.Module, batches: Sequence[Batch], device: DeviceLike
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device)
-    autocast = _autocast(device)
-    for x, y in batches:
-        with autocast:
-            _, loss = model(x, y)
-        total += loss.float()
+    with _autocast(device):
+        for x, y in batches:
+            total += model(x, y)[1].float()
     model.train(was_training)
     return (total / len(batches)).item()  # one host/device sync per evaluation
-
-
-def train(
-    model: nn.Module,
-    train_tokens: Any,
-    val_tokens: Any,
-    config: TrainConfig,
-    *,
-    progress: bool = True,
-    callback: Callable[[int, History, nn.Module], None] | None = None,
-    resume_from: str | Path | None = None,
-    batch_fn: BatchFn | None = None,
-) -> History:
-    """Train ``model`` in place for ``config.steps`` steps; returns the :class:`History`.
-
-    ``train_tokens``/``val_tokens`` are 1-D token tensors (N,), or whatever ``batch_fn`` reads:
-    ``batch_fn(data, generator) -> (x, y)`` (B, T) draws a batch from ``train_tokens`` or
-    ``val_tokens`` (default: :func:`companion.data.get_batch` windows of ``config.batch_size`` ×
-    ``config.context_length``). ``callback(step, history, model)`` runs after every step
-    (``step`` = steps completed; a new History row exists when ``history.step[-1] == step``).
-    ``resume_from`` is a checkpoint directory written by this function: training continues from
-    its step with the same model, optimiser, sampler and history, exactly as if never stopped.
-    """
-    from companion.checkpoints import load_checkpoint, save_checkpoint
-    from companion.data import get_batch
-
-    device = resolve_device(config.device)
-    model.to(device)
-    if batch_fn is None:
-        _check_token_ids(model, train_tokens, "train_tokens")
-        _check_token_ids(model, val_tokens, "val_tokens")
-        B, T = config.batch_size, config.context_length
-
-        def batch_fn(data: torch.Tensor, generator: torch.Generator) -> Batch:
-            return get_batch(data, B, T, generator=generator, device=device)
-
-    optimizer = make_optimizer(model, config)
-    generator = make_generator(config.seed)  # the training batches' sampler (CPU)
-    val_generator = make_generator(config.seed + 1)  # drawn once: the same batches every time
-    val_batches = [batch_fn(val_tokens, val_generator) for _ in range(config.eval_batches)]
-    history, start, pending = History(), 0, {}
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer=optimizer, device=device)
-        _check_same_run(state.train_config, config)
-        history, start = state.history, state.step
-        pending = state.extra.get("pending", {})  # train losses summed since the last History row
-        generator.set_state(state.generator_state)
-        if state.torch_rng_state is not None:
-            torch.set_rng_state(state.torch_rng_state)  # dropout draws from the global generator
-    model.train()
-    autocast = _autocast(device)  # decided once; entered at every step
-    tokens_per_step = config.grad_accumulation * config.batch_size * config.context_length
-    loss_sum = torch.tensor(pending.get("loss_sum", 0.0), device=device)
-    steps_summed = pending.get("steps", 0)
-    seconds = pending.get("seconds", history.seconds[-1] if history.seconds else 0.0)
-    clock = time.perf_counter()
-    bar = _progress_bar(progress, config.steps, start)
-    for step in range(start, config.steps):
-        lr = learning_rate_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for _ in range(config.grad_accumulation):
-            x, y = batch_fn(train_tokens, generator)
-            with autocast:
-                _, loss = model(x, y)
-            (loss / config.grad_accumulation).backward()
-            loss_sum += loss.detach().float() / config.grad_accumulation
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done, steps_summed = step + 1, steps_summed + 1
-        if done % config.eval_interval == 0 or done == config.steps:
-            seconds += time.perf_counter() - clock
-            history.step.append(done)
-            history.train_loss.append((loss_sum / steps_summed).item())
-            history.val_loss.append(evaluate_loss(model, val_batches, device))
-            history.learning_rate.append(lr)
-            history.tokens_seen.append(done * tokens_per_step)
-            history.seconds.append(seconds)
-            loss_sum.zero_()
-            steps_summed = 0
-            bar.set_postfix(
-                train=f"{history.train_loss[-1]:.3f}", val=f"{history.val_loss[-1]:.3f}"
-            )
-            clock = time.perf_counter()
-        paused = time.perf_counter()  # checkpoints and the callback do not count as training time
-        interval = config.checkpoint_interval
-        if config.checkpoint_dir is not None and (
-            done == config.steps or (interval is not None and done % interval == 0)
-        ):
-            save_checkpoint(
-                Path(config.checkpoint_dir) / f"step-{done:06d}",
-                model,
-                optimizer=optimizer,
-                train_config=config,
-                history=history,
-                step=done,
-                generator=generator,
-                extra={
-                    "pending": {
-                        "loss_sum": loss_sum.item(),
-                        "steps": steps_summed,
-                        "seconds": seconds + paused - clock,
-                    }
-                },
-            )
-        bar.update(1)
-        if callback is not None:
-            callback(done, history, model)
-        clock += time.perf_counter() - paused
-    bar.close()
-    return history
-
-
-def _progress_bar(enabled: bool, total: int, initial: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="training", unit="step")
-
-
-_MAY_DIFFER_ON_RESUME = {"checkpoint_dir", "checkpoint_interval", "device"}
-
-
-def _check_same_run(saved: TrainConfig | None, config: TrainConfig) -> None:
-    """Resuming continues the saved run: every field that shapes the run must be equal."""
-    if saved is None:
-        raise ValueError("the checkpoint has no TrainConfig, so it cannot be resumed exactly")
-    for f in fields(TrainConfig):
-        ours, theirs = getattr(config, f.name), getattr(saved, f.name)
-        if f.name not in _MAY_DIFFER_ON_RESUME and ours != theirs:
-            raise ValueError(
-                f"cannot resume: TrainConfig.{f.name} is {ours!r} here but {theirs!r} in the "
-                "checkpoint; resume with the checkpoint's config (state.train_config)"
-            )
 
 
 def init_model(config: GPTConfig, *, seed: int, device: DeviceLike = None) -> GPT:
     """``GPT(config)`` initialised from ``seed`` without touching the global RNG's state.
 
-    >>> from companion.model import GPTConfig
     >>> a, b = (init_model(GPTConfig(11, 8, 1, 1, 4), seed=0) for _ in range(2))
     >>> torch.equal(a.wte.weight, b.wte.weight)
     True

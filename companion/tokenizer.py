@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Literal
 
 from companion.bpe import Pair, bpe_parts, count_words, train_incremental, train_plain
 from companion.pretokenize import (
-    GPT2_SPLIT_PATTERN,
     GPT4_SPLIT_PATTERN,
     WHOLE_TEXT_PATTERN,
     AllowedSpecial,
@@ -53,13 +52,7 @@ from companion.tokenizer_files import (
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = [
-    "GPT2_SPLIT_PATTERN",
-    "GPT4_SPLIT_PATTERN",
-    "BPETokenizer",
-    "count_tokens",
-    "load_cl100k",
-]
+__all__ = ["BPETokenizer", "count_tokens", "load_cl100k"]
 
 _CACHE_LIMIT = 100_000  # pre-token encodings kept before the cache is emptied
 _CACHE_MAX_CHARS = 128  # longer pre-tokens are not cached

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from companion.data import CharTokenizer
+from companion.char_tokenizer import CharTokenizer
 from companion.model import GPTConfig
-from companion.pretraining import TrainConfig
+from companion.train_config import TrainConfig
 
 TEXT = "the cat sat on the mat. " * 40
 TOKENIZER = CharTokenizer.from_text(TEXT)

@@ -19,7 +19,8 @@ from companion.bpe import (
     train_incremental,
     train_plain,
 )
-from companion.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPETokenizer
+from companion.pretokenize import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN
+from companion.tokenizer import BPETokenizer
 
 SMALL_TEXT = (
     "The cat sat on the mat. The cat's hat is flat; that's that! 12345 + 678 = 13023.\n"

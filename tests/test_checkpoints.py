@@ -1,4 +1,5 @@
-"""Checkpoints: round trips without pickle, atomic saves, clear mismatch errors, the base model."""
+"""Checkpoints: round trips without pickle, atomic saves, clear errors for mismatched or damaged
+files, the base model."""
 
 from __future__ import annotations
 
@@ -12,21 +13,25 @@ from safetensors.torch import load_file
 
 import companion.base_model
 import companion.checkpoints
-from companion.base_model import base_model_configs, train_base_model
+from companion.base_model import (
+    base_model_configs,
+    base_model_path,
+    load_base_model,
+    read_base_model_info,
+    train_base_model,
+)
 from companion.checkpoints import (
     META_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
-    base_model_path,
-    load_base_model,
     load_checkpoint,
-    read_base_model_info,
     save_checkpoint,
 )
 from companion.environment import make_generator
 from companion.model import GPT, GPTConfig
 from companion.optimizer import make_optimizer
-from companion.pretraining import History, TrainConfig, init_model
+from companion.pretraining import init_model
+from companion.train_config import History, TrainConfig
 
 TINY = GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=2, d_model=8)
 CONFIG = TrainConfig(steps=10, warmup_steps=1, device="cpu")
@@ -59,9 +64,9 @@ def test_round_trip_without_pickle(tmp_path):
         step=5, generator=generator, extra={"note": "hi"},
     )  # fmt: skip
     assert sorted(p.name for p in path.iterdir()) == sorted([META_FILE, MODEL_FILE, OPTIMIZER_FILE])
-    meta = json.loads((path / META_FILE).read_text())  # plain JSON ...
-    assert meta["aliases"] == {"lm_head.weight": "wte.weight"}  # the tied head is stored once
-    assert "lm_head.weight" not in load_file(path / MODEL_FILE)  # ... and plain safetensors
+    json.loads((path / META_FILE).read_text())  # plain JSON ...
+    stored = load_file(path / MODEL_FILE)  # ... and plain safetensors
+    assert len({"lm_head.weight", "wte.weight"} & set(stored)) == 1  # the tied matrix, once
     fresh = init_model(TINY, seed=1)
     fresh_optimizer = make_optimizer(fresh, CONFIG)
     state = load_checkpoint(path, fresh, optimizer=fresh_optimizer, device="cpu")
@@ -90,13 +95,13 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "ckpt"
     old = init_model(TINY, seed=0)
     save_checkpoint(path, old, step=1)
-    real_save = companion.checkpoints.save_file
 
-    def half_then_crash(tensors, filename, metadata=None):
-        real_save(dict(list(tensors.items())[:2]), filename, metadata=metadata)
+    def half_then_crash(model, filename, metadata=None):
+        with open(filename, "wb") as file:
+            file.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(companion.checkpoints, "save_file", half_then_crash)
+    monkeypatch.setattr(companion.checkpoints, "save_model", half_then_crash)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, init_model(TINY, seed=1), step=2)
     assert os.listdir(tmp_path) == ["ckpt"]  # no temporary or partial directory left behind
@@ -129,9 +134,38 @@ def test_mismatched_shape_names_the_tensor(tmp_path):
     (path / META_FILE).write_text(json.dumps(meta))
     bigger = GPT(GPTConfig(vocab_size=12, context_length=8, n_layer=1, n_head=2, d_model=8))
     with pytest.raises(
-        ValueError, match=r"'wte.weight' has shape \(12, 8\) in the model but \(11, 8\)"
+        ValueError, match=r"(?s)model.safetensors does not fit.*size mismatch.*\[11, 8\]"
     ):
         load_checkpoint(path, bigger)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate the tensors", r"model\.safetensors is damaged.*save the checkpoint again"),
+        ("delete the tensors", r"model\.safetensors is missing.*save it again"),
+        ("break the JSON", r"checkpoint\.json cannot be read as a checkpoint.*save it again"),
+        ("empty the JSON", r"checkpoint\.json is not a 'companion-checkpoint v1' file"),
+        ("truncate the optimizer", r"optimizer\.safetensors is damaged"),
+    ],
+)
+def test_a_damaged_checkpoint_names_the_file_and_the_fix(tmp_path, damage, message):
+    model = init_model(TINY, seed=0)
+    path = save_checkpoint(tmp_path / "ckpt", model, optimizer=_trained_optimizer(model))
+    tensors, meta, moments = path / MODEL_FILE, path / META_FILE, path / OPTIMIZER_FILE
+    if damage == "truncate the tensors":
+        tensors.write_bytes(tensors.read_bytes()[:-100])  # as a download or copy cut short
+    elif damage == "delete the tensors":
+        tensors.unlink()
+    elif damage == "break the JSON":
+        meta.write_text(meta.read_text()[:50])
+    elif damage == "empty the JSON":
+        meta.write_text("{}")
+    else:
+        moments.write_bytes(moments.read_bytes()[:30])
+    with pytest.raises(ValueError, match=message) as error:
+        load_checkpoint(path, init_model(TINY, seed=0), optimizer=make_optimizer(model, CONFIG))
+    assert str(path) in str(error.value)  # the message names the file
 
 
 def test_optimizer_state_missing_or_mismatched(tmp_path):

@@ -10,11 +10,11 @@ import torch
 
 import companion.corpus
 import companion.data
+from companion.char_tokenizer import CharTokenizer
 from companion.corpus import END_OF_TEXT, generate_corpus
 from companion.data import (
     COURSE_VOCAB_SIZE,
     SPECIAL_TOKENS,
-    CharTokenizer,
     course_tokenizer_path,
     encode_corpus,
     get_batch,
@@ -42,7 +42,7 @@ def stream():
 
 def test_batch_windows_are_real_slices_and_targets_are_shifted(stream):
     B, T = 16, 32
-    x, y = get_batch(stream, B, T, generator=make_generator(0))
+    x, y = get_batch(stream, B, T, generator=make_generator(0), device="cpu")
     assert x.shape == (B, T) and y.shape == (B, T)
     assert x.dtype == torch.long and y.dtype == torch.long
     assert torch.equal(y[:, :-1], x[:, 1:])
@@ -54,15 +54,15 @@ def test_batch_windows_are_real_slices_and_targets_are_shifted(stream):
 
 
 def test_batches_are_reproducible_from_the_generator(stream):
-    a = get_batch(stream, 8, 16, generator=make_generator(7))
-    b = get_batch(stream, 8, 16, generator=make_generator(7))
-    c = get_batch(stream, 8, 16, generator=make_generator(8))
+    a = get_batch(stream, 8, 16, generator=make_generator(7), device="cpu")
+    b = get_batch(stream, 8, 16, generator=make_generator(7), device="cpu")
+    c = get_batch(stream, 8, 16, generator=make_generator(8), device="cpu")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
     generator = make_generator(7)
     first, second = (
-        get_batch(stream, 8, 16, generator=generator)[0],
-        get_batch(stream, 8, 16, generator=generator)[0],
+        get_batch(stream, 8, 16, generator=generator, device="cpu")[0],
+        get_batch(stream, 8, 16, generator=generator, device="cpu")[0],
     )
     assert torch.equal(first, a[0]) and not torch.equal(first, second)
 
@@ -70,10 +70,12 @@ def test_batches_are_reproducible_from_the_generator(stream):
 def test_every_start_is_reachable_and_none_overflows():
     tokens = torch.arange(10)
     T = 6  # starts 0..3 fit a window of 6 inputs plus one target
-    x, y = get_batch(tokens, 400, T, generator=make_generator(0))
+    x, y = get_batch(tokens, 400, T, generator=make_generator(0), device="cpu")
     assert set(x[:, 0].tolist()) == {0, 1, 2, 3}
     assert int(y.max()) == 9
-    x, y = get_batch(tokens, 3, 9, generator=make_generator(0))  # exactly one window fits
+    x, y = get_batch(
+        tokens, 3, 9, generator=make_generator(0), device="cpu"
+    )  # exactly one window fits
     assert torch.equal(x, torch.arange(9).expand(3, 9)) and torch.equal(y, x + 1)
 
 
@@ -101,7 +103,7 @@ def test_too_short_a_stream_raises_a_clear_error():
 )
 def test_bad_batch_arguments_raise(tokens, batch_size, context_length, match):
     with pytest.raises(ValueError, match=match):
-        get_batch(tokens, batch_size, context_length, generator=make_generator(0))
+        get_batch(tokens, batch_size, context_length, generator=make_generator(0), device="cpu")
 
 
 # --- the split ---------------------------------------------------------------------------------

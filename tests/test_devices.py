@@ -12,10 +12,12 @@ import math
 import pytest
 import torch
 
-from companion.checkpoints import load_base_model, load_checkpoint, save_checkpoint
+from companion.base_model import load_base_model
+from companion.checkpoints import load_checkpoint, save_checkpoint
 from companion.data import get_batch
 from companion.environment import make_generator
-from companion.pretraining import TrainConfig, init_model, train
+from companion.pretraining import init_model, train
+from companion.train_config import TrainConfig
 
 from _tiny import TINY, TOKENIZER, TOKENS, tiny_config
 

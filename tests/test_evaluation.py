@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import companion.evaluation
-from companion.data import CharTokenizer
+from companion.char_tokenizer import CharTokenizer
 from companion.evaluation import complete, fact_completion_accuracy, is_correct
 from companion.model import GPTConfig
 from companion.pretraining import init_model

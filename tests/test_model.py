@@ -42,10 +42,12 @@ def test_logits_equal_hugging_face_gpt2(hf_gpt2):
     idx = _ids(2, 24, V=97)
     with torch.no_grad():
         expected = hf_gpt2(idx).logits
-        for impl in ("fused", "manual"):
-            logits, loss = model(idx, attention=impl)
-            assert loss is None
-            torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+        logits, loss = model(idx)
+        assert loss is None
+        # Both compute the same float32 sums in other orders (HF's Conv1D is addmm on the
+        # transposed weight, its attention another kernel): the logits (|logit| < 1 here) agree to
+        # a few float32 roundings per layer, about 1e-6. 1e-4 leaves room for any CPU's kernels.
+        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
         # The loss agrees too (HF shifts internally; we take targets already shifted).
         _, loss = model(idx[:, :-1], targets=idx[:, 1:])
         hf_loss = hf_gpt2(idx, labels=idx).loss
@@ -85,21 +87,12 @@ def test_changing_a_future_token_never_changes_an_earlier_logit():
     changed = idx.clone()
     changed[0, 6] = (idx[0, 6] + 1) % TINY.vocab_size
     with torch.no_grad():
-        for impl in ("fused", "manual"):
-            a, _ = model(idx, attention=impl)
-            b, _ = model(changed, attention=impl)
-            assert torch.equal(a[:, :6], b[:, :6])
-            assert not torch.allclose(a[:, 6:], b[:, 6:])
-
-
-def test_fused_and_manual_attention_agree_with_grads():
-    model = _tiny_model()
-    idx = _ids(3, 12)
-    fused, loss_f = model(idx, targets=idx)
-    manual, loss_m = model(idx, targets=idx, attention="manual")
-    torch.testing.assert_close(fused, manual, atol=1e-5, rtol=0)
-    grads = [torch.autograd.grad(loss, model.wte.weight)[0] for loss in (loss_f, loss_m)]
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=0)
+        a, _ = model(idx)
+        b, _ = model(changed)
+        maps_a, maps_b = model.attention_maps(idx), model.attention_maps(changed)
+    assert torch.equal(a[:, :6], b[:, :6])  # exact: masked keys get weight exactly 0
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+    assert torch.equal(maps_a[..., :6, :], maps_b[..., :6, :])  # the from-scratch path too
 
 
 def test_loss_is_mean_cross_entropy_ignoring_minus_100():
@@ -167,11 +160,11 @@ def test_token_outside_vocabulary_raises():
     model = _tiny_model()
     idx = _ids(2, 4)
     idx[1, 2] = 37
-    with pytest.raises(ValueError, match=r"token id 37 at position \(batch 1, t 2\).*\[0, 37\)"):
+    with pytest.raises(ValueError, match=r"idx holds token id 37 at index \(1, 2\).*\[0, 37\)"):
         model(idx)
     with pytest.raises(ValueError, match=r"token id -1"):
         model(torch.tensor([[-1, 2]]))
-    with pytest.raises(ValueError, match=r"target id 40"):
+    with pytest.raises(ValueError, match=r"targets holds token id 40"):
         model(_ids(1, 3), targets=torch.tensor([[1, 40, 2]]))
 
 
@@ -198,8 +191,6 @@ def test_other_bad_idx_and_targets_raise():
         model(torch.zeros(1, 0, dtype=torch.long))
     with pytest.raises(ValueError, match=r"targets shape \(1, 2\) must equal idx shape \(1, 3\)"):
         model(_ids(1, 3), targets=_ids(1, 2))
-    with pytest.raises(ValueError, match="not one of"):
-        model(_ids(1, 3), attention="flash")
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """The training loop: shifted targets, the loss at initialisation, the schedule, accumulation,
-weight-decay groups, resuming exactly, and bad configs."""
+clipping, weight-decay groups, resuming exactly (dropout's random stream too), and bad configs."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+import companion.environment
 import companion.optimizer
 import companion.pretraining
 from companion.data import get_batch
 from companion.environment import make_generator
 from companion.model import GPTConfig
 from companion.optimizer import learning_rate_at, make_optimizer
-from companion.pretraining import History, TrainConfig, init_model, train
+from companion.pretraining import init_model, train
+from companion.train_config import History, TrainConfig
 
 from _tiny import TINY, TOKENIZER, TOKENS, tiny_config
 
@@ -32,26 +35,28 @@ def test_docstring_examples_run(module):
 
 def test_targets_are_the_inputs_shifted_by_one():
     tokens = torch.arange(100, 200)
-    x, y = get_batch(tokens, 3, 5, generator=make_generator(0))
+    x, y = get_batch(tokens, 3, 5, generator=make_generator(0), device="cpu")
     assert torch.equal(y[:, :-1], x[:, 1:])  # target t is input t + 1
     assert torch.equal(y[:, -1], x[:, -1] + 1)  # and the last target is the next token
-    model = init_model(GPTConfig(200, 8, 1, 1, 8), seed=0)
+    model = init_model(GPTConfig(200, 8, 1, 1, 8), seed=0, device="cpu")
     logits, loss = model(x, y)
     assert torch.allclose(loss, F.cross_entropy(logits.reshape(-1, 200), y.reshape(-1)))
 
 
 def test_untrained_loss_is_about_ln_vocab_size():
     V = 768
-    model = init_model(GPTConfig(V, 32, 2, 2, 32), seed=0)
+    model = init_model(GPTConfig(V, 32, 2, 2, 32), seed=0, device="cpu")
     tokens = torch.randint(0, V, (5000,), generator=make_generator(0))
-    x, y = get_batch(tokens, 8, 32, generator=make_generator(1))
+    x, y = get_batch(tokens, 8, 32, generator=make_generator(1), device="cpu")
     _, loss = model(x, y)
     assert abs(loss.item() - math.log(V)) < 0.05
 
 
 def test_evaluate_loss_is_the_mean_batch_loss_in_eval_mode():
     model = init_model(TINY, seed=0, device="cpu")
-    batches = [get_batch(TOKENS, 4, 16, generator=make_generator(i)) for i in range(3)]
+    batches = [
+        get_batch(TOKENS, 4, 16, generator=make_generator(i), device="cpu") for i in range(3)
+    ]
     expected = sum(model(x, y)[1].item() for x, y in batches) / 3
     for device in (None, "cpu", torch.device("cpu")):  # the model's device, a name, a device
         assert companion.pretraining.evaluate_loss(model, batches, device) == pytest.approx(
@@ -138,26 +143,74 @@ def test_token_streams_are_checked_against_the_vocabulary_before_training():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_gradient_accumulation_matches_one_big_batch():
-    x, y = get_batch(TOKENS, 4, 16, generator=make_generator(5))
-    calls = {"n": 0}
+def _gradients_the_optimiser_sees(
+    model, config, data=(TOKENS, TOKENS), batch_fn=None
+) -> list[list[torch.Tensor]]:
+    """Run ``train`` and copy every gradient at each optimiser step, just before the update
+    (after accumulation and clipping): one list of tensors per step."""
+    steps = []
 
-    def halves(data, generator):  # micro-batches: rows 0-1, then rows 2-3, alternating
-        part = calls["n"] % 2
-        calls["n"] += 1
-        return x[2 * part : 2 * part + 2], y[2 * part : 2 * part + 2]
+    def look(optimizer, args, kwargs):
+        steps.append([p.grad.clone() for g in optimizer.param_groups for p in g["params"]])
 
-    big, small = init_model(TINY, seed=0), init_model(TINY, seed=0)
-    train(big, TOKENS, TOKENS, tiny_config(steps=3), progress=False, batch_fn=lambda d, g: (x, y))
-    config = tiny_config(steps=3, batch_size=2, grad_accumulation=2)
-    train(small, TOKENS, TOKENS, config, progress=False, batch_fn=halves)
-    for a, b in zip(big.parameters(), small.parameters(), strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    handle = register_optimizer_step_pre_hook(look)
+    try:
+        train(model, *data, config, progress=False, batch_fn=batch_fn)
+    finally:
+        handle.remove()
+    return steps
+
+
+def _global_norm(grads: list[torch.Tensor]) -> float:
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+
+
+def test_accumulated_gradient_equals_the_big_batch_gradient():
+    """grad_accumulation=2 over the two halves of a batch gives the whole batch's gradient:
+    each micro-batch's loss is divided by the number of micro-batches before backward."""
+    x, y = get_batch(TOKENS, 4, 16, generator=make_generator(5), device="cpu")
+    halves = itertools.cycle([(x[:2], y[:2]), (x[2:], y[2:])])
+
+    def whole(data, generator):
+        return x, y
+
+    def in_halves(data, generator):  # the validation batches are the whole batch
+        return next(halves) if data == "train" else (x, y)
+
+    unclipped = {"steps": 1, "warmup_steps": 0, "grad_clip": None}
+    big = _gradients_the_optimiser_sees(
+        init_model(TINY, seed=0).double(), tiny_config(**unclipped), ("train", "val"), whole
+    )
+    small = _gradients_the_optimiser_sees(
+        init_model(TINY, seed=0).double(),
+        tiny_config(batch_size=2, grad_accumulation=2, **unclipped),
+        ("train", "val"),
+        in_halves,
+    )
+    # In float64 the two gradients differ only in the order of the same additions (a few
+    # hundred terms each): at most about n·ε·Σ|terms| with ε = 2.2e-16, far below 1e-9 of the
+    # largest entry on any CPU. A loss not divided by 2 would double every entry.
+    for a, b in zip(big[0], small[0], strict=True):
+        torch.testing.assert_close(b, a, atol=1e-9 * a.abs().max().item(), rtol=0)
+
+
+def test_gradient_clipping_bounds_the_norm_the_optimiser_sees():
+    limit = 0.01
+    norms = {}
+    for clip in (limit, None):
+        steps = _gradients_the_optimiser_sees(init_model(TINY, seed=0), tiny_config(grad_clip=clip))
+        norms[clip] = [_global_norm(grads) for grads in steps]
+    assert len(norms[limit]) == 8
+    # clip_grad_norm_ scales the gradients by limit / (norm + 1e-6), so their norm becomes the
+    # limit times a factor just below 1; recomputing it in float32 over about 2,500 numbers can
+    # round up by at most n·ε ≈ 3e-4 of it on any CPU. Unclipped, these gradients are far larger.
+    assert all(norm <= limit * (1 + 1e-3) for norm in norms[limit])
+    assert all(norm > 10 * limit for norm in norms[None])
 
 
 def test_batch_fn_with_ignored_targets():
     """SFT's case: targets of -100 add nothing, so training on them changes nothing."""
-    x, y = get_batch(TOKENS, 4, 16, generator=make_generator(0))
+    x, y = get_batch(TOKENS, 4, 16, generator=make_generator(0), device="cpu")
     ignored = torch.full_like(y, -100)
     ignored[:, -1] = y[:, -1]  # learn only the last position
     model = init_model(TINY, seed=0)
@@ -189,6 +242,49 @@ def test_resume_continues_exactly(tmp_path):
     assert got.learning_rate == expected.learning_rate
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+DROPOUT = GPTConfig(**{**TINY.to_dict(), "dropout": 0.2})
+
+
+def test_dropout_is_seeded_by_the_config_not_the_global_state():
+    torch.manual_seed(1)
+    a = train(init_model(DROPOUT, seed=0), TOKENS, TOKENS, tiny_config(), progress=False)
+    torch.manual_seed(2)
+    before = torch.get_rng_state()
+    b = train(init_model(DROPOUT, seed=0), TOKENS, TOKENS, tiny_config(), progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's global state is untouched
+    assert a.train_loss == b.train_loss
+    c = train(init_model(DROPOUT, seed=0), TOKENS, TOKENS, tiny_config(seed=1), progress=False)
+    assert c.train_loss != a.train_loss  # another seed: other batches and other dropout masks
+
+
+def test_resume_with_dropout_continues_its_random_stream(tmp_path):
+    """Dropout draws from torch's global generator: a resumed run must pick that stream up where
+    the checkpoint left it, whatever the global state is when resuming."""
+    expected = train(init_model(DROPOUT, seed=0), TOKENS, TOKENS, tiny_config(), progress=False)
+    config = tiny_config(checkpoint_dir=str(tmp_path), checkpoint_interval=3)
+    train(init_model(DROPOUT, seed=0), TOKENS, TOKENS, config, progress=False)
+    torch.manual_seed(12345)  # another global state before resuming: it must not matter
+    resumed = init_model(DROPOUT, seed=99)
+    got = train(
+        resumed, TOKENS, TOKENS, config, progress=False, resume_from=tmp_path / "step-000003"
+    )
+    assert got.train_loss == expected.train_loss and got.val_loss == expected.val_loss
+    straight = train(init_model(TINY, seed=0), TOKENS, TOKENS, tiny_config(), progress=False)
+    assert straight.train_loss != expected.train_loss  # dropout did act on these losses
+
+
+def test_model_and_batches_share_one_default_device(monkeypatch):
+    """On a machine with an accelerator, init_model and get_batch both default to it, so the
+    model and its batches meet on one device. Simulated with torch's "meta" device (tensors
+    without values), which no CPU code path would pick by itself."""
+    monkeypatch.setattr(companion.environment, "default_device", lambda: torch.device("meta"))
+    model = init_model(TINY, seed=0)
+    x, y = get_batch(TOKENS, 2, 8, generator=make_generator(0))
+    assert model.wte.weight.device.type == x.device.type == y.device.type == "meta"
+    logits, loss = model(x, y)
+    assert logits.shape == (2, 8, TINY.vocab_size) and loss.device.type == "meta"
 
 
 def test_resume_with_another_config_names_the_field(tmp_path):

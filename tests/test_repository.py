@@ -3,7 +3,9 @@ and an import of ``companion`` that does nothing."""
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import graphlib
 import json
 import re
 import subprocess
@@ -175,3 +177,40 @@ def test_importing_companion_does_nothing():
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 2, "expected to import every companion module"
+
+
+def _companion_imports(path: Path) -> set[str]:
+    """The companion modules ``path`` imports anywhere: at the top, inside functions and under
+    ``if TYPE_CHECKING:`` alike."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("companion."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "companion":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("companion.")}
+    return found
+
+
+def test_the_package_imports_run_one_way():
+    """No import cycle between companion's modules, counting every import statement."""
+    graph = {p.stem: _companion_imports(p) for p in (ROOT / "companion").glob("*.py")}
+    graph = {module: imports - {module} for module, imports in graph.items()}
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert set(order) >= set(graph)
+    assert "checkpoints" not in graph["optimizer"] and "pretraining" not in graph["checkpoints"]
+
+
+def test_imports_inside_functions_and_type_checking_count(tmp_path):
+    """The check above would see the cycle the package once dodged this way."""
+    module = tmp_path / "optimizer.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from companion.pretraining import TrainConfig\n"
+        "def f():\n    import companion.checkpoints\n    from companion import data\n"
+    )
+    assert _companion_imports(module) == {"pretraining", "checkpoints", "data"}
+    graph = {"optimizer": {"pretraining"}, "pretraining": {"optimizer"}}
+    with pytest.raises(graphlib.CycleError):
+        list(graphlib.TopologicalSorter(graph).static_order())

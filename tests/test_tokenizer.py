@@ -13,14 +13,13 @@ from hypothesis import strategies as st
 import companion.pretokenize
 import companion.tokenizer
 import companion.tokenizer_files
-from companion.pretokenize import split_special, training_words
-from companion.tokenizer import (
+from companion.pretokenize import (
     GPT2_SPLIT_PATTERN,
     GPT4_SPLIT_PATTERN,
-    BPETokenizer,
-    count_tokens,
-    load_cl100k,
+    split_special,
+    training_words,
 )
+from companion.tokenizer import BPETokenizer, count_tokens, load_cl100k
 
 SEED_TEXT = "Hello, how many tokens is this sentence?"
 SEED_IDS = [9906, 11, 1268, 1690, 11460, 374, 420, 11914, 30]
