@@ -6,10 +6,15 @@ This plugin times each notebook from its first cell to its last, reads the kerne
 memory (``VmHWM`` in ``/proc/<pid>/status`` on Linux; sampled RSS elsewhere), prints a table of
 both at the end of the run, and fails the notebook's last cell when it goes over budget. The
 budget is what a Binder session on 2 CPU cores can afford.
+
+Memory is enforced everywhere. Wall time depends on the machine and on what else it is doing, so
+it is enforced only in CI (``CI`` set in the environment, as ``.ci/run`` has it), on a machine of
+known size with nothing else running; elsewhere the table reports it and fails nothing.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -41,7 +46,7 @@ class NotebookRun:
 
     def over_budget(self) -> list[str]:
         problems = []
-        if self.seconds > NOTEBOOK_SECONDS_BUDGET:
+        if self.seconds > NOTEBOOK_SECONDS_BUDGET and os.environ.get("CI"):
             problems.append(f"ran {self.seconds:.0f} s (budget {NOTEBOOK_SECONDS_BUDGET:.0f} s)")
         if self.peak_mb > NOTEBOOK_MEMORY_BUDGET_MB:
             problems.append(
@@ -131,6 +136,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
             status = f"FAILED ({run.failed_cells} cell(s))"
         else:
             status = "; ".join(run.over_budget()) or "ok"
+            if run.seconds > NOTEBOOK_SECONDS_BUDGET and not os.environ.get("CI"):
+                status += " (slower than the budget here; time is enforced in CI only)"
         write(f"{run.name:<28} {run.cells:>5} {run.seconds:>8.1f} {run.peak_mb:>8.0f}  {status}")
     write(
         f"budget per notebook: {NOTEBOOK_SECONDS_BUDGET:.0f} s and "

@@ -24,6 +24,11 @@ Read the modules in course order; each one names the notebook that teaches it.
     base_model          the shipped base model: its recipe, command and loader  (04_pretraining)
     evaluation          fact-completion accuracy and sampled completions        (04_pretraining)
 
+Words with one meaning throughout: *ids* are token ids (ints); *tokens* is a 1-D tensor of ids,
+a stream such as a tokenised corpus; a token's *bytes* (a *piece*) are what it stands for, its
+*text* (a *label*) what a plot shows. Shapes use B batch, T time, C channels, H heads, D head size,
+V vocabulary.
+
 Importing ``companion`` does nothing else: no I/O, no network, no seeding. Import the module you
 need, e.g. ``from companion.model import GPT``.
 """

@@ -27,21 +27,21 @@ from companion.attention import scaled_dot_product_attention
 from companion.environment import DeviceLike, resolve_device
 
 
-def plot_attention(ax, weights: torch.Tensor, tokens: Sequence[str], *, title: str = "") -> None:
+def plot_attention(ax, weights: torch.Tensor, labels: Sequence[str], *, title: str = "") -> None:
     """Draw one (T, T) attention map on ``ax``: row t = how query token t spreads its attention."""
-    T = len(tokens)
+    T = len(labels)
     if tuple(weights.shape) != (T, T):
         raise ValueError(f"weights shape {tuple(weights.shape)} does not match {T} tokens")
     ax.imshow(weights.detach().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
-    labels = [repr(t)[1:-1] for t in tokens]  # show spaces and newlines visibly
-    ax.set_xticks(range(T), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(T), labels, fontsize=7)
+    shown = [repr(t)[1:-1] for t in labels]  # spaces and newlines made visible
+    ax.set_xticks(range(T), shown, rotation=90, fontsize=7)
+    ax.set_yticks(range(T), shown, fontsize=7)
     ax.set_xlabel("key (attended to)", fontsize=7)
     ax.set_ylabel("query (attending)", fontsize=7)
     ax.set_title(title, fontsize=9)
 
 
-def attention_heads_figure(maps: torch.Tensor, tokens: Sequence[str], *, layer: int = 0):
+def attention_heads_figure(maps: torch.Tensor, labels: Sequence[str], *, layer: int = 0):
     """One heatmap per head for a single layer: ``maps`` is (H, T, T). Returns the Figure."""
     import matplotlib.pyplot as plt
 
@@ -51,7 +51,7 @@ def attention_heads_figure(maps: torch.Tensor, tokens: Sequence[str], *, layer: 
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     for h, ax in enumerate(axes.flat):
         if h < H:
-            plot_attention(ax, maps[h], tokens, title=f"layer {layer}, head {h}")
+            plot_attention(ax, maps[h], labels, title=f"layer {layer}, head {h}")
         else:
             ax.axis("off")
     fig.tight_layout()
@@ -96,7 +96,7 @@ def sense_similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     return {"within a": within(a), "within b": within(b), "across": float((a @ b.T).mean())}
 
 
-def strongest_links(weights: torch.Tensor, tokens: Sequence[str]) -> list[tuple[str, str, float]]:
+def strongest_links(weights: torch.Tensor, labels: Sequence[str]) -> list[tuple[str, str, float]]:
     """For each query token, the key it attends to most: ``(query, key, weight)``.
 
     >>> strongest_links(torch.tensor([[1.0, 0.0], [0.3, 0.7]]), ["a", "b"])
@@ -104,7 +104,7 @@ def strongest_links(weights: torch.Tensor, tokens: Sequence[str]) -> list[tuple[
     """
     best = weights.max(dim=-1)  # values and indices, (T,) each
     return [
-        (tokens[t], tokens[int(s)], round(float(w), 4))
+        (labels[t], labels[int(s)], round(float(w), 4))
         for t, (w, s) in enumerate(zip(best.values, best.indices, strict=True))
     ]
 
@@ -156,22 +156,22 @@ class AttentionExplorer:
 
     def current(self) -> tuple[list[str], torch.Tensor]:
         """Tokens and the (T, T) map the controls point at now."""
-        tokens, maps = self.attention(self.sentence.value)
-        return tokens, maps[self.layer.value, self.head.value]  # (T, T)
+        labels, maps = self.attention(self.sentence.value)
+        return labels, maps[self.layer.value, self.head.value]  # (T, T)
 
     def update(self, change: dict | None = None) -> None:
         """Handler for every control: redraw the heatmap and rewrite the summary."""
         from matplotlib.figure import Figure
 
-        tokens, weights = self.current()
+        labels, weights = self.current()
         fig = Figure(figsize=(4.5, 4.5))
         title = f"layer {self.layer.value}, head {self.head.value}"
-        plot_attention(fig.add_subplot(), weights, tokens, title=title)
+        plot_attention(fig.add_subplot(), weights, labels, title=title)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
         self.image.value = buffer.getvalue()
-        query, key, weight = strongest_links(weights, tokens)[-1]
+        query, key, weight = strongest_links(weights, labels)[-1]
         self.summary.value = (
             f"{title}: the last token {query!r} attends most to {key!r} (weight {weight:.2f})"
         )

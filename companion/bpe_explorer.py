@@ -34,7 +34,8 @@ def show_token(token: bytes) -> str:
 
 
 def segment(tokenizer: BPETokenizer, text: str, num_merges: int) -> list[bytes]:
-    """The tokens of ``text`` (as bytes) when only the first ``num_merges`` merges are applied.
+    """The token pieces of ``text`` (each token's bytes) when only the first ``num_merges``
+    merges are applied.
 
     ``num_merges=0`` gives the single bytes; ``len(tokenizer.merges)`` the tokenizer's own
     encoding (special-token strings count as ordinary text).
@@ -52,24 +53,24 @@ def segment(tokenizer: BPETokenizer, text: str, num_merges: int) -> list[bytes]:
         )
     merges = merges[:num_merges]
     byte_id = {b: i for i, b in enumerate(tokenizer.byte_order)}  # byte -> its id
-    tokens: list[bytes] = []
-    for piece in tokenizer.split(text):  # [text] when the tokenizer has no pattern
-        ids = replay_merges([byte_id[b] for b in piece.encode("utf-8")], merges)
-        tokens.extend(tokenizer.token_bytes(i) for i in ids)
-    return tokens
+    pieces: list[bytes] = []
+    for word in tokenizer.split(text):  # [text] when the tokenizer has no pattern
+        ids = replay_merges([byte_id[b] for b in word.encode("utf-8")], merges)
+        pieces.extend(tokenizer.token_bytes(i) for i in ids)
+    return pieces
 
 
-def tokens_html(tokens: Sequence[bytes]) -> str:
-    """The tokens as coloured inline boxes (HTML), one colour per position, cycling.
+def pieces_html(pieces: Sequence[bytes]) -> str:
+    """Token pieces as coloured inline boxes (HTML), one colour per position, cycling.
 
-    >>> tokens_html([b"a", b" b"]).count("<span")
+    >>> pieces_html([b"a", b" b"]).count("<span")
     2
     """
     boxes = [
         f'<span style="background:{_COLOURS[i % len(_COLOURS)]};padding:1px 2px;margin:1px;'
         f'border-radius:3px;font-family:monospace;white-space:pre">'
-        f"{html.escape(show_token(token))}</span>"
-        for i, token in enumerate(tokens)
+        f"{html.escape(show_token(piece))}</span>"
+        for i, piece in enumerate(pieces)
     ]
     return '<div style="line-height:1.9">' + "".join(boxes) + "</div>"
 
@@ -89,7 +90,7 @@ class BPEExplorer:
         if not tokenizer.merges:
             raise ValueError("this tokenizer has no merges to step through; train it first")
         self.tokenizer, self.text = tokenizer, text
-        self.tokens: list[bytes] = []
+        self.pieces: list[bytes] = []  # the bytes of each token, in order
         n = len(tokenizer.merges)
         self.slider = widgets.IntSlider(
             value=min(max(start, 0), n), min=0, max=n, description="merges", continuous_update=True
@@ -113,13 +114,13 @@ class BPEExplorer:
 
     def update(self, change: dict | None = None) -> None:
         """Handler for the slider: re-segment the text and rewrite the labels."""
-        self.tokens = segment(self.tokenizer, self.text, self.slider.value)
-        self.view.value = tokens_html(self.tokens)
+        self.pieces = segment(self.tokenizer, self.text, self.slider.value)
+        self.view.value = pieces_html(self.pieces)
         self.merge_label.value = self.latest_merge()
         n_chars = len(self.text)
         self.count_label.value = (
-            f"{len(self.tokens)} tokens for {n_chars} characters "
-            f"({n_chars / len(self.tokens):.2f} characters per token)"
+            f"{len(self.pieces)} tokens for {n_chars} characters "
+            f"({n_chars / len(self.pieces):.2f} characters per token)"
         )
 
 

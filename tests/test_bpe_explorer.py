@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 import companion.bpe_explorer
-from companion.bpe_explorer import BPEExplorer, merges_figure, segment, show_token, tokens_html
+from companion.bpe_explorer import BPEExplorer, merges_figure, pieces_html, segment, show_token
 from companion.tokenizer import BPETokenizer
 
 TEXTBOOK = BPETokenizer([(97, 97), (97, 98), (256, 257)], pattern=None)
@@ -54,14 +54,14 @@ def test_slider_drives_the_view_and_labels():
     assert explorer.merge_label.value == "merge 1: 'a' + 'a' -> 'aa' (id 256)"
     assert explorer.count_label.value == "9 tokens for 11 characters (1.22 characters per token)"
     explorer.slider.value = 3
-    assert explorer.tokens == [b"aaab", b"d", b"aaab", b"a", b"c"]
+    assert explorer.pieces == [b"aaab", b"d", b"aaab", b"a", b"c"]
     assert explorer.merge_label.value == "merge 3: 'aa' + 'ab' -> 'aaab' (id 258)"
     assert explorer.view.value.count("<span") == 5
     assert ">aaab</span>" in explorer.view.value
 
 
 def test_html_escapes_and_shows_whitespace():
-    page = tokens_html([b"<b>", b" x\n"])
+    page = pieces_html([b"<b>", b" x\n"])
     assert "&lt;b&gt;" in page and "<b>" not in page
     assert "·x↵" in page
     assert show_token(b"\xe2\x82") == "\ufffd"
