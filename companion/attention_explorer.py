@@ -102,14 +102,17 @@ def similarity_by_pair_kind(
     same template", "same sense, other template", "other sense"; a row is never paired with
     itself. The second against the third is the sense effect with the wording held apart.
 
-    >>> v = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    >>> similarity_by_pair_kind(v, ["a", "a", "a", "b"], ["t", "t", "u", "v"])
-    {'same sense, same template': 1.0, 'same sense, other template': 0.0, 'other sense': 0.5}
+    >>> v = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    >>> sims = similarity_by_pair_kind(v, ["a", "a", "a", "b"], ["t", "t", "u", "v"])
+    >>> {kind: round(value, 3) for kind, value in sims.items()}  # (0.6 + 0.6) / 2, (0 + 0 + 0.8) / 3
+    {'same sense, same template': 1.0, 'same sense, other template': 0.6, 'other sense': 0.267}
     """
     N = vectors.shape[0]
     if not len(sense) == len(template) == N:
-        raise ValueError(f"need one sense and one template per row: {N} rows, "
-                         f"{len(sense)} senses, {len(template)} templates")
+        raise ValueError(
+            f"need one sense and one template per row: {N} rows, "
+            f"{len(sense)} senses, {len(template)} templates"
+        )
     unit = F.normalize(vectors.float(), dim=-1)
     sims = unit @ unit.T  # (N, N): cosine of every pair
     groups: dict[str, list[float]] = {
@@ -154,7 +157,9 @@ def attention_pattern_shares(maps: torch.Tensor) -> dict[str, torch.Tensor]:
         "previous": queries[..., t - 2, t - 1],  # just below the diagonal
         "first": queries[..., 0],  # the first column
     }
-    shares["elsewhere"] = 1.0 - shares["self"] - shares["previous"] - shares["first"]
+    keys = torch.arange(T, device=maps.device)
+    between = (keys >= 1) & (keys[None, :] <= t[:, None] - 2)  # (T - 2, T): keys 1 … t - 2
+    shares["elsewhere"] = (queries * between).sum(dim=-1)
     return {name: share.mean(dim=-1) for name, share in shares.items()}
 
 

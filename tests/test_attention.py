@@ -242,6 +242,15 @@ def test_sense_similarity_by_hand():
         sense_similarity(a[:1], b)
 
 
+def test_explorer_docstring_examples_run():
+    import doctest
+
+    import companion.attention_explorer
+
+    result = doctest.testmod(companion.attention_explorer)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_similarity_by_pair_kind_by_hand():
     from companion.attention_explorer import similarity_by_pair_kind
 
@@ -264,9 +273,7 @@ def test_attention_pattern_shares_by_hand_and_on_a_model():
     from companion.model import GPT, GPTConfig
 
     # A previous-token head over four tokens: queries 2 and 3 put everything on t - 1.
-    previous = torch.tensor(
-        [[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]
-    )
+    previous = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
     uniform = torch.tril(torch.ones(4, 4)) / torch.arange(1, 5)[:, None]  # row t: 1 / (t + 1)
     shares = attention_pattern_shares(torch.stack([previous, uniform]))  # (2,) each
     assert shares["previous"].tolist() == pytest.approx([1.0, (1 / 3 + 1 / 4) / 2])

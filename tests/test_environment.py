@@ -80,6 +80,15 @@ def test_course_map_draws_every_stage_in_order():
     assert len(figure.axes[0].patches) == 2 * len(stages) - 1  # a box per stage, arrows between
 
 
+def test_notebook_helpers_docstring_examples_run():
+    import doctest
+
+    import companion.notebook
+
+    result = doctest.testmod(companion.notebook)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_course_map_marks_the_chapters_without_a_notebook_as_coming(monkeypatch):
     import matplotlib
 
