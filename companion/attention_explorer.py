@@ -1,14 +1,17 @@
 """Looking inside a trained model: attention heatmaps, a widget, and contextual token vectors.
 
-Taught in ``02_attention.ipynb``: :func:`attention_heads_figure` draws every head of a layer;
-:class:`AttentionExplorer` picks sentence, layer and head; :func:`residual_stream` and
-:func:`sense_similarity` measure how attention gives one word ("bank") different vectors in
-different contexts, and :func:`similarity_by_pair_kind` is its control (same sense in another
-sentence template vs the other sense); :func:`attention_pattern_shares` measures what each head
-attends to on average (itself, the previous token, the first token, elsewhere). The widget's logic lives here (state + handlers), so it is
-tested without a kernel: set ``explorer.layer.value = 1`` and the handler re-draws at once.
-The notebook only creates and displays it, next to a static figure made by
-:func:`attention_heads_figure` (widgets render blank in the static book).
+Taught in ``02_attention.ipynb`` (its preview section): :func:`attention_heads_figure` draws every
+head of a layer; :class:`AttentionExplorer` picks sentence, layer and head;
+:func:`attention_pattern_shares` measures what each head attends to on average (itself, the
+previous token, the first token, elsewhere); :func:`residual_stream` and
+:func:`similarity_by_pair_kind` measure how attention gives one word ("bank") different vectors
+in different contexts, with the control that keeps the sentence's wording apart from its sense
+(:func:`sense_similarity` is the plain within/across comparison).
+
+The widget's logic lives here (state + handlers), so it is tested without a kernel: set
+``explorer.layer.value = 1`` and the handler re-draws at once. The notebook only creates and
+displays it, next to a static figure made by :func:`attention_heads_figure` (widgets render
+blank in the static book).
 
 Left out: attention rollout and other attribution methods; the heatmaps show raw weights.
 """
