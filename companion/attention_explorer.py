@@ -1,12 +1,17 @@
 """Looking inside a trained model: attention heatmaps, a widget, and contextual token vectors.
 
-Taught in ``02_attention.ipynb``: :func:`attention_heads_figure` draws every head of a layer;
-:class:`AttentionExplorer` picks sentence, layer and head; :func:`residual_stream` and
-:func:`sense_similarity` measure how attention gives one word ("bank") different vectors in
-different contexts. The widget's logic lives here (state + handlers), so it is
-tested without a kernel: set ``explorer.layer.value = 1`` and the handler re-draws at once.
-The notebook only creates and displays it, next to a static figure made by
-:func:`attention_heads_figure` (widgets render blank in the static book).
+Taught in ``02_attention.ipynb`` (its preview section): :func:`attention_heads_figure` draws every
+head of a layer; :class:`AttentionExplorer` picks sentence, layer and head;
+:func:`attention_pattern_shares` measures what each head attends to on average (itself, the
+previous token, the first token, elsewhere); :func:`residual_stream` and
+:func:`similarity_by_pair_kind` measure how attention gives one word ("bank") different vectors
+in different contexts, with the control that keeps the sentence's wording apart from its sense
+(:func:`sense_similarity` is the plain within/across comparison).
+
+The widget's logic lives here (state + handlers), so it is tested without a kernel: set
+``explorer.layer.value = 1`` and the handler re-draws at once. The notebook only creates and
+displays it, next to a static figure made by :func:`attention_heads_figure` (widgets render
+blank in the static book).
 
 :func:`time_attention` and :func:`power_law_exponent` measure how attention's cost grows with
 the sequence length (the notebook prints the measured exponent beside the operation count).
@@ -94,6 +99,76 @@ def sense_similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
         return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
 
     return {"within a": within(a), "within b": within(b), "across": float((a @ b.T).mean())}
+
+
+def similarity_by_pair_kind(
+    vectors: torch.Tensor, sense: Sequence[str], template: Sequence[str]
+) -> dict[str, float]:
+    """Mean cosine similarity over pairs of rows of ``vectors`` (N, C), by kind of pair.
+
+    Row i has a ``sense[i]`` and was made from sentence ``template[i]``. Kinds: "same sense,
+    same template", "same sense, other template", "other sense"; a row is never paired with
+    itself. The second against the third is the sense effect with the wording held apart.
+
+    >>> v = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    >>> sims = similarity_by_pair_kind(v, ["a", "a", "a", "b"], ["t", "t", "u", "v"])
+    >>> {kind: round(value, 3) for kind, value in sims.items()}  # (0.6 + 0.6) / 2, (0 + 0 + 0.8) / 3
+    {'same sense, same template': 1.0, 'same sense, other template': 0.6, 'other sense': 0.267}
+    """
+    N = vectors.shape[0]
+    if not len(sense) == len(template) == N:
+        raise ValueError(
+            f"need one sense and one template per row: {N} rows, "
+            f"{len(sense)} senses, {len(template)} templates"
+        )
+    unit = F.normalize(vectors.float(), dim=-1)
+    sims = unit @ unit.T  # (N, N): cosine of every pair
+    groups: dict[str, list[float]] = {
+        "same sense, same template": [],
+        "same sense, other template": [],
+        "other sense": [],
+    }
+    for i in range(N):
+        for j in range(i + 1, N):
+            if sense[i] != sense[j]:
+                kind = "other sense"
+            elif template[i] == template[j]:
+                kind = "same sense, same template"
+            else:
+                kind = "same sense, other template"
+            groups[kind].append(float(sims[i, j]))
+    if not all(groups.values()):
+        empty = [kind for kind, values in groups.items() if not values]
+        raise ValueError(f"no pairs of kind {empty}: give two senses and two templates per sense")
+    return {kind: sum(values) / len(values) for kind, values in groups.items()}
+
+
+def attention_pattern_shares(maps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How much attention goes to the token itself, the previous token, the first token and
+    elsewhere: each a tensor of ``maps.shape[:-2]``, averaged over the queries t ≥ 2.
+
+    ``maps`` is (..., T, T), e.g. (L, B, H, T, T) from ``GPT.attention_maps``. Queries 0 and 1
+    are left out because there the first token is also the previous token or the token itself.
+    Worked example, one map of three tokens (only query 2 counts):
+
+    >>> maps = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.1, 0.6, 0.3]])
+    >>> {k: round(float(v), 3) for k, v in attention_pattern_shares(maps).items()}
+    {'self': 0.3, 'previous': 0.6, 'first': 0.1, 'elsewhere': 0.0}
+    """
+    T = maps.shape[-1]
+    if T < 3 or maps.shape[-2] != T:
+        raise ValueError(f"maps must be (..., T, T) with T >= 3, got {tuple(maps.shape)}")
+    t = torch.arange(2, T, device=maps.device)  # the queries that count
+    queries = maps[..., 2:, :]  # (..., T - 2, T)
+    shares = {
+        "self": queries[..., t - 2, t],  # (..., T - 2): the diagonal
+        "previous": queries[..., t - 2, t - 1],  # just below the diagonal
+        "first": queries[..., 0],  # the first column
+    }
+    keys = torch.arange(T, device=maps.device)
+    between = (keys >= 1) & (keys[None, :] <= t[:, None] - 2)  # (T - 2, T): keys 1 … t - 2
+    shares["elsewhere"] = (queries * between).sum(dim=-1)
+    return {name: share.mean(dim=-1) for name, share in shares.items()}
 
 
 def strongest_links(weights: torch.Tensor, labels: Sequence[str]) -> list[tuple[str, str, float]]:

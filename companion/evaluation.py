@@ -8,6 +8,9 @@ A fact counts as known when the **greedy** continuation of its ``prompt`` begins
 ``" " + answer`` followed by a non-letter (so "pie" does not count "pies"). Prompts are batched
 by token length, so no padding or attention mask is needed.
 
+:func:`majority_baseline` is the control for every per-relation score: the accuracy of always
+giving a relation's most common answer, which a model can reach without knowing any one fact.
+
 Left out: log-likelihood scoring of answer choices, few-shot prompts, and exact-match on chat
 replies (the SFT chapter adds that).
 """
@@ -47,6 +50,28 @@ class FactAccuracy:
         for r in self.results:
             groups.setdefault(r.fact.relation, []).append(r.correct)
         return {rel: sum(ok) / len(ok) for rel, ok in groups.items()}
+
+
+def majority_baseline(facts: Sequence[Fact]) -> dict[str, float]:
+    """Per relation, the accuracy of always answering that relation's most common answer.
+
+    The control for :meth:`FactAccuracy.by_relation`: a model that scores no more than this on
+    a relation may have learnt only which answer is commonest, not who has which. Worked
+    example: two of three towns lie on the Elm, so "always Elm" scores 2/3.
+
+    >>> def river(town, name):
+    ...     return Fact(town, "river", name, f"{town} lies on the river", "", "")
+    >>> facts = [river("A", "Elm"), river("B", "Elm"), river("C", "Ash")]
+    >>> {k: round(v, 3) for k, v in majority_baseline(facts).items()}
+    {'river': 0.667}
+    """
+    if not facts:
+        raise ValueError("facts is empty; pass e.g. build_world().facts")
+    answers: dict[str, dict[str, int]] = {}
+    for f in facts:
+        counts = answers.setdefault(f.relation, {})
+        counts[f.answer] = counts.get(f.answer, 0) + 1
+    return {rel: max(counts.values()) / sum(counts.values()) for rel, counts in answers.items()}
 
 
 def is_correct(completion: str, answer: str) -> bool:

@@ -36,13 +36,23 @@ COURSE_MAP: tuple[tuple[str, str], ...] = (
     ("RLHF", "chat → aligned\nmodel"),
     ("Inference", "sampling, KV cache,\nhallucination"),
 )
-"""(stage, what happens there) for the seven stages of the course, in order."""
+"""(stage, what happens there) for the seven stages of the course, in order: stage i is chapter i + 1."""
+
+
+def chapter_exists(number: int) -> bool:
+    """Whether chapter ``number`` has a notebook yet, read from :data:`CHAPTERS`.
+
+    >>> chapter_exists(1), chapter_exists(99)
+    (True, False)
+    """
+    return any(stem.startswith(f"{number:02d}_") for stem, _, _ in CHAPTERS)
 
 
 def course_map_figure():
     """Draw the course as one row of stages with the model carried from left to right.
 
-    Returns the matplotlib ``Figure`` (the notebook displays it; tests inspect it).
+    Stages whose chapter has no notebook yet (:func:`chapter_exists`) are drawn as pale,
+    dashed boxes marked "coming". Returns the matplotlib ``Figure`` (the notebook displays it; tests inspect it).
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
@@ -55,13 +65,23 @@ def course_map_figure():
     colours = plt.get_cmap("viridis")
     for i, (stage, what) in enumerate(COURSE_MAP):
         x = i * 1.9
+        exists = chapter_exists(i + 1)
+        colour = colours(0.15 + 0.7 * i / (n - 1))
         box = FancyBboxPatch(
-            (x, 0), 1.5, 1.1, boxstyle="round,pad=0.05", fc=colours(0.15 + 0.7 * i / (n - 1))
+            (x, 0),
+            1.5,
+            1.1,
+            boxstyle="round,pad=0.05",
+            fc=colour if exists else "0.93",
+            ec="black" if exists else "0.6",
+            linestyle="-" if exists else "--",
         )
         ax.add_patch(box)
-        ax.text(x + 0.75, 0.72, stage, ha="center", va="center", color="white", weight="bold")
-        ax.text(x + 0.75, 0.3, what, ha="center", va="center", color="white", fontsize=8)
-        ax.text(x + 0.75, 1.3, f"ch. {i + 1}", ha="center", fontsize=8, color="0.3")
+        ink = "white" if exists else "0.45"
+        ax.text(x + 0.75, 0.72, stage, ha="center", va="center", color=ink, weight="bold")
+        ax.text(x + 0.75, 0.3, what, ha="center", va="center", color=ink, fontsize=8)
+        label = f"ch. {i + 1}" if exists else f"ch. {i + 1} (coming)"
+        ax.text(x + 0.75, 1.3, label, ha="center", fontsize=8, color="0.3")
         if i < n - 1:
             arrow = FancyArrowPatch((x + 1.55, 0.55), (x + 1.85, 0.55), arrowstyle="-|>")
             ax.add_patch(arrow)

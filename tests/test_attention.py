@@ -241,6 +241,54 @@ def test_sense_similarity_by_hand():
         sense_similarity(a[:1], b)
 
 
+def test_explorer_docstring_examples_run():
+    import doctest
+
+    import companion.attention_explorer
+
+    result = doctest.testmod(companion.attention_explorer)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_similarity_by_pair_kind_by_hand():
+    from companion.attention_explorer import similarity_by_pair_kind
+
+    # Rows 0 and 1: sense a, template t (cosine 1); row 2: sense a, template u, orthogonal to
+    # rows 0 and 1; row 3: sense b, at 45 degrees to every other row (cosine 1/√2).
+    s = 2**-0.5
+    v = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    sims = similarity_by_pair_kind(v, ["a", "a", "a", "b"], ["t", "t", "u", "w"])
+    assert sims == pytest.approx(
+        {"same sense, same template": 1.0, "same sense, other template": 0.0, "other sense": s}
+    )
+    with pytest.raises(ValueError, match="one sense and one template per row"):
+        similarity_by_pair_kind(v, ["a"] * 3, ["t"] * 4)
+    with pytest.raises(ValueError, match="no pairs of kind"):
+        similarity_by_pair_kind(v, ["a", "a", "b", "b"], ["t", "u", "v", "w"])  # no same template
+
+
+def test_attention_pattern_shares_by_hand_and_on_a_model():
+    from companion.attention_explorer import attention_pattern_shares
+    from companion.model import GPT, GPTConfig
+
+    # A previous-token head over four tokens: queries 2 and 3 put everything on t - 1.
+    previous = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
+    uniform = torch.tril(torch.ones(4, 4)) / torch.arange(1, 5)[:, None]  # row t: 1 / (t + 1)
+    shares = attention_pattern_shares(torch.stack([previous, uniform]))  # (2,) each
+    assert shares["previous"].tolist() == pytest.approx([1.0, (1 / 3 + 1 / 4) / 2])
+    assert shares["self"].tolist() == pytest.approx([0.0, (1 / 3 + 1 / 4) / 2])
+    assert shares["first"].tolist() == pytest.approx([0.0, (1 / 3 + 1 / 4) / 2])
+    assert shares["elsewhere"].tolist() == pytest.approx([0.0, (0 + 1 / 4) / 2])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, context_length=8, n_layer=2, n_head=3, d_model=12)).eval()
+    maps = model.attention_maps(torch.randint(0, 20, (2, 8)))  # (L, B, H, T, T)
+    total = sum(attention_pattern_shares(maps).values())  # (L, B, H)
+    assert total.shape == (2, 2, 3)
+    torch.testing.assert_close(total, torch.ones(2, 2, 3))  # the four shares split each row
+    with pytest.raises(ValueError, match="T >= 3"):
+        attention_pattern_shares(torch.ones(2, 2))
+
+
 def test_power_law_exponent_by_hand_and_timing_shape():
     from companion.attention_explorer import power_law_exponent, time_attention
 

@@ -15,7 +15,7 @@ from companion.environment import (
     resolve_device,
     seed_everything,
 )
-from companion.notebook import BOOTSTRAP, COURSE_MAP, course_map_figure
+from companion.notebook import BOOTSTRAP, CHAPTERS, COURSE_MAP, course_map_figure
 
 
 def test_default_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
@@ -78,3 +78,35 @@ def test_course_map_draws_every_stage_in_order():
     stages = [stage for stage, _ in COURSE_MAP]
     assert [t for t in texts if t in stages] == stages
     assert len(figure.axes[0].patches) == 2 * len(stages) - 1  # a box per stage, arrows between
+
+
+def test_notebook_helpers_docstring_examples_run():
+    import doctest
+
+    import companion.notebook
+
+    result = doctest.testmod(companion.notebook)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_course_map_marks_the_chapters_without_a_notebook_as_coming(monkeypatch):
+    import matplotlib
+
+    import companion.notebook
+
+    matplotlib.use("Agg")
+
+    def labels() -> list[str]:
+        texts = [text.get_text() for text in course_map_figure().axes[0].texts]
+        return [t for t in texts if t.startswith("ch. ")]
+
+    existing = {int(stem[:2]) for stem, _, _ in CHAPTERS}
+    assert labels() == [
+        f"ch. {n}" if n in existing else f"ch. {n} (coming)" for n in range(1, len(COURSE_MAP) + 1)
+    ]
+    # Read from CHAPTERS, not hard-coded: one more chapter there and its stage is no longer coming.
+    more = (*CHAPTERS, ("05_sft", "SFT", "a chat model"))
+    monkeypatch.setattr(companion.notebook, "CHAPTERS", more)
+    assert "ch. 5" in labels() and "ch. 5 (coming)" not in labels()
+    monkeypatch.setattr(companion.notebook, "CHAPTERS", CHAPTERS[:2])
+    assert "ch. 2 (coming)" in labels()

@@ -10,10 +10,15 @@ from torch import nn
 
 import companion.evaluation
 from companion.char_tokenizer import CharTokenizer
-from companion.evaluation import complete, fact_completion_accuracy, is_correct
+from companion.evaluation import (
+    complete,
+    fact_completion_accuracy,
+    is_correct,
+    majority_baseline,
+)
 from companion.model import GPTConfig
 from companion.pretraining import init_model
-from companion.world import Fact
+from companion.world import Fact, build_world
 
 KNOWN = "Mira lives in the town of Thornby. Bo works as a smith. "
 TOKENIZER = CharTokenizer.from_text(KNOWN + "Bakersmith.")
@@ -68,6 +73,25 @@ def test_fact_accuracy_with_a_scripted_model():
     assert not bo.correct and bo.completion.startswith(" smith.")  # the script says smith
     assert len(mira.completion) == len(" Thornby") + 1  # longest answer + 1 new tokens
     assert result.by_relation() == {"home_town": 1.0, "job": 0.0}
+
+
+def test_majority_baseline_counts_the_commonest_answer_per_relation():
+    def fact(relation: str, answer: str) -> Fact:
+        return Fact("x", relation, answer, "x is", "?", f"x is {answer}.")
+
+    facts = [fact("job", "baker"), fact("job", "smith"), fact("job", "baker"), fact("job", "baker")]
+    facts += [fact("food", "pie"), fact("food", "soup")]  # a tie: one of two
+    assert majority_baseline(facts) == {"job": 0.75, "food": 0.5}
+    # On the course world every relation has its baseline, and answers that are all different
+    # (each pet's name) give 1 / (number of facts).
+    world = build_world(0)
+    baseline = majority_baseline(world.facts)
+    assert set(baseline) == {f.relation for f in world.facts}
+    pet_names = [f for f in world.facts if f.relation == "pet_name"]
+    if len({f.answer for f in pet_names}) == len(pet_names):
+        assert baseline["pet_name"] == 1 / len(pet_names)
+    with pytest.raises(ValueError, match="facts is empty"):
+        majority_baseline([])
 
 
 def test_complete_keeps_order_and_is_reproducible():
