@@ -27,6 +27,7 @@ chromium``) and playwright from the ``book`` extra.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -308,6 +309,7 @@ def test_lab_notebook_list_is_derived():
 @pytest.mark.parametrize("notebook", LAB_NOTEBOOKS)
 def test_notebook_in_lab(notebook, lab, browser, screenshots, record_property):
     start = time.perf_counter()
+    shot = screenshots / f"{Path(notebook).stem}.png"
     page = browser.new_page()
     try:
         page.goto(lab.url(notebook), wait_until="domcontentloaded")
@@ -366,11 +368,9 @@ def test_notebook_in_lab(notebook, lab, browser, screenshots, record_property):
             assert moved, f"{notebook}: no widget has a slider or button to move"
         assert not page_errors(page), f"{notebook}: after moving: {page_errors(page)}"
 
-        # 4. A picture of it, with the first widget in view.
+        # 4. A picture of it, with the first widget in view (taken below, pass or fail).
         if views.count():
             views.first.scroll_into_view_if_needed()
-        shot = screenshots / f"{Path(notebook).stem}.png"
-        page.screenshot(path=str(shot))
         seconds = time.perf_counter() - start
         record_property(
             "lab",
@@ -378,5 +378,8 @@ def test_notebook_in_lab(notebook, lab, browser, screenshots, record_property):
             f"{', '.join(moved) or '-'}  screenshot {shot}",
         )
     finally:
+        with contextlib.suppress(Exception):  # a picture of a failure helps; never mask it
+            page.screenshot(path=str(shot))
         page.close()
-        lab.shut_down_kernels()
+        with contextlib.suppress(OSError):
+            lab.shut_down_kernels()
