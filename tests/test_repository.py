@@ -53,6 +53,15 @@ def test_notebook_is_stored_without_outputs(path: Path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_names_the_python3_kernel(path: Path):
+    """JupyterLab, Binder and Colab start the kernel a notebook names; without one, Lab asks."""
+    metadata = json.loads(path.read_text(encoding="utf-8"))["metadata"]
+    assert metadata.get("kernelspec", {}).get("name") == "python3", (
+        f"{path.name}: no python3 kernel"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_starts_with_the_bootstrap_cell(path: Path):
     assert "".join(_code_cells(path)[0]["source"]) == BOOTSTRAP
 
