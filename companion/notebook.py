@@ -1,13 +1,16 @@
-"""Helpers for the notebooks themselves: the bootstrap cell and the course map.
+"""Helpers for the notebooks themselves: the bootstrap cell, the launch links and the course map.
 
 Taught in ``00_start_here.ipynb``. Every notebook's first code cell is :data:`BOOTSTRAP`,
 character for character (a test checks it): on Google Colab it installs this package from the
-repository; anywhere else it does nothing, because ``pip install -e .`` already did.
+repository; anywhere else it does nothing, because ``pip install -e .`` already did. Every
+notebook's first Markdown cell carries :func:`launch_line`, links that open that notebook on
+Binder and on Colab, built from :data:`REPOSITORY` (a test checks each one names its notebook).
 """
 
 from __future__ import annotations
 
 REPOSITORY = "https://github.com/open-llm-course/llm-course"
+BRANCH = "main"  # the branch Binder and Colab open (the book's launch buttons use it too)
 
 BOOTSTRAP = f"""\
 # Setup: on Colab, install the course's companion package; elsewhere this cell does nothing.
@@ -17,6 +20,32 @@ if "google.colab" in sys.modules:
     get_ipython().run_line_magic(
         "pip", "install -q git+{REPOSITORY}"
     )"""
+
+
+def launch_links(stem: str) -> dict[str, str]:
+    """The addresses that open notebook ``stem`` on Binder and on Colab.
+
+    >>> launch_links("01_tokenization")["Colab"]
+    'https://colab.research.google.com/github/open-llm-course/llm-course/blob/main/notebooks/01_tokenization.ipynb'
+    """
+    github = REPOSITORY.removeprefix("https://github.com/")  # "owner/name"
+    path = f"notebooks/{stem}.ipynb"
+    return {
+        "Binder": f"https://mybinder.org/v2/gh/{github}/{BRANCH}?urlpath=lab/tree/{path}",
+        "Colab": f"https://colab.research.google.com/github/{github}/blob/{BRANCH}/{path}",
+    }
+
+
+def launch_line(stem: str) -> str:
+    """The Markdown line under each notebook's title: plain links (no badge images, so the
+    offline book fetches nothing).
+
+    >>> launch_line("00_start_here").startswith("Open this notebook in [Binder](https://mybinder.org/")
+    True
+    """
+    links = launch_links(stem)
+    return f"Open this notebook in [Binder]({links['Binder']}) or [Colab]({links['Colab']})."
+
 
 CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ("00_start_here", "Start here", "the map of the course and an environment check"),

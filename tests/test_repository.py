@@ -1,4 +1,5 @@
-"""The repository's own promises: notebook state, the bootstrap cell, matching environment files,
+"""The repository's own promises: notebook state, the bootstrap cell, launch links that open each
+notebook on Binder and Colab, the book in step with the chapters, matching environment files,
 and an import of ``companion`` that does nothing."""
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
 
-from companion.notebook import BOOTSTRAP, CHAPTERS
+from companion.notebook import BOOTSTRAP, BRANCH, CHAPTERS, REPOSITORY, launch_line
 
 try:
     import tomllib
@@ -53,8 +55,69 @@ def test_notebook_is_stored_without_outputs(path: Path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_names_the_python3_kernel(path: Path):
+    """JupyterLab, Binder and Colab start the kernel a notebook names; without one, Lab asks."""
+    metadata = json.loads(path.read_text(encoding="utf-8"))["metadata"]
+    assert metadata.get("kernelspec", {}).get("name") == "python3", (
+        f"{path.name}: no python3 kernel"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_starts_with_the_bootstrap_cell(path: Path):
     assert "".join(_code_cells(path)[0]["source"]) == BOOTSTRAP
+
+
+def _first_markdown(path: Path) -> str:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return "".join(next(c for c in cells if c["cell_type"] == "markdown")["source"])
+
+
+GITHUB = urlparse(REPOSITORY).path.strip("/")  # "owner/name", the one configured repository
+
+
+def _check_launch_links(text: str, notebook: str) -> None:
+    """``text`` links to ``notebook`` (e.g. "notebooks/01_tokenization.ipynb") exactly once on
+    Binder and once on Colab, both in the configured repository."""
+    links = [urlparse(u) for u in re.findall(r"\]\((https://[^)\s]+)\)", text)]
+    links = [u for u in links if not u.path.endswith((".svg", ".png"))]  # badge images
+    binder = [u for u in links if u.netloc == "mybinder.org"]
+    colab = [u for u in links if u.netloc == "colab.research.google.com"]
+    assert len(binder) == 1 and len(colab) == 1, f"expected one Binder and one Colab link: {links}"
+    assert re.fullmatch(rf"/v2/gh/{GITHUB}/[\w.-]+", binder[0].path), binder[0].geturl()
+    assert parse_qs(binder[0].query)["urlpath"] == [f"lab/tree/{notebook}"], binder[0].geturl()
+    assert re.fullmatch(rf"/github/{GITHUB}/blob/[\w.-]+/{notebook}", colab[0].path), colab[
+        0
+    ].geturl()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_itself_on_binder_and_colab(path: Path):
+    """The line under each notebook's title links to that notebook on Binder and on Colab.
+    Add it with ``companion.notebook.launch_line(stem)``."""
+    text = _first_markdown(path)
+    assert launch_line(path.stem) in text, (
+        f"{path.name}: put launch_line({path.stem!r}) under the title"
+    )
+    _check_launch_links(text, f"notebooks/{path.name}")
+
+
+def test_readme_launches_the_start_page_from_the_repository():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"git clone {REPOSITORY}.git" in readme
+    badges = "\n".join(
+        line for line in readme.splitlines() if "mybinder.org/v2" in line or "colab-badge" in line
+    )
+    _check_launch_links(badges, "notebooks/00_start_here.ipynb")
+
+
+def test_book_launches_from_the_repository():
+    """The book's launch buttons are built from the same address and branch as the notebooks'."""
+    config = yaml.safe_load((ROOT / "book" / "_config.yml").read_text(encoding="utf-8"))
+    assert config["repository"] == {"url": REPOSITORY, "branch": BRANCH}
+    buttons = config["launch_buttons"]
+    assert buttons["binderhub_url"] == "https://mybinder.org"
+    assert buttons["colab_url"] == "https://colab.research.google.com"
 
 
 def test_readme_lists_every_chapter():
@@ -64,9 +127,13 @@ def test_readme_lists_every_chapter():
 
 
 def test_book_lists_every_chapter_in_order():
+    """book/_toc.yml, companion.notebook.CHAPTERS and notebooks/ name the same chapters in the
+    same order (with test_notebooks_are_named_in_course_order), the start page as the root."""
     toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
+    assert toc["root"] == "notebooks/00_start_here"
     pages = [toc["root"]] + [entry["file"] for entry in toc.get("chapters", [])]
     assert pages == [f"notebooks/{stem}" for stem, _, _ in CHAPTERS], "book/_toc.yml is out of date"
+    assert pages == [f"notebooks/{path.stem}" for path in NOTEBOOKS]
 
 
 def test_package_docstring_lists_every_module():
