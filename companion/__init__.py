@@ -20,7 +20,10 @@ Read the modules in course order; each one names the notebook that teaches it.
     optimizer           AdamW with weight-decay groups, warm-up and cosine      (04_pretraining)
     checkpoints         safetensors checkpoints and the base model              (04_pretraining)
     base_model          the command that trains the shipped base model          (04_pretraining)
-    evaluation          fact-completion accuracy and sampled completions        (04_pretraining)
+    evaluation          fact completion, answers to questions, the baseline     (04_pretraining)
+    chat                the chat template, the context window, chat()           (05_sft)
+    sft_data            conversations about half of the world                   (05_sft)
+    sft                 fine-tuning on conversations; the shipped chat model    (05_sft)
 
 Importing ``companion`` does nothing else: no I/O, no network, no seeding. Import the module you
 need, e.g. ``from companion.model import GPT``.
