@@ -151,22 +151,26 @@ class SFTBatches:
 
 
 def chat_model_configs() -> tuple[SFTConfig, TrainConfig]:
-    """The recipe of the shipped chat model: 4,000 conversations, 300 AdamW steps of 32.
+    """The recipe of the shipped chat model: 4,000 conversations, 200 AdamW steps of 16.
+
+    The peak learning rate is a tenth of pretraining's: enough to learn the format in a few
+    hundred steps, gentle enough to keep what pretraining learned. No weight decay: it would pull
+    every weight towards zero, away from the base model, for no gain in a run this short.
 
     >>> sft_config, train_config = chat_model_configs()
     >>> sft_config.n_train, train_config.steps, train_config.learning_rate
-    (4000, 300, 0.001)
+    (4000, 200, 0.0003)
     """
     train_config = TrainConfig(
-        steps=300,
-        batch_size=32,
+        steps=200,
+        batch_size=16,
         context_length=64,
-        learning_rate=1e-3,
-        min_learning_rate=1e-4,
+        learning_rate=3e-4,
+        min_learning_rate=3e-5,
         warmup_steps=20,
         weight_decay=0.0,
         grad_clip=1.0,
-        eval_interval=25,
+        eval_interval=20,
         eval_batches=10,
         seed=0,
         device="cpu",

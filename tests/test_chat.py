@@ -261,3 +261,18 @@ def test_chat_many_batches_and_keeps_the_order():
     talks = [as_messages("Hi"), as_messages("Where does Mira live?"), as_messages("Hello!")]
     replies = chat_many(model, TOK, talks, device="cpu")
     assert replies == ["Yes."] * 3 and all(r.finished for r in replies)
+
+
+def test_ask_chat_model_scores_format_and_answers():
+    from companion.evaluation import ask_chat_model
+    from companion.world import build_world
+
+    world = build_world(0)
+    fact = next(f for f in world.facts if f.relation == "home_town")
+    model = Scripted([*TOK.encode_ordinary(" " + fact.reply), END])
+    (answer,) = ask_chat_model(model, TOK, world, [fact], device="cpu").answers
+    assert answer.reply == fact.reply and answer.finished and answer.correct and answer.compliant
+    other = next(t for t in world.choices("home_town") if t != fact.answer)
+    model = Scripted([*TOK.encode_ordinary(f" {fact.answer} or {other}?"), END])
+    (answer,) = ask_chat_model(model, TOK, world, [fact], device="cpu").answers
+    assert answer.finished and not answer.correct and not answer.compliant

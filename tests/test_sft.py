@@ -25,7 +25,7 @@ from companion.sft import (
     read_chat_model_info,
     sft_loss,
 )
-from companion.sft_data import NAME_GREETINGS, generate_sft_conversations, split_world
+from companion.sft_data import generate_sft_conversations, split_world
 from companion.world import build_world
 
 TOK = load_course_tokenizer()
@@ -44,46 +44,44 @@ def _words(conversations) -> set[str]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_the_split_is_a_partition_of_the_in_corpus_world(seed):
+def test_the_split_halves_every_entitys_facts(seed):
     world = build_world(seed)
     split = split_world(world, seed=seed)
-    assert set(split.sft_towns) | set(split.eval_towns) == set(world.towns)
-    assert not set(split.sft_towns) & set(split.eval_towns)
-    assert len(split.sft_towns) == len(world.towns) // 2
-    assert set(split.sft_people) | set(split.eval_people) == set(world.people)
-    assert all(p.town in split.sft_towns for p in split.sft_people)
-    assert all(p.town in split.eval_towns for p in split.eval_people)
-    assert not set(world.held_out) & set(split.sft_towns + split.sft_people)
-    assert not set(world.held_out) & set(split.eval_towns + split.eval_people)
     assert set(split.sft_facts) | set(split.eval_facts) == set(world.facts)
     assert not set(split.sft_facts) & set(split.eval_facts)
+    assert not set(split.sft_facts + split.eval_facts) & set(world.held_out_facts)
+    for person in world.people:  # two of four units each side; the pet's facts stay together
+        mine = [f for f in split.sft_facts if f.subject in (person.name, person.pet)]
+        pet = {f.relation for f in mine} & {"pet_kind", "pet_name", "pet_colour"}
+        assert pet in (set(), {"pet_kind", "pet_name", "pet_colour"})
+        assert len(mine) in (2, 4)  # two units: 1 + 1 or 1 + 3 of the 6 facts
+    for town in world.towns:
+        assert sum(f.subject == town.name for f in split.sft_facts) == 1
     assert split_world(world, seed=seed) == split  # deterministic
 
 
+def _mentions(conversation, names) -> bool:
+    return bool(_words([conversation]) & set(names))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_held_out_names_are_nowhere_and_evaluation_names_only_in_name_greetings(seed):
+def test_held_out_entities_and_evaluation_facts_are_nowhere_in_the_sft_data(seed):
     world = build_world(seed)
     split = split_world(world, seed=seed)
     conversations = generate_sft_conversations(world, 3000, seed=seed)
     assert not _words(conversations) & set(world.held_out_names), "a held-out name is in the data"
-    greetings = {
-        (user.format(x=x), reply.format(x=x))
-        for user, reply in NAME_GREETINGS.values()
-        for x in split.eval_names
-    }
-    with_eval_names = [c for c in conversations if _words([c]) & set(split.eval_names)]
-    assert with_eval_names, "the name greetings should cover both sides"
-    for c in with_eval_names:  # one exchange that repeats the name and says nothing else
-        assert len(c) == 2 and (c[0]["content"], c[1]["content"]) in greetings, c
-    # and the SFT side is really taught: every SFT-side person and town is named in a fact
-    facts_talk = [c for c in conversations if c not in with_eval_names]
-    assert {p.name for p in split.sft_people} | {t.name for t in split.sft_towns} <= _words(
-        facts_talk
-    )
+    owner = {p.pet: p.name for p in world.people}
+    for fact in split.eval_facts:
+        # no reply in a conversation about the fact's subject names the fact's answer
+        names = {fact.subject, owner.get(fact.subject, fact.subject)}
+        for c in conversations:
+            if _mentions(c, names):
+                replies = " ".join(m["content"] for m in c if m["role"] == "assistant")
+                assert fact.answer not in set(re.findall(r"[A-Za-z]+", replies)), (fact, c)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_evaluation_questions_and_facts_are_never_in_the_sft_data(seed):
+def test_evaluation_questions_are_never_asked_and_every_sft_fact_is_taught(seed):
     world = build_world(seed)
     split = split_world(world, seed=seed)
     conversations = generate_sft_conversations(world, 3000, seed=seed)
@@ -93,8 +91,7 @@ def test_evaluation_questions_and_facts_are_never_in_the_sft_data(seed):
         assert fact.question not in users
     for fact in split.eval_facts:
         assert fact.reply not in replies
-    taught = sum(fact.reply in replies for fact in split.sft_facts)
-    assert taught == len(split.sft_facts)  # every SFT-side fact's reply is there
+    assert all(fact.reply in replies for fact in split.sft_facts)
 
 
 def test_sft_data_is_deterministic_and_the_seed_matters():
