@@ -321,19 +321,6 @@ def chat(
     )[0]
 
 
-def show_mask(ids: torch.Tensor, mask: torch.Tensor, tokenizer) -> list[tuple[str, bool]]:
-    """(token text, trained) for each token: what the notebook colours.
-
-    >>> from companion.data import load_course_tokenizer
-    >>> tok = load_course_tokenizer()
-    >>> show_mask(*render_chat([{"role": "user", "content": "Hi"}], tok), tok)
-    [('<|user|>', False), (' H', False), ('i', False), ('<|end|>', False)]
-    """
-    return [
-        (tokenizer.decode([i]), bool(m)) for i, m in zip(ids.tolist(), mask.tolist(), strict=True)
-    ]
-
-
 def as_messages(*turns: str) -> list[dict[str, Any]]:
     """Alternating user/assistant messages from plain strings, starting with the user.
 
