@@ -17,7 +17,9 @@ which starts from the shipped base model and fine-tunes it on the conversations 
 figures in ``checkpoint.json``. ``--ablation`` also trains the same recipe with the prompt
 tokens trained too (no mask) and stores that run's figures, not its weights. When the shipped
 model was written (torch 2.13, 2 threads) the two runs took 516 s and 574 s of training on a
-2-core machine shared with other jobs. A rerun on another
+2-core machine shared with other jobs; with one thread (``OMP_NUM_THREADS=1``) the slow test's
+rerun of both, measurements included, took 2 minutes on the same machine: the model is too
+small for a second thread to help, and on a busy machine the threads wait for each other. A rerun on another
 CPU rounds float sums differently, so it is not promised bit for bit: a slow test reruns the
 command and compares the validation loss and the accuracies within stated tolerances.
 :func:`load_chat_model` loads the shipped model.
