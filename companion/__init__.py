@@ -22,7 +22,10 @@ Read the modules in course order; each one names the notebook that teaches it.
     optimizer           AdamW with weight-decay groups, warm-up and cosine      (04_pretraining)
     checkpoints         safetensors checkpoints, written atomically             (04_pretraining)
     base_model          the shipped base model: its recipe, command and loader  (04_pretraining)
-    evaluation          fact-completion accuracy and sampled completions        (04_pretraining)
+    evaluation          fact completion, answers to questions, the baseline     (04_pretraining)
+    chat                the chat template, the context window, chat()           (05_sft)
+    sft_data            conversations about half of the world                   (05_sft)
+    sft                 fine-tuning on conversations; the shipped chat model    (05_sft)
 
 Words with one meaning throughout: *ids* are token ids (ints); *tokens* is a 1-D tensor of ids,
 a stream such as a tokenised corpus; a token's *bytes* (a *piece*) are what it stands for, its

@@ -258,7 +258,7 @@ class AttentionExplorer:
 def time_attention(
     lengths: list[int],
     *,
-    n_heads: int = 4,
+    n_head: int = 4,
     head_size: int = 64,
     attention: str = "fused",
     repeats: int = 3,
@@ -277,7 +277,7 @@ def time_attention(
     generator = torch.Generator().manual_seed(seed)
     seconds = []
     for T in lengths:
-        q, k, v = (torch.randn(1, n_heads, T, head_size, generator=generator) for _ in range(3))
+        q, k, v = (torch.randn(1, n_head, T, head_size, generator=generator) for _ in range(3))
         q, k, v = q.to(device), k.to(device), v.to(device)  # (1, H, T, D) each
         best = float("inf")
         for _ in range(repeats):

@@ -3,12 +3,17 @@
 Taught in ``03_transformer.ipynb`` (the model as a next-token distribution, and the context
 window: the model sees only the tokens it is given). Shape vocabulary: B batch, T time, V vocab.
 
+Stop tokens (``stop_tokens=``) end a reply when the model writes its end-of-turn token; the
+SFT chapter (``05_sft.ipynb``) adds them for :func:`companion.chat.chat`.
+
 Left out on purpose: the KV cache (every step re-reads the whole cropped context; the inference
-chapter adds the cache and tests it equal to this), top-p sampling, repetition penalties, stop
-tokens and streaming.
+chapter adds the cache and tests it equal to this), top-p sampling, repetition penalties and
+streaming.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -60,12 +65,18 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    stop_tokens: Collection[int] = (),
 ) -> torch.Tensor:
-    """Extend ``idx`` (B, T) by ``max_new_tokens`` sampled tokens; returns (B, T + max_new_tokens).
+    """Extend ``idx`` (B, T) by ``max_new_tokens`` sampled tokens; returns (B, T + max_new_tokens)
+    (fewer new columns only when ``stop_tokens`` stopped every row).
 
     At each step the model sees only the last ``model.config.context_length`` tokens: anything
     earlier is forgotten. The model is put in eval mode (no dropout) while generating and put
     back in the mode it was in afterwards. ``generator`` makes sampling reproducible.
+
+    ``stop_tokens``: ids that end a row (kept in the output, e.g. ``<|end|>``). Once a row has
+    written one, its later positions repeat that id, and generation ends early, with fewer than
+    ``max_new_tokens`` new columns, as soon as every row has stopped.
 
     >>> from companion.model import GPT, GPTConfig
     >>> _ = torch.manual_seed(0)
@@ -79,6 +90,16 @@ def generate(
         raise ValueError(
             f"idx must be (B, T), got shape {tuple(idx.shape)}; use idx[None] for one sequence"
         )
+    V = model.config.vocab_size
+    if isinstance(stop_tokens, str) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s < V for s in stop_tokens
+    ):
+        raise ValueError(
+            f"stop_tokens={stop_tokens!r} must be token ids between 0 and {V - 1}, "
+            "e.g. [tokenizer.special_tokens['<|end|>']]"
+        )
+    stops = torch.tensor(sorted(set(stop_tokens)), dtype=idx.dtype, device=idx.device)  # (S,)
+    stopped = torch.zeros(idx.shape[0], 1, dtype=torch.bool, device=idx.device)  # (B, 1)
     context_length = model.config.context_length
     was_training = model.training
     model.eval()
@@ -89,7 +110,12 @@ def generate(
             next_id = sample_next(
                 logits[:, -1, :], temperature=temperature, top_k=top_k, generator=generator
             )  # (B, 1)
+            if len(stops):
+                next_id = torch.where(stopped, idx[:, -1:], next_id)  # a stopped row repeats
+                stopped |= torch.isin(next_id, stops)  # (B, 1)
             idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
+            if len(stops) and bool(stopped.all()):
+                break
     finally:
         model.train(was_training)
     return idx
