@@ -135,7 +135,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """(B, T, C) → (B, T, C); ``cache``: this block's keys and values of earlier positions."""
-        x = x + self.attn(self.ln1(x), cache)  # (B, T, C): attention writes into the residual stream
+        x = x + self.attn(self.ln1(x), cache)  # (B, T, C): attention writes into the stream
         x = x + self.mlp(self.ln2(x))  # (B, T, C): so does the feed-forward layer
         return x
 

@@ -44,7 +44,8 @@ def test_temperature_zero_is_exactly_argmax():
     logits = torch.randn(50, 17, generator=make_generator(0))
     assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1, keepdim=True))
     probs = next_token_probs(logits, temperature=0)  # one-hot on the argmax, no division by 0
-    assert torch.equal(probs.argmax(-1), logits.argmax(-1)) and torch.equal(probs.sum(-1), torch.ones(50))
+    assert torch.equal(probs.argmax(-1), logits.argmax(-1))
+    assert torch.equal(probs.sum(-1), torch.ones(50))
 
 
 def test_same_generator_seed_gives_the_same_sample(model: GPT):
@@ -98,7 +99,9 @@ def test_top_k_keeps_the_k_largest_and_everything_tied_with_the_kth():
     assert kept(next_token_probs(logits, top_k=6)) == set(range(6))
     # renormalised over the survivors: e⁵ / (e⁵ + 2e⁴) for the best one
     top2 = next_token_probs(logits, top_k=2)
-    assert math.isclose(top2[0, 1].item(), math.exp(5) / (math.exp(5) + 2 * math.exp(4)), rel_tol=1e-6)
+    assert math.isclose(
+        top2[0, 1].item(), math.exp(5) / (math.exp(5) + 2 * math.exp(4)), rel_tol=1e-6
+    )
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p_with_the_crossing_token_and_its_ties():
