@@ -1,19 +1,29 @@
-"""What a language model knows: fact-completion accuracy, and sampled completions of prompts.
+"""What a language model knows: fact-completion accuracy, and answers to questions.
 
-Taught in ``04_pretraining.ipynb`` (the base model's knowledge of the course world); the
-inference chapter reuses :func:`fact_completion_accuracy` on ``world.held_out_facts`` to measure
-hallucination. Shape vocabulary: B batch (prompts of equal token length), T time.
+Taught in ``04_pretraining.ipynb`` (the base model's knowledge of the course world) and
+``05_sft.ipynb`` (questions asked to the base and the chat model); the inference chapter reuses
+:func:`fact_completion_accuracy` on ``world.held_out_facts`` to measure hallucination. Shape
+vocabulary: B batch (prompts of equal token length), T time.
 
 A fact counts as known when the **greedy** continuation of its ``prompt`` begins with
 ``" " + answer`` followed by a non-letter (so "pie" does not count "pies"). Prompts are batched
 by token length, so no padding or attention mask is needed.
 
-Left out: log-likelihood scoring of answer choices, few-shot prompts, and exact-match on chat
-replies (the SFT chapter adds that).
+A **question** (``Fact.question``) is answered right when the reply names the answer as a whole
+word and no other answer of the same kind (:func:`reply_is_correct`), and answered **in format**
+when the model ended its reply by itself within the token limit, in one line with no question
+and no turn marker (:func:`is_compliant`). :func:`ask_chat_model` asks through the chat template;
+:func:`ask_base_model` gives the base model the question as plain text and a newline.
+:func:`majority_baseline` is the control: always answer the most common answer of the relation.
+
+Left out: log-likelihood scoring of answer choices, few-shot prompts, and judging free-form
+replies beyond the answer word.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +32,7 @@ from torch import nn
 
 from companion.environment import DeviceLike, make_generator, resolve_device
 from companion.generation import generate
-from companion.world import Fact
+from companion.world import Fact, World
 
 
 @dataclass(frozen=True)
@@ -133,3 +143,135 @@ def fact_completion_accuracy(
         FactResult(f, c, is_correct(c, f.answer)) for f, c in zip(facts, completions, strict=True)
     )
     return FactAccuracy(sum(r.correct for r in results) / len(results), results)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One question, the model's reply, and how it was scored."""
+
+    fact: Fact  # the fact asked about; the question was fact.question
+    reply: str  # the reply, up to the stop token (excluded) or the length limit
+    finished: bool  # the model stopped by itself within the length limit
+    correct: bool  # reply_is_correct
+    compliant: bool  # is_compliant
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """Answers to a list of questions, with the two rates."""
+
+    answers: tuple[Answer, ...]  # one per fact, in the order given
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of replies with the right answer and no wrong one."""
+        return sum(a.correct for a in self.answers) / len(self.answers)
+
+    @property
+    def compliance(self) -> float:
+        """Fraction of replies that answer in one turn and stop."""
+        return sum(a.compliant for a in self.answers) / len(self.answers)
+
+
+def _has_word(text: str, word: str) -> bool:
+    return re.search(rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", text) is not None
+
+
+def reply_is_correct(reply: str, answer: str, wrong_answers: Sequence[str]) -> bool:
+    """Whether ``reply`` names ``answer`` as a whole word and none of ``wrong_answers``.
+
+    >>> reply_is_correct("Mira lives in Thornby.", "Thornby", ["Ashford"])
+    True
+    >>> reply_is_correct("Thornby or Ashford.", "Thornby", ["Ashford"])  # hedging is wrong
+    False
+    >>> reply_is_correct("She likes pies.", "pie", ["cake"])  # a whole word only
+    False
+    """
+    return _has_word(reply, answer) and not any(_has_word(reply, w) for w in wrong_answers)
+
+
+def is_compliant(reply: str, finished: bool) -> bool:
+    """An answer in format: the model stopped by itself, and the reply is one non-empty line
+    with no question mark and no turn marker in it.
+
+    >>> is_compliant("Mira lives in Thornby.", True), is_compliant("Mira lives in", False)
+    (True, False)
+    >>> is_compliant("Thornby.\\nQ: What is Mira's job?", True)
+    False
+    """
+    text = reply.strip()
+    return finished and bool(text) and "\n" not in text and "?" not in text and "<|" not in text
+
+
+def _score(
+    world: World, facts: Sequence[Fact], replies: Sequence[tuple[str, bool]]
+) -> AnswerScores:
+    answers = tuple(
+        Answer(f, text, done, reply_is_correct(text, f.answer, world.wrong_answers(f)),
+               is_compliant(text, done))
+        for f, (text, done) in zip(facts, replies, strict=True)
+    )  # fmt: skip
+    return AnswerScores(answers)
+
+
+def ask_chat_model(
+    model: nn.Module,
+    tokenizer,
+    world: World,
+    facts: Sequence[Fact],
+    *,
+    max_new_tokens: int = 24,
+    device: DeviceLike = None,
+) -> AnswerScores:
+    """Ask each fact's question as one user message in the chat template (greedy) and score it."""
+    from companion.chat import chat_many
+
+    if not facts:
+        raise ValueError("facts is empty; pass e.g. split_world(world).eval_facts")
+    conversations = [[{"role": "user", "content": f.question}] for f in facts]
+    replies = chat_many(
+        model, tokenizer, conversations, max_new_tokens=max_new_tokens, device=device
+    )
+    return _score(world, facts, [(str(r), r.finished) for r in replies])
+
+
+def ask_base_model(
+    model: nn.Module,
+    tokenizer,
+    world: World,
+    facts: Sequence[Fact],
+    *,
+    max_new_tokens: int = 24,
+    device: DeviceLike = None,
+) -> AnswerScores:
+    """Give the base model each question as plain text and a newline (greedy) and score its
+    continuation. It has no chat template, so it may stop at ``<|endoftext|>`` as well as at
+    ``<|end|>``."""
+    from companion.chat import END, continue_until
+    from companion.corpus import END_OF_TEXT
+
+    if not facts:
+        raise ValueError("facts is empty; pass e.g. split_world(world).eval_facts")
+    stops = [tokenizer.special_tokens[END], tokenizer.special_tokens[END_OF_TEXT]]
+    prompts = [_encode(tokenizer, f.question + "\n") for f in facts]
+    out = continue_until(model, prompts, stops, max_new_tokens=max_new_tokens, device=device)
+    return _score(world, facts, [(tokenizer.decode(ids), done) for ids, done in out])
+
+
+def majority_baseline(train_facts: Sequence[Fact], test_facts: Sequence[Fact]) -> float:
+    """Accuracy of always answering a relation's most common answer among ``train_facts``.
+
+    A model that learned only "which answer is usual for this kind of question" scores this.
+
+    >>> a = Fact("A", "job", "baker", "", "", "")
+    >>> b = Fact("B", "job", "smith", "", "", "")
+    >>> majority_baseline([a, a, b], [a, b])
+    0.5
+    """
+    if not train_facts or not test_facts:
+        raise ValueError("train_facts and test_facts must both be non-empty lists of facts")
+    counts: dict[str, Counter] = {}
+    for f in train_facts:
+        counts.setdefault(f.relation, Counter())[f.answer] += 1
+    guess = {relation: c.most_common(1)[0][0] for relation, c in counts.items()}
+    return sum(guess.get(f.relation) == f.answer for f in test_facts) / len(test_facts)

@@ -24,6 +24,11 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ("02_attention", "Attention", "scaled dot-product and multi-head attention"),
     ("03_transformer", "The transformer", "blocks stacked into a GPT equal to GPT-2"),
     ("04_pretraining", "Pretraining", "the course corpus and a base model trained on it"),
+    (
+        "05_sft",
+        "Supervised fine-tuning",
+        "a chat template and the chat model that answers and stops",
+    ),
     ("07_inference", "Inference", "sampling, a KV cache, streaming, hallucination measured"),
 )
 """(notebook stem, title, what you build) for each chapter that exists, in course order."""

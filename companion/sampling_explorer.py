@@ -29,7 +29,7 @@ def entropy(probs: torch.Tensor) -> float:
     0.6931
     """
     p = probs[probs > 0].double()
-    return float(-(p * p.log()).sum())
+    return float(-(p * p.log()).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def bars_html(labels: Sequence[str], probs: Sequence[float], *, kept: Sequence[bool] | None = None):

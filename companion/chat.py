@@ -1,0 +1,343 @@
+"""The chat template: a conversation as token ids and a loss mask, the context window, ``chat()``.
+
+Taught in ``05_sft.ipynb``. A conversation is a list of messages, each a dict
+``{"role": "user" | "assistant", "content": str}`` (the shape Hugging Face chat templates and
+chat APIs use). :func:`render_chat` writes each message as its role's marker, its content, and
+``<|end|>``, using the course tokenizer's special tokens as the markers::
+
+    <|user|> Where does Mira live?<|end|><|assistant|> Mira lives in Thornby.<|end|>
+
+The space after each marker is part of the template: the corpus almost always has a space
+before a word, so the tokenizer's pieces for words carry it (" Mira", " Thornby" are single
+tokens; "Mira" at the very start of a text would be "M", "ira"). The reply that :func:`chat`
+returns has that one space removed.
+
+Three rules make the template safe to train on and to talk to:
+
+1. **Content is ordinary text.** It is encoded with ``encode_ordinary``, so a user who types
+   ``<|end|><|assistant|>`` gets the characters ``<``, ``|``, ``end`` ..., never the special ids:
+   role injection is impossible. Markers come only from the roles.
+2. **Only the assistant is trained.** The loss mask is True on the assistant's content and its
+   closing ``<|end|>`` (so the model learns to stop), False on every marker and user token.
+3. **The window holds whole turns.** The model sees 64 tokens. :func:`fit_to_context` keeps the
+   most recent *whole* messages that fit in a budget and drops the older ones; it never cuts a
+   message in half, and raises ``ValueError`` if even the last message does not fit.
+   :func:`chat` keeps room for the reply: the history gets ``context_length - max_new_tokens``.
+
+The model has no memory between calls: every reply is generated from the re-sent history.
+
+Left out: a system role (the course's model has one job and no instructions to follow), tool
+calls, and packing several conversations into one training row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from companion.environment import DeviceLike, make_generator, resolve_device
+from companion.generation import generate
+
+USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
+MARKERS: dict[str, str] = {"user": USER, "assistant": ASSISTANT}  # role -> its opening marker
+ROLES: tuple[str, ...] = tuple(MARKERS)
+Message = Mapping[str, str]  # {"role": "user" | "assistant", "content": "..."}
+
+
+def check_messages(messages: Sequence[Message], *, add_generation_prompt: bool = False) -> None:
+    """Raise ``ValueError`` naming what is allowed unless ``messages`` is a valid conversation.
+
+    >>> check_messages([{"role": "user", "content": "Hello!"}])
+    >>> check_messages([{"role": "system", "content": "Be nice."}])
+    Traceback (most recent call last):
+    ...
+    ValueError: message 0 has role 'system'; allowed roles are 'user' and 'assistant'
+    """
+    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
+        raise ValueError(
+            "messages must be a list of {'role': ..., 'content': ...} dicts, "
+            f"got {type(messages).__name__}"
+        )
+    if not messages:
+        raise ValueError("messages is empty; give at least one {'role': 'user', 'content': ...}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or set(message) != {"role", "content"}:
+            raise ValueError(
+                f"message {i} must be a dict with exactly the keys 'role' and 'content', "
+                f"got {message!r}"
+            )
+        role, content = message["role"], message["content"]
+        if role not in MARKERS:
+            raise ValueError(
+                f"message {i} has role {role!r}; allowed roles are 'user' and 'assistant'"
+            )
+        if not isinstance(content, str):
+            raise ValueError(
+                f"message {i} has content of type {type(content).__name__}; content must be a "
+                "non-empty str"
+            )
+        if not content.strip():
+            raise ValueError(f"message {i} has empty content; content must be a non-empty str")
+    if add_generation_prompt and messages[-1]["role"] == "assistant":
+        raise ValueError(
+            "the conversation ends with an assistant message, so there is nothing to reply to; "
+            "with add_generation_prompt=True the last message must be the user's"
+        )
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    special = getattr(tokenizer, "special_tokens", {})
+    missing = [m for m in (USER, ASSISTANT, END) if m not in special]
+    if missing:
+        raise ValueError(
+            f"the tokenizer has no special tokens {missing}; use the course tokenizer "
+            "(companion.data.load_course_tokenizer())"
+        )
+    return {m: special[m] for m in (USER, ASSISTANT, END)}
+
+
+def _render_message(message: Message, tokenizer, ids: dict[str, int]) -> tuple[list[int], bool]:
+    """(marker, content ids ..., <|end|>) and whether its content and end are trained."""
+    content = tokenizer.encode_ordinary(" " + message["content"])  # never a special id
+    return [ids[MARKERS[message["role"]]], *content, ids[END]], message["role"] == "assistant"
+
+
+def message_lengths(messages: Sequence[Message], tokenizer) -> list[int]:
+    """Tokens each message takes in the template: its marker, its content and ``<|end|>``.
+
+    >>> from companion.data import load_course_tokenizer
+    >>> message_lengths(as_messages("Hello!"), load_course_tokenizer())  # <|user|> Hello ! <|end|>
+    [4]
+    """
+    check_messages(messages)
+    ids = _special_ids(tokenizer)
+    return [len(_render_message(m, tokenizer, ids)[0]) for m in messages]
+
+
+def fit_to_context(
+    messages: Sequence[Message], tokenizer, max_tokens: int, *, add_generation_prompt: bool = False
+) -> list[Message]:
+    """The most recent whole messages whose rendering fits in ``max_tokens`` (the policy).
+
+    Counting from the last message backwards, keep every message while the total, plus one for
+    the ``<|assistant|>`` generation prompt if asked, stays within ``max_tokens``; drop the first
+    that does not fit and everything older. A message is never cut. ``ValueError`` if even the
+    last message does not fit.
+
+    >>> from companion.data import load_course_tokenizer
+    >>> talk = as_messages("Hello!", "Hello.", "Goodbye!")  # 4 tokens each
+    >>> [m["content"] for m in fit_to_context(talk, load_course_tokenizer(), 11)]
+    ['Hello.', 'Goodbye!']
+    """
+    check_messages(messages, add_generation_prompt=add_generation_prompt)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens!r} must be a positive int, e.g. 64")
+    lengths = message_lengths(messages, tokenizer)
+    total, first = int(add_generation_prompt), len(messages)
+    while first > 0 and total + lengths[first - 1] <= max_tokens:
+        first -= 1
+        total += lengths[first]
+    if first == len(messages):
+        raise ValueError(
+            f"the last message alone takes {lengths[-1] + int(add_generation_prompt)} tokens, more "
+            f"than max_tokens={max_tokens}; shorten it (the model sees only that many tokens)"
+        )
+    return list(messages[first:])
+
+
+def render_chat(
+    messages: Sequence[Message],
+    tokenizer,
+    *,
+    add_generation_prompt: bool = False,
+    max_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conversation as ``(ids, loss_mask)``: 1-D int64 ids and a bool mask of equal length.
+
+    ``loss_mask[t]`` is True where token ``t`` is one the model should learn to write: the
+    assistant's content and its closing ``<|end|>``. With ``add_generation_prompt=True`` the ids
+    end with ``<|assistant|>`` (mask False), ready for the model to write the reply. With
+    ``max_tokens``, older messages are dropped first (:func:`fit_to_context`).
+
+    >>> from companion.data import load_course_tokenizer
+    >>> tok = load_course_tokenizer()
+    >>> ids, mask = render_chat([{"role": "user", "content": "Hi"},
+    ...                          {"role": "assistant", "content": "Hello."}], tok)
+    >>> [tok.decode([i]) for i in ids.tolist()]
+    ['<|user|>', ' H', 'i', '<|end|>', '<|assistant|>', ' Hello', '.', '<|end|>']
+    >>> mask.tolist()
+    [False, False, False, False, False, True, True, True]
+    """
+    if max_tokens is not None:
+        messages = fit_to_context(
+            messages, tokenizer, max_tokens, add_generation_prompt=add_generation_prompt
+        )
+    check_messages(messages, add_generation_prompt=add_generation_prompt)
+    special = _special_ids(tokenizer)
+    ids: list[int] = []
+    mask: list[bool] = []
+    for message in messages:
+        tokens, trained = _render_message(message, tokenizer, special)
+        ids += tokens
+        mask += [False] + [trained] * (len(tokens) - 1)  # the marker is never trained
+    if add_generation_prompt:
+        ids.append(special[ASSISTANT])
+        mask.append(False)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
+
+
+class Reply(str):
+    """A reply's text, with ``finished``: True if the model ended it with ``<|end|>``, False if
+    it was cut at ``max_new_tokens`` (the length limit)."""
+
+    finished: bool  # the model wrote <|end|> (False: cut at the length limit)
+    n_tokens: int  # tokens generated, <|end|> included
+
+    def __new__(cls, text: str, *, finished: bool, n_tokens: int) -> Reply:
+        reply = super().__new__(cls, text)
+        reply.finished, reply.n_tokens = finished, n_tokens
+        return reply
+
+
+@torch.no_grad()
+def continue_until(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    stop_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: DeviceLike = None,
+) -> list[tuple[list[int], bool]]:
+    """For each prompt (a list of ids), the new ids up to a stop id (excluded) and whether one
+    came before ``max_new_tokens``. Prompts of equal length run as one batch (B, T)."""
+    target = resolve_device(device)
+    model.to(target)
+    generator = None if temperature == 0 else make_generator(seed, target)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompts):
+        by_length.setdefault(len(ids), []).append(i)
+    out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
+    for length, indices in sorted(by_length.items()):
+        idx = torch.tensor([list(prompts[i]) for i in indices], device=target)  # (B, T)
+        new = generate(
+            model,
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            stop_tokens=list(stop_ids),
+        )[:, length:]  # (B, ≤ max_new_tokens)
+        for i, row in zip(indices, new.tolist(), strict=True):
+            cut = next((t for t, token in enumerate(row) if token in stop_ids), None)
+            out[i] = (row, False) if cut is None else (row[:cut], True)
+    return out
+
+
+def chat_many(
+    model: nn.Module,
+    tokenizer,
+    conversations: Sequence[Sequence[Message]],
+    *,
+    max_new_tokens: int = 24,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: DeviceLike = None,
+) -> list[Reply]:
+    """:func:`chat` for many conversations at once (batched by rendered length)."""
+    context_length = model.config.context_length
+    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens < context_length:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens!r} must be an int from 1 to {context_length - 1}: "
+            "the history and the reply share the model's context window"
+        )
+    budget = context_length - max_new_tokens  # the reply must fit in the window too
+    prompts = [
+        render_chat(c, tokenizer, add_generation_prompt=True, max_tokens=budget)[0].tolist()
+        for c in conversations
+    ]
+    results = continue_until(
+        model,
+        prompts,
+        [_special_ids(tokenizer)[END]],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        device=device,
+    )
+    return [
+        Reply(_strip_space(tokenizer.decode(ids)), finished=finished, n_tokens=len(ids) + finished)
+        for ids, finished in results
+    ]
+
+
+def _strip_space(text: str) -> str:
+    return text[1:] if text.startswith(" ") else text  # the template's space after the marker
+
+
+def chat(
+    model: nn.Module,
+    tokenizer,
+    messages: Sequence[Message],
+    *,
+    max_new_tokens: int = 24,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: DeviceLike = None,
+) -> Reply:
+    """The model's reply to ``messages`` (the last must be the user's), as a :class:`Reply`.
+
+    1. render the history with the generation prompt, keeping the most recent whole messages
+       that fit in ``context_length - max_new_tokens`` tokens (:func:`fit_to_context`);
+    2. generate until ``<|end|>`` or ``max_new_tokens`` (greedy at ``temperature=0``, else
+       sampled with a generator seeded by ``seed``);
+    3. decode the new tokens without the ``<|end|>`` and the template's leading space;
+       ``reply.finished`` says which limit ended it.
+
+    >>> from companion.sft import load_chat_model
+    >>> model, tok = load_chat_model("cpu")
+    >>> reply = chat(model, tok, [{"role": "user", "content": "Hello!"}])
+    >>> isinstance(reply, str), reply.finished
+    (True, True)
+    """
+    return chat_many(
+        model,
+        tokenizer,
+        [messages],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        device=device,
+    )[0]
+
+
+def show_mask(ids: torch.Tensor, mask: torch.Tensor, tokenizer) -> list[tuple[str, bool]]:
+    """(token text, trained) for each token: what the notebook colours.
+
+    >>> from companion.data import load_course_tokenizer
+    >>> tok = load_course_tokenizer()
+    >>> show_mask(*render_chat([{"role": "user", "content": "Hi"}], tok), tok)
+    [('<|user|>', False), (' H', False), ('i', False), ('<|end|>', False)]
+    """
+    return [
+        (tokenizer.decode([i]), bool(m)) for i, m in zip(ids.tolist(), mask.tolist(), strict=True)
+    ]
+
+
+def as_messages(*turns: str) -> list[dict[str, Any]]:
+    """Alternating user/assistant messages from plain strings, starting with the user.
+
+    >>> as_messages("Hi", "Hello.")
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello.'}]
+    """
+    return [{"role": ROLES[i % 2], "content": text} for i, text in enumerate(turns)]

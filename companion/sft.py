@@ -1,0 +1,331 @@
+"""Supervised fine-tuning: the base model trained on conversations becomes the chat model.
+
+Taught in ``05_sft.ipynb``. SFT is pretraining's loop on other batches: each row is one
+conversation in the chat template (:func:`companion.chat.render_chat`), padded to the longest
+row of its batch, and the targets are ``IGNORE_INDEX`` (-100) wherever the model must not
+learn: the user's turns, the markers, the padding. The loss is then the mean cross-entropy over
+the *trained* tokens only (:func:`sft_loss`), and :func:`companion.pretraining.train` runs
+unchanged with :class:`SFTBatches` as its ``batch_fn``. Shape vocabulary: B batch, T time, V vocab.
+
+The **chat model** is shipped like the base model: ``companion/assets/chat_model`` is a
+checkpoint (safetensors + JSON) written by::
+
+    python -m companion.sft --out companion/assets/chat_model --ablation
+
+which starts from the shipped base model and fine-tunes it on the conversations of
+:mod:`companion.sft_data` (seed 0, on the CPU), then measures it (:func:`measure`) and stores the
+figures in ``checkpoint.json``. ``--ablation`` also trains the same recipe with the prompt
+tokens trained too (no mask) and stores that run's figures, not its weights. A rerun on another
+CPU rounds float sums differently, so it is not promised bit for bit: a slow test reruns the
+command and compares the validation loss and the accuracies within stated tolerances.
+:func:`load_chat_model` loads the shipped model.
+
+Left out: packing several conversations into one row, LoRA and other parameter-efficient
+methods, and training on a GPU for the shipped model (it would differ in the last digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.chat import _special_ids, render_chat
+from companion.environment import DeviceLike, resolve_device
+from companion.model import IGNORE_INDEX
+from companion.pretraining import History, TrainConfig, train
+
+Example = tuple[torch.Tensor, torch.Tensor]  # (ids (T,) int64, loss_mask (T,) bool)
+CHAT_MODEL_ASSET = "chat_model"  # directory inside companion/assets
+CHAT_MODEL_COMMAND = "python -m companion.sft --out companion/assets/chat_model --ablation"
+
+
+@dataclass
+class SFTConfig:
+    """What to fine-tune on (the optimiser's recipe is a :class:`TrainConfig`)."""
+
+    n_train: int = 4000  # training conversations
+    n_val: int = 400  # validation conversations, generated after the training ones
+    data_seed: int = 0  # seeds split_world and generate_sft_conversations
+    train_on_prompt: bool = False  # the ablation: train on every token, not only the replies
+
+
+def sft_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over trained positions: ``-(1/N) Σ log p(y_t)`` over the N positions
+    with ``targets != IGNORE_INDEX``. ``logits`` (B, T, V), ``targets`` (B, T); the same value
+    as ``GPT.forward(x, targets)[1]``.
+
+    >>> logits = torch.zeros(1, 2, 4)  # uniform over 4 tokens: each position costs ln 4
+    >>> round(sft_loss(logits, torch.tensor([[IGNORE_INDEX, 3]])).item(), 4)
+    1.3863
+    """
+    V = logits.shape[-1]
+    flat = targets.reshape(-1)  # (B·T,)
+    return F.cross_entropy(logits.reshape(-1, V), flat, ignore_index=IGNORE_INDEX)  # (B·T, V)
+
+
+def encode_conversations(
+    conversations: Sequence[Sequence[dict]], tokenizer, *, context_length: int
+) -> list[Example]:
+    """Render every conversation (:func:`render_chat`) to at most ``context_length`` tokens.
+
+    A conversation that is too long loses its last exchanges (a user message and the reply)
+    until it fits: its start, which names who the later pronouns mean, is always kept, and no
+    message is cut. ``ValueError`` if even its first exchange does not fit.
+    """
+    examples = []
+    for i, conversation in enumerate(conversations):
+        ids, mask = render_chat(conversation, tokenizer)
+        while len(ids) > context_length and len(conversation) > 2:
+            conversation = conversation[:-2]
+            ids, mask = render_chat(conversation, tokenizer)
+        if len(ids) > context_length:
+            raise ValueError(
+                f"conversation {i} takes {len(ids)} tokens, more than the model's context of "
+                f"{context_length}; shorten it or train a model with a longer context"
+            )
+        examples.append((ids, mask))
+    return examples
+
+
+def make_batch(
+    examples: Sequence[Example], pad_id: int, *, train_on_prompt: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets for a list of examples, right-padded to the longest: (B, T) each.
+
+    ``x[b] = ids[:-1]`` and ``y[b, t] = ids[t + 1]`` where token ``t + 1`` is trained
+    (``loss_mask``, or every real token if ``train_on_prompt``), else ``IGNORE_INDEX``; padding
+    is ``pad_id`` in ``x`` and ``IGNORE_INDEX`` in ``y``. Right padding changes nothing before
+    it, because attention is causal.
+
+    >>> ids, mask = torch.tensor([5, 6, 7]), torch.tensor([False, False, True])
+    >>> x, y = make_batch([(ids, mask), (ids[:2], mask[:2])], pad_id=0)
+    >>> x.tolist(), y.tolist()
+    ([[5, 6], [5, 0]], [[-100, 7], [-100, -100]])
+    """
+    T = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), T), pad_id, dtype=torch.long)  # (B, T)
+    y = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    for b, (ids, mask) in enumerate(examples):
+        n = len(ids) - 1
+        trained = torch.ones(n, dtype=torch.bool) if train_on_prompt else mask[1:]  # (n,)
+        x[b, :n] = ids[:-1]
+        y[b, :n] = torch.where(trained, ids[1:], IGNORE_INDEX)
+    return x, y
+
+
+class SFTBatches:
+    """``batch_fn`` for :func:`companion.pretraining.train`: B random examples, padded.
+
+    ``SFTBatches(32, pad_id)(examples, generator)`` draws 32 indices uniformly (with
+    replacement) from ``generator`` and returns :func:`make_batch` of them on ``device``.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        pad_id: int,
+        *,
+        train_on_prompt: bool = False,
+        device: DeviceLike = "cpu",
+    ) -> None:
+        self.batch_size = batch_size  # B: conversations per batch
+        self.pad_id = pad_id  # the id that pads inputs (never a target)
+        self.train_on_prompt = train_on_prompt  # the unmasked ablation
+        self.device = resolve_device(device)
+
+    def __call__(self, examples: Sequence[Example], generator: torch.Generator):
+        picks = torch.randint(len(examples), (self.batch_size,), generator=generator).tolist()
+        x, y = make_batch(
+            [examples[i] for i in picks], self.pad_id, train_on_prompt=self.train_on_prompt
+        )
+        return x.to(self.device), y.to(self.device)
+
+
+def chat_model_configs() -> tuple[SFTConfig, TrainConfig]:
+    """The recipe of the shipped chat model: 4,000 conversations, 200 AdamW steps of 16.
+
+    The peak learning rate is a tenth of pretraining's: enough to learn the format in a few
+    hundred steps, gentle enough to keep what pretraining learned. No weight decay: it would pull
+    every weight towards zero, away from the base model, for no gain in a run this short.
+
+    >>> sft_config, train_config = chat_model_configs()
+    >>> sft_config.n_train, train_config.steps, train_config.learning_rate
+    (4000, 200, 0.0003)
+    """
+    train_config = TrainConfig(
+        steps=200,
+        batch_size=16,
+        context_length=64,
+        learning_rate=3e-4,
+        min_learning_rate=3e-5,
+        warmup_steps=20,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        eval_interval=20,
+        eval_batches=10,
+        seed=0,
+        device="cpu",
+    )
+    return SFTConfig(), train_config
+
+
+def fine_tune(
+    model: nn.Module,
+    tokenizer,
+    sft_config: SFTConfig,
+    train_config: TrainConfig,
+    *,
+    progress: bool = True,
+    callback=None,
+) -> History:
+    """Fine-tune ``model`` in place on the SFT conversations; returns the :class:`History`.
+
+    1. generate ``n_train + n_val`` conversations about the SFT side of the world
+       (:func:`companion.sft_data.generate_sft_conversations`), the last ``n_val`` for validation;
+    2. render them (:func:`encode_conversations`); 3. :func:`companion.pretraining.train` with
+       :class:`SFTBatches` (``callback`` is passed on, e.g. for a live loss curve).
+    """
+    from companion.sft_data import generate_sft_conversations
+    from companion.world import build_world
+
+    world = build_world(0)
+    total = sft_config.n_train + sft_config.n_val
+    conversations = generate_sft_conversations(world, total, seed=sft_config.data_seed)
+    examples = encode_conversations(
+        conversations, tokenizer, context_length=model.config.context_length
+    )
+    batches = SFTBatches(
+        train_config.batch_size,
+        _special_ids(tokenizer)["<|end|>"],
+        train_on_prompt=sft_config.train_on_prompt,
+        device=train_config.device,
+    )
+    train_set, val_set = examples[: sft_config.n_train], examples[sft_config.n_train :]
+    return train(
+        model,
+        train_set,
+        val_set,
+        train_config,
+        progress=progress,
+        callback=callback,
+        batch_fn=batches,
+    )
+
+
+def measure(model: nn.Module, tokenizer, *, device: DeviceLike = None) -> dict[str, float]:
+    """The chapter's figures for a model, on the world's two sides (SFT and evaluation-only).
+
+    ``compliance`` and ``accuracy_sft`` / ``accuracy_eval``: the fact questions asked through the
+    chat template (:func:`companion.evaluation.ask_chat_model`); ``completion_sft`` /
+    ``completion_eval``: fact-completion accuracy of the same facts' prompts.
+    """
+    from companion.evaluation import ask_chat_model, fact_completion_accuracy
+    from companion.sft_data import split_world
+    from companion.world import build_world
+
+    world = build_world(0)
+    split = split_world(world, seed=SFTConfig().data_seed)
+    figures: dict[str, float] = {}
+    for side, facts in (("sft", split.sft_facts), ("eval", split.eval_facts)):
+        asked = ask_chat_model(model, tokenizer, world, facts, device=device)
+        figures[f"compliance_{side}"] = asked.compliance
+        figures[f"accuracy_{side}"] = asked.accuracy
+        completed = fact_completion_accuracy(model, tokenizer, facts, device=device)
+        figures[f"completion_{side}"] = completed.accuracy
+    return figures
+
+
+def train_chat_model(
+    out_dir: str | Path, *, ablation: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Fine-tune the shipped base model into the chat model and save it; returns its figures.
+
+    1. load the base model (:func:`companion.checkpoints.load_base_model`) on the CPU;
+    2. :func:`fine_tune` with :func:`chat_model_configs`; 3. :func:`measure`; 4. with
+    ``ablation``, the same from a fresh base model with ``train_on_prompt=True`` (figures
+    only); 5. save the checkpoint with the figures in its ``extra``.
+    """
+    from companion.checkpoints import load_base_model, save_checkpoint
+
+    sft_config, train_config = chat_model_configs()
+    model, tokenizer = load_base_model(device=train_config.device)
+    history = fine_tune(model, tokenizer, sft_config, train_config, progress=progress)
+    figures: dict[str, Any] = {
+        "val_loss": history.val_loss[-1],
+        "train_loss": history.train_loss[-1],
+        **measure(model, tokenizer, device=train_config.device),
+        "train_seconds": round(history.seconds[-1], 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "sft_config": asdict(sft_config),
+        "command": CHAT_MODEL_COMMAND,
+    }
+    if ablation:
+        unmasked = SFTConfig(**{**asdict(sft_config), "train_on_prompt": True})
+        other, _ = load_base_model(device=train_config.device)
+        other_history = fine_tune(other, tokenizer, unmasked, train_config, progress=progress)
+        figures["unmasked"] = {
+            "val_loss": other_history.val_loss[-1],
+            **measure(other, tokenizer, device=train_config.device),
+            "train_seconds": round(other_history.seconds[-1], 1),
+        }
+    save_checkpoint(
+        out_dir, model, train_config=train_config, history=history, step=train_config.steps,
+        extra=figures,
+    )  # fmt: skip
+    return figures
+
+
+def _chat_model_resource():
+    directory = importlib.resources.files("companion") / "assets" / CHAT_MODEL_ASSET
+    if not (directory / "checkpoint.json").is_file():
+        raise FileNotFoundError(
+            f"the chat model is missing from companion/assets/{CHAT_MODEL_ASSET}; "
+            f"recreate it with `{CHAT_MODEL_COMMAND}`"
+        )
+    return directory
+
+
+def read_chat_model_info() -> dict[str, Any]:
+    """The shipped chat model's ``checkpoint.json``: configs, history and, in ``extra``, its
+    figures (and the unmasked ablation's)."""
+    return json.loads((_chat_model_resource() / "checkpoint.json").read_text(encoding="utf-8"))
+
+
+def load_chat_model(device: DeviceLike = None) -> tuple[nn.Module, Any]:
+    """The course chat model and its tokenizer: ``(GPT in eval mode, BPETokenizer)``.
+
+    >>> model, tokenizer = load_chat_model("cpu")
+    >>> model.training, model.config.context_length
+    (False, 64)
+    """
+    from companion.checkpoints import load_checkpoint
+    from companion.data import load_course_tokenizer
+
+    with importlib.resources.as_file(_chat_model_resource()) as path:
+        model = load_checkpoint(path, device=device).model
+    return model, load_course_tokenizer()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m companion.sft --out DIR [--ablation]``: fine-tune the chat model into DIR."""
+    parser = argparse.ArgumentParser(prog="python -m companion.sft", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    parser.add_argument("--ablation", action="store_true", help="also train without the mask")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    figures = train_chat_model(args.out, ablation=args.ablation, progress=not args.quiet)
+    print(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The SFT data: conversations about half of the world's facts, generated like the corpus.
+
+Taught in ``05_sft.ipynb``. Supervised fine-tuning shows the base model conversations in the chat
+template (:mod:`companion.chat`) until it answers a question in one turn and stops. This module
+writes those conversations from the world of :mod:`companion.world`, deterministically from a
+seed (its own ``random.Random``; no download, no file).
+
+**The split.** :func:`split_world` gives every in-corpus person and town half of its facts on
+the *SFT* side and half on the *evaluation* side (Mira's home town and pet may be taught, her
+job and favourite food never). The SFT data asks and states the SFT side's facts only, so every
+fact of the evaluation side is known to the model, if at all, from pretraining alone; yet every
+name and every kind of question is in the SFT data, so the *format* of each answer is taught.
+The *held-out* people and towns of the world (``world.held_out``, never in the corpus) appear
+nowhere in the SFT data: the inference chapter asks about them to measure hallucination. The
+evaluation asks each fact's own question (``Fact.question``, e.g. "Where does Mira live?"), a
+phrasing the SFT data never uses, so even the SFT side's facts are asked in words the
+fine-tuning never showed.
+
+Kinds of conversation (``CONVERSATION_KINDS`` gives their shares), all about SFT-side facts:
+
+- **question**: one fact asked in one of several phrasings, answered by the fact's reply;
+- **yes/no**: "Does Mira live in Ashford?" → "No, Mira lives in Thornby.";
+- **profile**: "Tell me about Mira." → two of her facts;
+- **multi-turn**: two or three questions about one person or town (two with a greeting or a
+  farewell), the later ones with a pronoun ("What is her job?"), which only the history can
+  resolve.
+
+Left out: refusals ("I do not know X": the inference chapter's subject), system prompts, and
+anything outside the world.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from companion.corpus import QUESTIONS
+from companion.world import (
+    Fact,
+    Person,
+    Town,
+    World,
+    facts_of,
+)
+
+Conversation = list[dict[str, str]]  # [{"role": "user" | "assistant", "content": str}, ...]
+
+CONVERSATION_KINDS: dict[str, float] = {  # kind -> share of the conversations
+    "question": 0.45,
+    "yes_no": 0.15,
+    "profile": 0.1,
+    "multi_turn": 0.3,
+}
+# relation -> phrasings of its question for the SFT data: the corpus's other questions and a few
+# of SFT's own. The fact's own question (Fact.question) is kept for the evaluation.
+SFT_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "home_town": (*QUESTIONS["home_town"], "Do you know where {name} lives?"),
+    "job": (*QUESTIONS["job"], "Can you tell me {name}'s job?"),
+    "food": (*QUESTIONS["food"], "Which food does {name} like best?"),
+    "pet_kind": (*QUESTIONS["pet_kind"], "Which animal is {name}'s pet?"),
+    "pet_name": (*QUESTIONS["pet_name"], "What did {name} call {their} {kind}?"),
+    "pet_colour": (*QUESTIONS["pet_colour"], "Which colour is {pet}?"),
+    "river": (*QUESTIONS["river"], "Which river runs through {town}?"),
+    "goods": (*QUESTIONS["goods"], "What is sold in the shop in {town}?"),
+}
+# relation -> a follow-up question with a pronoun: only the earlier turns say who it is about.
+FOLLOW_UPS: dict[str, str] = {
+    "home_town": "Where does {they} live?",
+    "job": "What is {their} job?",
+    "food": "What is {their} favourite food?",
+    "pet_kind": "What pet does {they} have?",
+    "pet_name": "What is {their} {kind} called?",
+    "pet_colour": "What colour is {their} {kind}?",
+    "river": "Which river does it lie on?",
+    "goods": "What does the shop there sell?",
+}
+# relation -> a yes/no question about a candidate answer {x}.
+YES_NO: dict[str, str] = {
+    "home_town": "Does {name} live in {x}?",
+    "job": "Is {name} a {x}?",
+    "food": "Is {x} {name}'s favourite food?",
+    "pet_kind": "Does {name} have a {x}?",
+    "river": "Does {town} lie on the river {x}?",
+    "goods": "Does the shop in {town} sell {x}?",
+}
+# Greetings and farewells in the corpus's words (its dialogues open and close this way): a word
+# the corpus never has costs several tokens, and a conversation has only 64.
+GREETINGS: tuple[tuple[str, str], ...] = (
+    ("Hello!", "Hello! How can I help?"),
+    ("Hello! How are you?", "I am well. How can I help?"),
+)
+FAREWELLS: tuple[tuple[str, str], ...] = (("Goodbye!", "Goodbye!"),)
+# A person's facts go to one side or the other in these units: the pet's kind is named in the
+# questions and replies about its name and colour, so the three travel together.
+PERSON_UNITS: tuple[tuple[str, ...], ...] = (
+    ("home_town",), ("job",), ("food",), ("pet_kind", "pet_name", "pet_colour"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WorldSplit:
+    """The facts of the world's in-corpus towns and people, split into two sides."""
+
+    sft_facts: tuple[Fact, ...]  # facts the SFT data asks and states (never as Fact.question)
+    eval_facts: tuple[Fact, ...]  # facts never in the SFT data: known from pretraining or not
+
+
+def _units(entity: Person | Town) -> list[list[Fact]]:
+    facts = {f.relation: f for f in facts_of(entity)}
+    if isinstance(entity, Town):
+        return [[f] for f in facts.values()]
+    return [[facts[r] for r in unit] for unit in PERSON_UNITS]
+
+
+def split_world(world: World, *, seed: int = 0) -> WorldSplit:
+    """For every in-corpus person and town, half of its facts (drawn with the seed) go to the SFT
+    side: two of a person's four units (:data:`PERSON_UNITS`), one of a town's two facts.
+
+    >>> from companion.world import build_world
+    >>> split = split_world(build_world(0))
+    >>> len(split.sft_facts) + len(split.eval_facts), len(split.eval_facts) > 60
+    (160, True)
+    """
+    rng = random.Random(f"sft-split:{seed}")
+    sft: list[Fact] = []
+    held: list[Fact] = []
+    for entity in world.entities:
+        units = _units(entity)
+        chosen = set(rng.sample(range(len(units)), len(units) // 2))
+        for i, unit in enumerate(units):
+            (sft if i in chosen else held).extend(unit)
+    return WorldSplit(sft_facts=tuple(sft), eval_facts=tuple(held))
+
+
+def _turns(*texts: str) -> Conversation:
+    return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(texts)]
+
+
+def _question(rng: random.Random, fact: Fact, fields: dict[str, str]) -> Conversation:
+    return _turns(rng.choice(SFT_QUESTIONS[fact.relation]).format(**fields), fact.reply)
+
+
+def _yes_no(
+    rng: random.Random, fact: Fact, fields: dict[str, str], pool: Sequence[str]
+) -> Conversation:
+    if rng.random() < 0.5:
+        candidate, verdict = fact.answer, "Yes"
+    else:
+        candidate, verdict = rng.choice([a for a in pool if a != fact.answer]), "No"
+    question = YES_NO[fact.relation].format(**fields, x=candidate)
+    return _turns(question, f"{verdict}, {fact.reply}")
+
+
+def _profile(rng: random.Random, entity: Person | Town, facts: list[Fact]) -> Conversation:
+    chosen = sorted(rng.sample(facts, min(2, len(facts))), key=facts.index)  # the pet's kind first
+    return _turns(f"Tell me about {entity.name}.", " ".join(f.reply for f in chosen))
+
+
+def _multi_turn(rng: random.Random, entity: Person | Town, facts: list[Fact]) -> Conversation:
+    """Two questions with a greeting or a farewell, or three alone; the first names the entity."""
+    fields = entity.fields()
+    n = min(len(facts), rng.randint(2, 3))
+    chosen = rng.sample(facts, n)
+    first = [q for q in SFT_QUESTIONS[chosen[0].relation] if "{name}" in q or "{town}" in q]
+    texts = [rng.choice(first).format(**fields), chosen[0].reply]
+    for fact in chosen[1:]:
+        texts += [FOLLOW_UPS[fact.relation].format(**fields), fact.reply]
+    extra = rng.random() if n <= 2 else 1.0
+    if extra < 0.3:
+        texts = [*rng.choice(GREETINGS), *texts]
+    elif extra < 0.6:
+        texts += rng.choice(FAREWELLS)
+    return _turns(*texts)
+
+
+def generate_sft_conversations(
+    world: World, n_conversations: int = 4000, *, seed: int = 0
+) -> list[Conversation]:
+    """``n_conversations`` conversations about the SFT side of ``split_world(world, seed=seed)``.
+
+    Deterministic: the same world, number and seed give the same list on every machine.
+
+    >>> from companion.world import build_world
+    >>> talk = generate_sft_conversations(build_world(0), 2, seed=0)
+    >>> [m["role"] for m in talk[0]][:2]
+    ['user', 'assistant']
+    """
+    if not isinstance(n_conversations, int) or n_conversations < 1:
+        raise ValueError(f"n_conversations={n_conversations!r} must be a positive int, e.g. 4000")
+    taught = set(split_world(world, seed=seed).sft_facts)
+    rng = random.Random(f"sft-data:{seed}")
+    entities = [(e, [f for f in facts_of(e) if f in taught]) for e in world.entities]
+    # yes/no candidates: any job, food, animal, river or goods, any in-corpus town.
+    pools = {r: world.choices(r) for r in YES_NO}
+    kinds = rng.choices(
+        list(CONVERSATION_KINDS), weights=list(CONVERSATION_KINDS.values()), k=n_conversations
+    )
+    conversations = []
+    for kind in kinds:
+        entity, facts = rng.choice(entities)
+        fields = entity.fields()
+        yes_no = [f for f in facts if f.relation in YES_NO]
+        if kind == "profile":
+            conversations.append(_profile(rng, entity, facts))
+        elif kind == "multi_turn" and len(facts) > 1:
+            conversations.append(_multi_turn(rng, entity, facts))
+        elif kind == "yes_no" and yes_no:
+            fact = rng.choice(yes_no)
+            conversations.append(_yes_no(rng, fact, fields, pools[fact.relation]))
+        else:
+            conversations.append(_question(rng, rng.choice(facts), fields))
+    return conversations

@@ -1,0 +1,264 @@
+"""Supervised fine-tuning: the world split, the SFT data's two rules, padded batches with ignored
+targets, the loss over trained tokens, a few steps of training, and the shipped chat model."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import re
+
+import pytest
+import torch
+
+import companion.sft
+import companion.sft_data
+from companion.chat import as_messages, render_chat
+from companion.data import load_course_tokenizer
+from companion.environment import make_generator
+from companion.evaluation import majority_baseline
+from companion.model import IGNORE_INDEX, GPTConfig
+from companion.pretraining import init_model
+from companion.sft import (
+    SFTBatches,
+    encode_conversations,
+    make_batch,
+    read_chat_model_info,
+    sft_loss,
+)
+from companion.sft_data import generate_sft_conversations, split_world
+from companion.world import build_world
+
+TOK = load_course_tokenizer()
+SEEDS = [0, 1, 2, 7]
+
+
+@pytest.mark.parametrize("module", [companion.sft_data, companion.sft])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def _words(conversations) -> set[str]:
+    text = " ".join(m["content"] for c in conversations for m in c)
+    return set(re.findall(r"[A-Za-z]+", text))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_split_halves_every_entitys_facts(seed):
+    world = build_world(seed)
+    split = split_world(world, seed=seed)
+    assert set(split.sft_facts) | set(split.eval_facts) == set(world.facts)
+    assert not set(split.sft_facts) & set(split.eval_facts)
+    assert not set(split.sft_facts + split.eval_facts) & set(world.held_out_facts)
+    for person in world.people:  # two of four units each side; the pet's facts stay together
+        mine = [f for f in split.sft_facts if f.subject in (person.name, person.pet)]
+        pet = {f.relation for f in mine} & {"pet_kind", "pet_name", "pet_colour"}
+        assert pet in (set(), {"pet_kind", "pet_name", "pet_colour"})
+        assert len(mine) in (2, 4)  # two units: 1 + 1 or 1 + 3 of the 6 facts
+    for town in world.towns:
+        assert sum(f.subject == town.name for f in split.sft_facts) == 1
+    assert split_world(world, seed=seed) == split  # deterministic
+
+
+def _mentions(conversation, names) -> bool:
+    return bool(_words([conversation]) & set(names))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_held_out_entities_and_evaluation_facts_are_nowhere_in_the_sft_data(seed):
+    world = build_world(seed)
+    split = split_world(world, seed=seed)
+    conversations = generate_sft_conversations(world, 3000, seed=seed)
+    assert not _words(conversations) & set(world.held_out_names), "a held-out name is in the data"
+    owner = {p.pet: p.name for p in world.people}
+    for fact in split.eval_facts:
+        # no reply in a conversation about the fact's subject names the fact's answer
+        names = {fact.subject, owner.get(fact.subject, fact.subject)}
+        for c in conversations:
+            if _mentions(c, names):
+                replies = " ".join(m["content"] for m in c if m["role"] == "assistant")
+                assert fact.answer not in set(re.findall(r"[A-Za-z]+", replies)), (fact, c)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_evaluation_questions_are_never_asked_and_every_sft_fact_is_taught(seed):
+    world = build_world(seed)
+    split = split_world(world, seed=seed)
+    conversations = generate_sft_conversations(world, 3000, seed=seed)
+    users = {m["content"] for c in conversations for m in c if m["role"] == "user"}
+    replies = " ".join(m["content"] for c in conversations for m in c if m["role"] == "assistant")
+    for fact in world.facts:  # each fact's own question is kept for the evaluation
+        assert fact.question not in users
+    for fact in split.eval_facts:
+        assert fact.reply not in replies
+    assert all(fact.reply in replies for fact in split.sft_facts)
+
+
+def test_sft_data_is_deterministic_and_the_seed_matters():
+    world = build_world(0)
+    a = generate_sft_conversations(world, 200, seed=0)
+    assert a == generate_sft_conversations(world, 200, seed=0)
+    assert a != generate_sft_conversations(world, 200, seed=1)
+    kinds = {len(c) for c in a}
+    assert {2, 4, 6} <= kinds  # single questions and multi-turn exchanges
+    for c in a:
+        assert [m["role"] for m in c] == ["user", "assistant"] * (len(c) // 2)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, "10"])
+def test_bad_numbers_of_conversations(n):
+    with pytest.raises(ValueError, match="must be a positive int"):
+        generate_sft_conversations(build_world(0), n)
+
+
+def test_the_course_sft_data_fits_the_context_window():
+    conversations = generate_sft_conversations(build_world(0), 4400, seed=0)
+    examples = encode_conversations(conversations, TOK, context_length=64)
+    assert max(len(ids) for ids, _ in examples) <= 64
+    # most conversations are untouched; a few multi-turn ones lose their last exchange
+    kept = sum(
+        len(ids) == len(render_chat(c, TOK)[0])
+        for (ids, _), c in zip(examples, conversations, strict=True)
+    )
+    assert kept / len(examples) > 0.98
+
+
+def test_too_long_conversations_lose_their_last_exchanges():
+    talk = as_messages(
+        "Where does Mira live?",
+        "Mira lives in Thornby.",
+        "What is her job?",
+        "Mira works as a baker.",
+    )
+    ((ids, _),) = encode_conversations([talk], TOK, context_length=20)
+    assert torch.equal(ids, render_chat(talk[:2], TOK)[0])
+    with pytest.raises(ValueError, match=r"conversation 0 takes 14 tokens, more than.*10"):
+        encode_conversations([talk], TOK, context_length=10)
+
+
+def test_make_batch_pads_right_and_ignores_untrained_targets():
+    a = (torch.tensor([1, 2, 3, 4, 5]), torch.tensor([False, False, False, True, True]))
+    b = (torch.tensor([6, 7, 8]), torch.tensor([False, False, True]))
+    x, y = make_batch([a, b], pad_id=0)
+    I = IGNORE_INDEX  # noqa: E741
+    assert x.tolist() == [[1, 2, 3, 4], [6, 7, 0, 0]]
+    assert y.tolist() == [[I, I, 4, 5], [I, 8, I, I]]
+    x, y = make_batch([a, b], pad_id=0, train_on_prompt=True)  # the ablation: only padding is out
+    assert y.tolist() == [[2, 3, 4, 5], [7, 8, I, I]]
+
+
+def test_batches_are_drawn_from_the_generator():
+    examples = encode_conversations(
+        generate_sft_conversations(build_world(0), 50, seed=0), TOK, context_length=64
+    )
+    batches = SFTBatches(8, pad_id=767)
+    x1, y1 = batches(examples, make_generator(3))
+    x2, y2 = batches(examples, make_generator(3))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == y1.shape and x1.shape[0] == 8 and x1.shape[1] <= 63
+    assert (y1 != IGNORE_INDEX).any()
+
+
+def test_sft_loss_is_the_mean_over_trained_tokens_only():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    targets = torch.tensor(
+        [[IGNORE_INDEX, 3, IGNORE_INDEX, 6, 0], [1, IGNORE_INDEX] + [IGNORE_INDEX] * 3]
+    )
+    terms = []
+    for b in range(2):  # the definition, one token at a time
+        for t in range(5):
+            if targets[b, t] != IGNORE_INDEX:
+                log_p = logits[b, t] - torch.logsumexp(logits[b, t], dim=0)
+                terms.append(-log_p[targets[b, t]])
+    expected = torch.stack(terms).mean()
+    assert len(terms) == 4
+    assert torch.allclose(sft_loss(logits, targets), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sft_loss_is_what_the_model_trains_on():
+    model = init_model(GPTConfig(TOK.vocab_size, 64, 1, 2, 16), seed=0, device="cpu")
+    examples = encode_conversations(
+        generate_sft_conversations(build_world(0), 8, seed=0), TOK, context_length=64
+    )
+    x, y = make_batch(examples, pad_id=767)
+    logits, loss = model(x, y)
+    assert torch.allclose(loss, sft_loss(logits, y), rtol=1e-6, atol=1e-6)
+
+
+def test_a_few_steps_lower_the_loss_on_the_training_conversations():
+    from companion.pretraining import TrainConfig, train
+
+    examples = encode_conversations(
+        generate_sft_conversations(build_world(0), 64, seed=0), TOK, context_length=64
+    )
+    model = init_model(GPTConfig(TOK.vocab_size, 64, 1, 2, 32), seed=0, device="cpu")
+    x, y = make_batch(examples, pad_id=767)
+    with torch.no_grad():
+        before = model(x, y)[1].item()
+    config = TrainConfig(
+        steps=12, batch_size=8, learning_rate=1e-2, warmup_steps=2, eval_interval=6,
+        eval_batches=2, device="cpu",
+    )  # fmt: skip
+    train(model, examples, examples, config, progress=False, batch_fn=SFTBatches(8, 767))
+    with torch.no_grad():
+        after = model(x, y)[1].item()
+    assert after < 0.8 * before
+
+
+def test_majority_baseline_picks_each_relations_most_common_answer():
+    world = build_world(0)
+    split = split_world(world)
+    score = majority_baseline(split.sft_facts, split.eval_facts)
+    by_hand = 0
+    for fact in split.eval_facts:
+        answers = [f.answer for f in split.sft_facts if f.relation == fact.relation]
+        by_hand += max(answers, key=answers.count) == fact.answer
+    assert score == by_hand / len(split.eval_facts)
+    with pytest.raises(ValueError, match="non-empty"):
+        majority_baseline([], split.eval_facts)
+
+
+# --- the shipped chat model ---------------------------------------------------------------------
+
+
+def test_the_shipped_chat_model_loads_and_answers_in_format():
+    from companion.chat import chat
+    from companion.checkpoints import read_base_model_info
+    from companion.sft import load_chat_model
+
+    model, tokenizer = load_chat_model("cpu")
+    info = read_chat_model_info()
+    assert info["model_config"] == read_base_model_info()["model_config"]
+    assert info["extra"]["command"] == companion.sft.CHAT_MODEL_COMMAND
+    assert {"unmasked"} <= set(info["extra"])
+    reply = chat(model, tokenizer, as_messages("Hello!"), device="cpu")
+    assert reply.finished
+
+
+# Tolerances for the rerun. The validation loss: float32 sums round differently across CPUs
+# and thread counts, as for the base model (0.02 there, on a loss of 0.46; here the loss is
+# smaller). The accuracies are counts of greedy answers over 74-86 questions: a tie between
+# two tokens broken the other way flips one answer, so allow a few answers (0.05 ≈ 4 of 80).
+VAL_LOSS_TOLERANCE = 0.02
+ACCURACY_TOLERANCE = 0.05
+
+
+@pytest.mark.slow
+def test_the_documented_command_reproduces_the_shipped_chat_model(tmp_path):
+    """Slow on purpose (a few minutes): fine-tune the base model again, ablation included."""
+    from companion.checkpoints import META_FILE
+    from companion.sft import train_chat_model
+
+    figures = train_chat_model(tmp_path / "chat", ablation=True, progress=False)
+    shipped = read_chat_model_info()
+    fresh = json.loads((tmp_path / "chat" / META_FILE).read_text())
+    assert fresh["model_config"] == shipped["model_config"]
+    assert fresh["train_config"] == shipped["train_config"]
+    for run, old in (
+        (figures, shipped["extra"]),
+        (figures["unmasked"], shipped["extra"]["unmasked"]),
+    ):
+        assert abs(run["val_loss"] - old["val_loss"]) < VAL_LOSS_TOLERANCE
+        for key in ("compliance_sft", "accuracy_sft", "accuracy_eval", "completion_eval"):
+            assert abs(run[key] - old[key]) <= ACCURACY_TOLERANCE, key
