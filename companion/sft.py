@@ -249,12 +249,13 @@ def train_chat_model(
 ) -> dict[str, Any]:
     """Fine-tune the shipped base model into the chat model and save it; returns its figures.
 
-    1. load the base model (:func:`companion.checkpoints.load_base_model`) on the CPU;
+    1. load the base model (:func:`companion.base_model.load_base_model`) on the CPU;
     2. :func:`fine_tune` with :func:`chat_model_configs`; 3. :func:`measure`; 4. with
     ``ablation``, the same from a fresh base model with ``train_on_prompt=True`` (figures
     only); 5. save the checkpoint with the figures in its ``extra``.
     """
-    from companion.checkpoints import load_base_model, save_checkpoint
+    from companion.base_model import load_base_model
+    from companion.checkpoints import save_checkpoint
 
     sft_config, train_config = chat_model_configs()
     model, tokenizer = load_base_model(device=train_config.device)

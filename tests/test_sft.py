@@ -223,8 +223,8 @@ def test_majority_baseline_picks_each_relations_most_common_answer():
 
 
 def test_the_shipped_chat_model_loads_and_answers_in_format():
+    from companion.base_model import read_base_model_info
     from companion.chat import chat
-    from companion.checkpoints import read_base_model_info
     from companion.sft import load_chat_model
 
     model, tokenizer = load_chat_model("cpu")
