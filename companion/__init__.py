@@ -13,7 +13,7 @@ Read the modules in course order; each one names the notebook that teaches it.
     attention           scaled dot-product and multi-head attention             (02_attention)
     attention_explorer  heatmaps, a widget, contextual vectors                  (02_attention)
     model               the GPT: blocks, embeddings, parameter counts           (03_transformer)
-    generation          sampling the next token, generating text                (03_transformer)
+    generation          sampling, top-k/top-p, generate and stream (a cache)    (03, 07_inference)
     world               the small world of people, towns and facts              (04_pretraining)
     corpus              the course's own corpus, generated from the world       (04_pretraining)
     data                tokenised corpus, splits and batches                    (04_pretraining)
@@ -26,6 +26,9 @@ Read the modules in course order; each one names the notebook that teaches it.
     chat                the chat template, the context window, chat()           (05_sft)
     sft_data            conversations about half of the world                   (05_sft)
     sft                 fine-tuning on conversations; the shipped chat model    (05_sft)
+    kv_cache            keys and values kept between generation steps           (07_inference)
+    sampling_explorer   temperature, top-k, top-p as a widget and figures       (07_inference)
+    hallucination       invented answers about held-out entities, measured      (07_inference)
 
 Words with one meaning throughout: *ids* are token ids (ints); *tokens* is a 1-D tensor of ids,
 a stream such as a tokenised corpus; a token's *bytes* (a *piece*) are what it stands for, its

@@ -16,8 +16,12 @@ What is here:
   from-scratch function and returns the weights too (for plots); ``forward_per_head`` is the
   naive loop over heads, for teaching.
 
-What is left out: cross-attention from a second sequence, grouped/multi-query heads, rotary
-position embeddings and the KV cache (the inference chapter adds one).
+With a KV cache (:mod:`companion.kv_cache`, taught in ``07_inference.ipynb``), ``forward(x, cache)``
+runs only the T new positions: their keys and values are appended to the cache and the queries
+attend over all S stored positions (S > T), with the bottom-right :func:`causal_mask`.
+
+What is left out: cross-attention from a second sequence, grouped/multi-query heads and rotary
+position embeddings.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from companion.kv_cache import LayerCache
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -135,11 +141,26 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=bias)  # mixes the concatenated heads
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) → (B, T, C), with PyTorch's fused attention kernel."""
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """(B, T, C) → (B, T, C), with PyTorch's fused attention kernel.
+
+        With a ``cache`` (causal attention only), x holds the T *new* positions: their keys and
+        values join the S - T stored ones and each query sees every stored key up to its own
+        position. PyTorch's ``is_causal=True`` aligns its mask top-left (query t sees keys
+        0 … t), which is wrong once S > T, so those steps pass :func:`causal_mask` (T, S)
+        explicitly; a single new token (T = 1) may see all S keys and needs no mask.
+        """
         q, k, v = self._split_heads(x)  # 3 × (B, H, T, D)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
+        if cache is None or cache.length == 0:  # no past: the same call with or without a cache
+            if cache is not None:
+                cache.append(k, v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
+        else:
+            k, v = cache.append(k, v)  # 2 × (B, H, S, D): the stored positions and the new ones
+            T, S = q.shape[2], k.shape[2]
+            mask = causal_mask(T, S, device=q.device) if T > 1 else None  # (T, S) or all keys
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self._merge_heads(y)  # (B, H, T, D) -> (B, T, C)
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

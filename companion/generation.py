@@ -1,22 +1,105 @@
-"""Text generation: run the model, pick the next token, append it, repeat.
+"""Text generation: run the model, pick the next token, append it, repeat (autoregression).
 
-Taught in ``03_transformer.ipynb`` (the model as a next-token distribution, and the context
-window: the model sees only the tokens it is given). Shape vocabulary: B batch, T time, V vocab.
+Taught in ``03_transformer.ipynb`` (the model as a next-token distribution, the context window)
+and ``07_inference.ipynb`` (temperature, top-k, top-p, the KV cache, streaming). Shape
+vocabulary: B batch, T time, V vocabulary.
 
-Stop tokens (``stop_tokens=``) end a reply when the model writes its end-of-turn token; the
-SFT chapter (``05_sft.ipynb``) adds them for :func:`companion.chat.chat`.
+* :func:`next_token_probs`: the distribution a step draws from, after temperature, top-k, top-p.
+* :func:`sample_next`: one token per row from that distribution (greedy at temperature 0).
+* :func:`stream`: yields each new token (B, 1) as soon as it is chosen (what a chat UI shows);
+  :func:`generate` collects the stream into one tensor.
 
-Left out on purpose: the KV cache (every step re-reads the whole cropped context; the inference
-chapter adds the cache and tests it equal to this), top-p sampling, repetition penalties and
-streaming.
+With ``use_cache=True`` (the default, for companion's ``GPT``) the prompt runs through the model
+once and each later step runs one token against the stored keys and values
+(:mod:`companion.kv_cache`); the tokens are the same as without the cache (tested, including
+past the context window). Stop tokens end a row when the model writes one (e.g. ``<|end|>``).
+
+Left out on purpose: beam search, repetition penalties, speculative decoding and batching
+prompts of different lengths (prompts in one call share a length; no padding).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import math
+from collections.abc import Collection, Iterator
 
 import torch
 from torch import nn
+
+from companion.kv_cache import KVCache
+from companion.model import GPT
+
+
+def _check_sampling(V: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """A ``ValueError`` saying what is allowed, for each sampling knob out of range."""
+    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not number or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(
+            f"temperature={temperature!r} must be a finite number >= 0 (0 means greedy, 1 the "
+            "model's own distribution, above 1 flatter)"
+        )
+    if top_k is not None and (
+        not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= V
+    ):
+        raise ValueError(f"top_k={top_k!r} must be between 1 and the vocabulary size {V}, or None")
+    if top_p is not None and (
+        not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1
+    ):
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 keeps every token), or None")
+
+
+def next_token_probs(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """The distribution (B, V) that :func:`sample_next` draws from, given logits (B, V).
+
+    In this order:
+
+    1. **temperature** divides the logits: below 1 sharpens, above 1 flattens; 0 is the limit,
+       all the probability on the largest logit (the first one, if several tie);
+    2. **top-k** keeps the ``top_k`` largest logits (every token tied with the k-th is kept too,
+       so the result does not depend on how tokens are numbered);
+    3. softmax, then **top-p** keeps the smallest set of most likely tokens whose probability
+       reaches ``top_p``: the token that crosses ``top_p`` is kept, and so is every token tied
+       with it; ``top_p=1`` keeps everything. Top-p reads the *tempered* probabilities;
+    4. what is left is renormalised to sum to 1.
+
+    >>> logits = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
+    >>> next_token_probs(logits, temperature=0)
+    tensor([[1., 0., 0., 0.]])
+    >>> next_token_probs(logits).round(decimals=3)  # softmax: e² : e : 1 : 1
+    tensor([[0.6100, 0.2250, 0.0830, 0.0830]])
+    >>> next_token_probs(logits, top_k=3).round(decimals=3)  # the two tied 0.0 both stay
+    tensor([[0.6100, 0.2250, 0.0830, 0.0830]])
+    >>> next_token_probs(logits, top_p=0.7).round(decimals=3)  # 0.610 < 0.7 ≤ 0.610 + 0.225
+    tensor([[0.7310, 0.2690, 0.0000, 0.0000]])
+    """
+    if logits.dim() != 2:
+        raise ValueError(
+            f"logits must be (B, V), got shape {tuple(logits.shape)}; use logits[:, -1]"
+        )
+    V = logits.shape[-1]
+    _check_sampling(V, temperature, top_k, top_p)
+    if temperature == 0:
+        best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        return torch.zeros_like(logits).scatter_(-1, best, 1.0)  # (B, V), one-hot
+    logits = logits / temperature  # (B, V)
+    if top_k is not None:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V), ties with it stay
+    probs = logits.softmax(dim=-1)  # (B, V)
+    if top_p is not None and top_p < 1:
+        ordered = probs.sort(dim=-1, descending=True, stable=True).values  # (B, V)
+        before = ordered.cumsum(dim=-1) - ordered  # (B, V): mass of the more likely tokens
+        n_kept = (before < top_p).sum(dim=-1, keepdim=True)  # (B, 1): up to the crossing one
+        smallest = ordered.gather(-1, n_kept - 1)  # (B, 1): the crossing token's probability
+        probs = probs.masked_fill(probs < smallest, 0.0)  # (B, V), ties with it stay
+        probs = probs / probs.sum(dim=-1, keepdim=True)  # (B, V), renormalised
+    return probs
 
 
 def sample_next(
@@ -24,73 +107,34 @@ def sample_next(
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick one token id per row from last-position logits (B, V); returns (B, 1).
 
-    ``temperature=0`` takes the most likely token (greedy); otherwise the logits are divided by
-    ``temperature`` and, if ``top_k`` is given, all but the ``top_k`` largest are ruled out,
-    before sampling from the softmax with ``generator``.
+    ``temperature=0`` takes the most likely token (greedy, no randomness). Otherwise the
+    distribution of :func:`next_token_probs` is sampled by inverse transform: draw u uniform in
+    [0, 1) from ``generator`` (one number per row), walk along the tokens adding up their
+    probabilities, and take the first token whose running total passes u. Each row uses exactly
+    one number from ``generator`` per call, whatever the logits, so two runs that see slightly
+    different logits stay in step.
 
     >>> sample_next(torch.tensor([[0.1, 3.0, -1.0]]), temperature=0)
     tensor([[1]])
     >>> sample_next(torch.tensor([[0.1, 3.0, -1.0]]), top_k=1)  # only one candidate is left
     tensor([[1]])
     """
-    if logits.dim() != 2:
-        raise ValueError(
-            f"logits must be (B, V), got shape {tuple(logits.shape)}; use logits[:, -1]"
-        )
-    V = logits.shape[-1]
-    if not temperature >= 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
-    if top_k is not None and not 1 <= top_k <= V:
-        raise ValueError(f"top_k={top_k} must be between 1 and the vocabulary size {V}, or None")
+    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-    logits = logits / temperature  # (B, V)
-    if top_k is not None:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
-        logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V)
-    probs = logits.softmax(dim=-1)  # (B, V)
-    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+    cdf = probs.cumsum(dim=-1)  # (B, V): running totals, the last one is ≈ 1
+    total = cdf[:, -1:]  # (B, 1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))  # (B, 1) < total
+    return torch.searchsorted(cdf, target, right=True)  # (B, 1): first total above the target
 
 
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-    stop_tokens: Collection[int] = (),
-) -> torch.Tensor:
-    """Extend ``idx`` (B, T) by ``max_new_tokens`` sampled tokens; returns (B, T + max_new_tokens)
-    (fewer new columns only when ``stop_tokens`` stopped every row).
-
-    At each step the model sees only the last ``model.config.context_length`` tokens: anything
-    earlier is forgotten. The model is put in eval mode (no dropout) while generating and put
-    back in the mode it was in afterwards. ``generator`` makes sampling reproducible.
-
-    ``stop_tokens``: ids that end a row (kept in the output, e.g. ``<|end|>``). Once a row has
-    written one, its later positions repeat that id, and generation ends early, with fewer than
-    ``max_new_tokens`` new columns, as soon as every row has stopped.
-
-    >>> from companion.model import GPT, GPTConfig
-    >>> _ = torch.manual_seed(0)
-    >>> model = GPT(GPTConfig(vocab_size=5, context_length=4, n_layer=1, n_head=1, d_model=8))
-    >>> generate(model, torch.tensor([[1, 2]]), 3, temperature=0).shape
-    torch.Size([1, 5])
-    """
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
-    if idx.dim() != 2:
-        raise ValueError(
-            f"idx must be (B, T), got shape {tuple(idx.shape)}; use idx[None] for one sequence"
-        )
-    V = model.config.vocab_size
+def _check_stop_tokens(stop_tokens: Collection[int], V: int) -> None:
     if isinstance(stop_tokens, str) or not all(
         isinstance(s, int) and not isinstance(s, bool) and 0 <= s < V for s in stop_tokens
     ):
@@ -98,24 +142,135 @@ def generate(
             f"stop_tokens={stop_tokens!r} must be token ids between 0 and {V - 1}, "
             "e.g. [tokenizer.special_tokens['<|end|>']]"
         )
+
+
+def stream(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Collection[int] = (),
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the new tokens one step at a time, each (B, 1), as :func:`generate` chooses them.
+
+    The arguments are checked when ``stream`` is called, before the first token. While the
+    stream is open the model is in eval mode; it goes back to its mode when the stream ends or
+    is closed. See :func:`generate` for the arguments.
+
+    >>> from companion.model import GPT, GPTConfig
+    >>> _ = torch.manual_seed(0)
+    >>> model = GPT(GPTConfig(vocab_size=5, context_length=4, n_layer=1, n_head=1, d_model=8))
+    >>> [tuple(t.shape) for t in stream(model, torch.tensor([[1, 2]]), 3, temperature=0)]
+    [(1, 1), (1, 1), (1, 1)]
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be (B, T), got {got}; use idx[None] for one sequence")
+    L, V = model.config.context_length, model.config.vocab_size
+    if idx.shape[1] == 0:
+        raise ValueError("the prompt is empty (T=0); give at least one token, e.g. <|endoftext|>")
+    if idx.shape[1] > L:
+        raise ValueError(
+            f"the prompt has {idx.shape[1]} tokens but the model reads at most context_length="
+            f"{L}; keep the last {L} (idx[:, -{L}:]) or shorten it"
+        )
+    _check_sampling(V, temperature, top_k, top_p)
+    _check_stop_tokens(stop_tokens, V)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    cache = use_cache and isinstance(model, GPT)  # other modules (test doubles) run uncached
+    return _steps(model, idx, max_new_tokens, sampling, stop_tokens, cache, generator)
+
+
+@torch.no_grad()  # torch re-enters no_grad at each resume, so the caller's code is unaffected
+def _steps(model, idx, max_new_tokens, sampling, stop_tokens, use_cache, generator):
+    """The loop behind :func:`stream`, in numbered steps (arguments already checked)."""
+    L = model.config.context_length
+    B, T = idx.shape
+    cache = None
+    if use_cache:
+        param = next(model.parameters())
+        cache = KVCache(
+            model.config, B, max_length=min(L, T + max_new_tokens), device=idx.device,
+            dtype=param.dtype,
+        )  # fmt: skip
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=idx.dtype, device=idx.device)  # (S,)
-    stopped = torch.zeros(idx.shape[0], 1, dtype=torch.bool, device=idx.device)  # (B, 1)
-    context_length = model.config.context_length
+    stopped = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)  # (B, 1)
     was_training = model.training
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            context = idx[:, -context_length:]  # (B, ≤ context_length)
-            logits, _ = model(context)  # (B, T, V)
-            next_id = sample_next(
-                logits[:, -1, :], temperature=temperature, top_k=top_k, generator=generator
-            )  # (B, 1)
+            # 1. Logits for the next position. With the cache: the tokens it has not seen
+            #    (the whole prompt first, then one). Without it, or once the sequence no longer
+            #    fits the window: the last L tokens, in full.
+            if cache is not None and idx.shape[1] <= cache.max_length:
+                logits, _ = model(idx[:, cache.length :], cache=cache)  # (B, T_new, V)
+            else:
+                logits, _ = model(idx[:, -L:])  # (B, ≤ L, V)
+            # 2. Choose one token per row.
+            next_id = sample_next(logits[:, -1], generator=generator, **sampling)  # (B, 1)
+            # 3. A row that has stopped repeats its stop token.
             if len(stops):
-                next_id = torch.where(stopped, idx[:, -1:], next_id)  # a stopped row repeats
-                stopped |= torch.isin(next_id, stops)  # (B, 1)
+                next_id = torch.where(stopped, idx[:, -1:], next_id)  # (B, 1)
+                stopped |= torch.isin(next_id, stops)
+            # 4. Append it: the next step conditions on it, like on the prompt.
             idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
+            yield next_id
             if len(stops) and bool(stopped.all()):
                 break
     finally:
         model.train(was_training)
-    return idx
+
+
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Collection[int] = (),
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Extend the prompt ``idx`` (B, T) by up to ``max_new_tokens`` tokens; returns
+    (B, T + max_new_tokens), or fewer new columns when ``stop_tokens`` stopped every row.
+
+    * ``temperature``, ``top_k``, ``top_p``: how each token is chosen (:func:`next_token_probs`);
+      ``generator`` makes sampling reproducible (temperature 0 uses none).
+    * ``stop_tokens``: ids that end a row (kept in the output, e.g. ``<|end|>``). Once a row has
+      written one, its later positions repeat that id, and generation ends early as soon as every
+      row has stopped.
+    * ``use_cache``: prefill the prompt once, then run one token per step against the stored
+      keys and values. The tokens are the same as with ``use_cache=False``.
+    * The prompt must hold 1 to ``context_length`` tokens (a ``ValueError`` otherwise: cutting a
+      prompt silently would hide the loss of its beginning).
+
+    **Past the context window.** The position embeddings end at ``context_length`` (L). Once
+    the sequence is longer than L, each step reads only its last L tokens, at positions 0 … L - 1
+    (a sliding window: the oldest tokens are forgotten, as in chapter 3). Every stored key and
+    value was computed at another position and saw tokens that have left the window, so the cache
+    cannot be reused: from then on, with or without ``use_cache``, each step runs the whole window
+    afresh (the same computation both ways, so the outputs stay identical, and the cache stops
+    saving time).
+
+    The model is put in eval mode (no dropout) while generating and back in its mode afterwards.
+
+    >>> from companion.model import GPT, GPTConfig
+    >>> _ = torch.manual_seed(0)
+    >>> model = GPT(GPTConfig(vocab_size=5, context_length=4, n_layer=1, n_head=1, d_model=8))
+    >>> generate(model, torch.tensor([[1, 2]]), 3, temperature=0).shape
+    torch.Size([1, 5])
+    """
+    steps = stream(
+        model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        stop_tokens=stop_tokens, use_cache=use_cache, generator=generator,
+    )  # fmt: skip
+    return torch.cat([idx, *steps], dim=1)  # (B, T + new)

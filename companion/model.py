@@ -12,7 +12,11 @@ its weight with the token embedding. :meth:`GPT.from_hf_gpt2` copies the weights
 Attention maps come from :meth:`GPT.attention_maps`, which walks the blocks with the
 from-scratch attention; the forward pass itself always uses PyTorch's fused kernel.
 
-Left out: the KV cache (the inference chapter adds it), weight decay groups and the optimiser
+With a :class:`companion.kv_cache.KVCache`, ``model(idx, cache=cache)`` runs only the new tokens
+``idx`` after the ``cache.length`` stored ones (``07_inference.ipynb``); without one, nothing
+changes.
+
+Left out: weight decay groups and the optimiser
 (the training loop builds those), mixed precision, and any download: weights come from you.
 """
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.attention import MultiHeadAttention
+from companion.kv_cache import KVCache, LayerCache
 
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh")
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (SFT masks prompts so)
@@ -128,9 +133,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) → (B, T, C)."""
-        x = x + self.attn(self.ln1(x))  # (B, T, C): attention writes into the residual stream
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """(B, T, C) → (B, T, C); ``cache``: this block's keys and values of earlier positions."""
+        x = x + self.attn(self.ln1(x), cache)  # (B, T, C): attention writes into the stream
         x = x + self.mlp(self.ln2(x))  # (B, T, C): so does the feed-forward layer
         return x
 
@@ -171,15 +176,21 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token ids (B, T) → ``(logits (B, T, V), loss or None)``.
 
         ``loss`` is the mean cross-entropy of ``targets`` (B, T) under the logits, skipping
         positions whose target is ``IGNORE_INDEX`` (-100); it is ``None`` without targets.
+        With a ``cache``, ``idx`` holds only the new tokens, at positions ``cache.length`` …
+        ``cache.length + T - 1``; their keys and values are added to the cache.
         """
-        self._check_input(idx, targets)
-        logits = self.lm_head(self.hidden_states(idx))  # (B, T, C) @ (C, V) -> (B, T, V)
+        self._check_input(idx, targets, cache)
+        logits = self.lm_head(self.hidden_states(idx, cache))  # (B, T, C) @ (C, V) -> (B, T, V)
         if targets is None:
             return logits, None
         V = self.config.vocab_size
@@ -188,16 +199,20 @@ class GPT(nn.Module):
         )  # (B·T, V) vs (B·T,) -> scalar
         return logits, loss
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final LayerNorm's output (B, T, C): what the LM head (or a value head) reads."""
-        x = self.drop(self.embed(idx))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)  # (B, T, C)
+        start = 0 if cache is None else cache.length  # position of idx's first token
+        x = self.drop(self.embed(idx, start))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache.layers[i])  # (B, T, C)
         return self.ln_f(x)  # (B, T, C)
 
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token + position embedding (B, T, C), before dropout: the start of the residual stream."""
-        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token + position embedding (B, T, C), before dropout: the start of the residual stream.
+
+        The tokens sit at positions ``start`` … ``start + T - 1`` (``start`` > 0 after a cache).
+        """
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)  # (T,)
         return self.wte(idx) + self.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
 
     @torch.no_grad()
@@ -217,7 +232,12 @@ class GPT(nn.Module):
             maps.append(weights)
         return torch.stack(maps)  # n_layer × (B, H, T, T) -> (n_layer, B, H, T, T)
 
-    def _check_input(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+    def _check_input(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> None:
         """A clear ``ValueError`` for ids the model cannot read, checked once per call."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx)
@@ -234,6 +254,12 @@ class GPT(nn.Module):
                 f"position embedding beyond that. Keep the last {limit} tokens: idx[:, -{limit}:]"
             )
         check_token_ids(idx, self.config.vocab_size, "idx")
+        if cache is not None and cache.length + length > cache.max_length:
+            raise ValueError(
+                f"the cache holds {cache.length} positions and has room for {cache.max_length}; "
+                f"{length} more do not fit. Start again without the cache on the last "
+                f"{limit} tokens (what companion.generation.generate does past the window)"
+            )
         if targets is not None:
             if targets.shape != idx.shape:
                 raise ValueError(

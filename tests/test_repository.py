@@ -35,12 +35,18 @@ def _code_cells(path: Path) -> list[dict]:
 
 
 def test_notebooks_are_named_in_course_order():
+    """``NN_topic``, NN the chapter's place on the course map (a chapter still to come leaves its
+    number free: chapter 7 may exist before chapter 6), in increasing order."""
+    from companion.notebook import COURSE_MAP
+
     stems = [path.stem for path in NOTEBOOKS]
     assert stems[0] == "00_start_here"
-    for number, stem in enumerate(stems):
-        assert re.fullmatch(rf"{number:02d}_[a-z0-9_]+", stem), (
-            f"{stem}: expected {number:02d}_topic"
-        )
+    numbers = []
+    for stem in stems:
+        assert re.fullmatch(r"\d\d_[a-z0-9_]+", stem), f"{stem}: expected NN_topic"
+        numbers.append(int(stem[:2]))
+    assert numbers == sorted(set(numbers)), f"chapter numbers out of order or repeated: {stems}"
+    assert numbers[-1] <= len(COURSE_MAP), "a notebook numbered past the course map"
     assert stems == [stem for stem, _, _ in CHAPTERS], "companion.notebook.CHAPTERS is out of date"
 
 
