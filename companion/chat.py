@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from companion.environment import DeviceLike, make_generator, resolve_device
-from companion.generation import generate
+from companion.environment import DeviceLike
+from companion.generation import continue_until
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 MARKERS: dict[str, str] = {"user": USER, "assistant": ASSISTANT}  # role -> its opening marker
@@ -201,44 +201,6 @@ class Reply(str):
         reply = super().__new__(cls, text)
         reply.finished, reply.n_tokens = finished, n_tokens
         return reply
-
-
-@torch.no_grad()
-def continue_until(
-    model: nn.Module,
-    prompts: Sequence[Sequence[int]],
-    stop_ids: Sequence[int],
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    seed: int = 0,
-    device: DeviceLike = None,
-) -> list[tuple[list[int], bool]]:
-    """For each prompt (a list of ids), the new ids up to a stop id (excluded) and whether one
-    came before ``max_new_tokens``. Prompts of equal length run as one batch (B, T)."""
-    target = resolve_device(device)
-    model.to(target)
-    generator = None if temperature == 0 else make_generator(seed, target)
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(prompts):
-        by_length.setdefault(len(ids), []).append(i)
-    out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
-    for length, indices in sorted(by_length.items()):
-        idx = torch.tensor([list(prompts[i]) for i in indices], device=target)  # (B, T)
-        new = generate(
-            model,
-            idx,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            generator=generator,
-            stop_tokens=list(stop_ids),
-        )[:, length:]  # (B, ≤ max_new_tokens)
-        for i, row in zip(indices, new.tolist(), strict=True):
-            cut = next((t for t, token in enumerate(row) if token in stop_ids), None)
-            out[i] = (row, False) if cut is None else (row[:cut], True)
-    return out
 
 
 def chat_many(

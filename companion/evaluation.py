@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from companion.environment import DeviceLike, make_generator, resolve_device
-from companion.generation import generate
+from companion.environment import DeviceLike
+from companion.generation import continue_until
 from companion.world import Fact, World
 
 
@@ -142,22 +142,12 @@ def complete(
     """
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings; wrap a single prompt as [prompt]")
-    target = resolve_device(device)
-    model.to(target)
-    generator = None if temperature == 0 else make_generator(seed, target)
     encoded = [_encode(tokenizer, p) for p in prompts]
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
-    out: list[str] = [""] * len(prompts)
-    for _, indices in sorted(by_length.items()):
-        idx = torch.tensor([encoded[i] for i in indices], device=target)  # (B, T)
-        new = generate(
-            model, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator
-        )[:, idx.shape[1] :]  # (B, max_new_tokens)
-        for i, row in zip(indices, new.tolist(), strict=True):
-            out[i] = tokenizer.decode(row)
-    return out
+    replies = continue_until(
+        model, encoded, (), max_new_tokens=max_new_tokens, temperature=temperature,
+        top_k=top_k, seed=seed, device=device,
+    )  # fmt: skip
+    return [tokenizer.decode(ids) for ids, _ in replies]
 
 
 def fact_completion_accuracy(
@@ -283,7 +273,7 @@ def ask_base_model(
     """Give the base model each question as plain text and a newline (greedy) and score its
     continuation. It has no chat template, so it may stop at ``<|endoftext|>`` as well as at
     ``<|end|>``."""
-    from companion.chat import END, continue_until
+    from companion.chat import END
     from companion.corpus import END_OF_TEXT
 
     if not facts:

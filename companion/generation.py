@@ -14,18 +14,20 @@ once and each later step runs one token against the stored keys and values
 (:mod:`companion.kv_cache`); the tokens are the same as without the cache (tested, including
 past the context window). Stop tokens end a row when the model writes one (e.g. ``<|end|>``).
 
-Left out on purpose: beam search, repetition penalties, speculative decoding and batching
-prompts of different lengths (prompts in one call share a length; no padding).
+:func:`continue_until` runs prompts of different lengths in batches of equal length (no
+padding). Left out on purpose: beam search, repetition penalties, speculative decoding and
+padded batches.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from companion.environment import DeviceLike, make_generator, resolve_device
 from companion.kv_cache import KVCache
 from companion.model import GPT
 
@@ -274,3 +276,44 @@ def generate(
         stop_tokens=stop_tokens, use_cache=use_cache, generator=generator,
     )  # fmt: skip
     return torch.cat([idx, *steps], dim=1)  # (B, T + new)
+
+
+@torch.no_grad()
+def continue_until(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    stop_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: DeviceLike = None,
+) -> list[tuple[list[int], bool]]:
+    """For each prompt (a list of ids), the new ids up to a stop id (excluded) and whether one
+    came before ``max_new_tokens``. Prompts of equal length run as one batch (B, T), in order of
+    length, drawing from one generator seeded with ``seed`` (unused when greedy); the model is
+    moved to ``device``. Used for prompts of mixed lengths: fact completions (chapter 4) and
+    chat replies (chapter 5)."""
+    target = resolve_device(device)
+    model.to(target)
+    generator = None if temperature == 0 else make_generator(seed, target)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompts):
+        by_length.setdefault(len(ids), []).append(i)
+    out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
+    for length, indices in sorted(by_length.items()):
+        idx = torch.tensor([list(prompts[i]) for i in indices], device=target)  # (B, T)
+        new = generate(
+            model,
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            stop_tokens=list(stop_ids),
+        )[:, length:]  # (B, ≤ max_new_tokens)
+        for i, row in zip(indices, new.tolist(), strict=True):
+            cut = next((t for t, token in enumerate(row) if token in stop_ids), None)
+            out[i] = (row, False) if cut is None else (row[:cut], True)
+    return out
