@@ -6,7 +6,8 @@ Run: ``python benchmarks/bench_generate.py [--lengths 64 128 256 512] [--repeats
 V = 50,257) with random weights: a ``transformers`` ``GPT2LMHeadModel`` made from a seed, copied
 into companion's ``GPT`` with ``GPT.from_hf_gpt2``. Greedy decoding, batch 1, an 8-token prompt,
 exactly ``n`` new tokens (no stop token). Each cell is the median of ``--repeats`` runs
-(medians, because the machine may be shared). Without the cache, step k runs the whole sequence
+(medians, because the machine may be shared; the three are run in turn, repeat by repeat, so a
+busy spell slows each of them). Without the cache, step k runs the whole sequence
 of 8 + k tokens, so the uncached run grows quadratically (hours at 512 on a busy 2-core machine):
 above ``--max-uncached-length`` it is not run end to end; instead the table shows an upper bound
 on its speed (marked ≤): half its steps read at least 8 + n/2 tokens, so it takes at least n/2
@@ -76,12 +77,13 @@ def main() -> None:
     )
     print(header)
     for n in args.lengths:
-        cached = [_timed(lambda n=n: ours_run(n, True), device) for _ in range(args.repeats)]
-        theirs = [_timed(lambda n=n: hf_run(n), device) for _ in range(args.repeats)]
-        if n <= args.max_uncached_length:
-            uncached = [
-                _timed(lambda n=n: ours_run(n, False), device)[0] for _ in range(args.repeats)
-            ]
+        cached, theirs, uncached = [], [], []
+        for _ in range(args.repeats):  # interleaved, so a busy spell slows both sides alike
+            cached.append(_timed(lambda n=n: ours_run(n, True), device))
+            theirs.append(_timed(lambda n=n: hf_run(n), device))
+            if n <= args.max_uncached_length:
+                uncached.append(_timed(lambda n=n: ours_run(n, False), device)[0])
+        if uncached:
             u, bound = n / statistics.median(uncached), " "
         else:  # n/2 steps of at least 8 + n/2 tokens each
             window = prompt.new_zeros(1, PROMPT_LENGTH + n // 2)

@@ -50,6 +50,14 @@ def _check_sampling(V: int, temperature: float, top_k: int | None, top_p: float 
         raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 keeps every token), or None")
 
 
+def _check_logits(logits, temperature, top_k, top_p) -> None:
+    if logits.dim() != 2:
+        raise ValueError(
+            f"logits must be (B, V), got shape {tuple(logits.shape)}; use logits[:, -1]"
+        )
+    _check_sampling(logits.shape[-1], temperature, top_k, top_p)
+
+
 def next_token_probs(
     logits: torch.Tensor,
     *,
@@ -80,12 +88,7 @@ def next_token_probs(
     >>> next_token_probs(logits, top_p=0.7).round(decimals=3)  # 0.610 < 0.7 ≤ 0.610 + 0.225
     tensor([[0.7310, 0.2690, 0.0000, 0.0000]])
     """
-    if logits.dim() != 2:
-        raise ValueError(
-            f"logits must be (B, V), got shape {tuple(logits.shape)}; use logits[:, -1]"
-        )
-    V = logits.shape[-1]
-    _check_sampling(V, temperature, top_k, top_p)
+    _check_logits(logits, temperature, top_k, top_p)
     if temperature == 0:
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
         return torch.zeros_like(logits).scatter_(-1, best, 1.0)  # (B, V), one-hot
@@ -126,9 +129,10 @@ def sample_next(
     >>> sample_next(torch.tensor([[0.1, 3.0, -1.0]]), top_k=1)  # only one candidate is left
     tensor([[1]])
     """
-    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    if temperature == 0:
+    if temperature == 0:  # greedy: the largest logit; top-k and top-p cannot change it
+        _check_logits(logits, temperature, top_k, top_p)
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     cdf = probs.cumsum(dim=-1)  # (B, V): running totals, the last one is ≈ 1
     total = cdf[:, -1:]  # (B, 1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
