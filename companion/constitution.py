@@ -15,8 +15,8 @@ source of feedback from the simulated rater is what it may read: never the world
 * It adds no noise.
 
 :func:`critique` lists the principles a reply breaks; :func:`revise` rewrites it (a template
-refusal for an unknown name, the first line of a rambling reply, the model's greedy answer for a
-contradiction): revisions are written by rules too. The CAI model is then DPO
+refusal for an unknown name, the model's greedy answer for any other fault in a reply to a fact
+question, the first line otherwise): revisions are written by rules too. The CAI model is then DPO
 (:mod:`companion.dpo`) on the judge's pairs plus the (revision ≻ original) pairs.
 
 Left out: a model-written critique (the strongest version: SFT the model on critiques), chains
@@ -106,9 +106,9 @@ def revise(judge: Judge, prompt: Prompt, reply: Sample, tokenizer) -> Sample:
     broken = judge.broken(prompt, reply)
     if "honest" in broken:
         return written_sample(refusal(judge.unknown_name(prompt)), tokenizer)
-    if "consistent" in broken:
+    if broken and prompt.text in judge.greedy_answers:  # a fact question: say it plainly
         return written_sample(judge.greedy_answers[prompt.text], tokenizer)
-    if "brief" in broken or "polite" in broken:
+    if broken:
         first = reply.text.strip().split("\n")[0].split("<|")[0].strip()
         return written_sample(first or reply.text.strip(), tokenizer)
     return reply

@@ -339,7 +339,11 @@ def test_the_judge_reads_the_models_answers_and_the_corpus_not_the_world():
     assert critique(judge, KNOWN, s("Said plainly.")) == "The reply follows every principle."
     rambling = s("Said plainly.\nQ: more", finished=False)
     assert judge.broken(KNOWN, rambling) == ["brief", "polite"]
-    assert revise(judge, KNOWN, rambling, TOK).text == "Said plainly."
+    assert revise(judge, KNOWN, rambling, TOK).text == "Said plainly."  # the plain answer
+    hello = Prompt("Hello!", "greeting")
+    assert revise(judge, hello, s("Hello! How can I help?\nQ: Where?"), TOK).text == (
+        "Hello! How can I help?"
+    )  # no plain answer to fall back on: the first line
 
 
 def test_agreement_counts_only_shared_pairs():
