@@ -10,7 +10,11 @@ eq. 7) shows that the policy that PPO's KL-regularised objective aims for satisf
 with each ``log π(y|x)`` **summed over the reply's tokens only** (:func:`companion.replies.
 sequence_logprob`). Because it reads any pair, DPO also learns from replies the policy would
 never sample itself (the rater's written refusals), which PPO, learning only from its own
-roll-outs, cannot. Shape vocabulary: B batch.
+roll-outs, cannot; but plain DPO can satisfy a pair by pushing the rejected reply down rather
+than the chosen one up, so a reply the model finds very unlikely may stay unlikely.
+``DPOConfig.nll_weight`` adds the chosen replies' mean token negative log-likelihood to the loss
+(RPO, Pang et al. 2024), which pulls them up. The trainer runs on the CPU, like PPO's.
+Shape vocabulary: B batch.
 
 Left out: IPO, KTO and other variants, label smoothing (conservative DPO), and reference-free DPO.
 """

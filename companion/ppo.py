@@ -182,10 +182,19 @@ def train_ppo(
     config: PPOConfig | None = None,
 ) -> tuple[nn.Module, PPOLog]:  # fmt: skip
     """PPO from a copy of ``chat_model`` against the frozen ``reward_model``; returns the tuned
-    GPT (eval mode) and its :class:`PPOLog`. The reference is a frozen copy of ``chat_model``."""
+    GPT (eval mode) and its :class:`PPOLog`. The reference is a frozen copy of ``chat_model``.
+    Runs on the CPU, where the shipped figures were made (the model is too small for a GPU to
+    pay for its start-up)."""
     config = config or PPOConfig()
     if not prompts:
         raise ValueError("prompts is empty; pass make_prompts(world, split='train')")
+    if not 1 <= config.batch_size <= len(prompts):
+        raise ValueError(
+            f"batch_size={config.batch_size} must be between 1 and the {len(prompts)} prompts; "
+            "ask for a smaller batch or pass more prompts"
+        )
+    if config.kl_coef < 0:
+        raise ValueError(f"kl_coef={config.kl_coef} must be >= 0 (0 switches the leash off)")
     policy = PolicyWithValue(copy.deepcopy(chat_model)).cpu()
     reference = copy.deepcopy(chat_model).cpu().eval()
     reward_model.eval()

@@ -406,3 +406,18 @@ def test_the_documented_command_reproduces_the_shipped_model(kind, tmp_path):
             for key in ("accuracy", "follows"):
                 got, want = figures[run]["effects"][key], shipped[run]["effects"][key]
                 assert abs(got - want) <= RATE_TOLERANCE, (run, key)
+
+
+def test_ppo_rejects_a_batch_larger_than_the_prompts_and_a_negative_leash():
+    from companion.model import GPT, GPTConfig
+    from companion.ppo import PPOConfig, train_ppo
+
+    tiny = GPT(GPTConfig(vocab_size=TOK.vocab_size, context_length=64, n_layer=1, n_head=1,
+                         d_model=8))  # fmt: skip
+    prompts = make_prompts(WORLD, split="train")[:4]
+    with pytest.raises(ValueError, match="batch_size=32 must be between 1 and the 4 prompts"):
+        train_ppo(tiny, TOK, None, prompts, PPOConfig(batch_size=32))
+    with pytest.raises(ValueError, match="kl_coef"):
+        train_ppo(tiny, TOK, None, prompts, PPOConfig(batch_size=2, kl_coef=-1.0))
+    with pytest.raises(ValueError, match="prompts is empty"):
+        train_ppo(tiny, TOK, None, [], PPOConfig())
