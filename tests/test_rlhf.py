@@ -421,3 +421,25 @@ def test_ppo_rejects_a_batch_larger_than_the_prompts_and_a_negative_leash():
         train_ppo(tiny, TOK, None, prompts, PPOConfig(batch_size=2, kl_coef=-1.0))
     with pytest.raises(ValueError, match="prompts is empty"):
         train_ppo(tiny, TOK, None, [], PPOConfig())
+
+
+def test_the_dpo_trainer_learns_toy_pairs_and_leaves_the_reference_alone():
+    from companion.dpo import DPOConfig, train_dpo
+    from companion.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    reference = GPT(GPTConfig(vocab_size=TOK.vocab_size, context_length=64, n_layer=1, n_head=1,
+                              d_model=16)).eval()  # fmt: skip
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    prompts = [Prompt(text, "greeting") for text in ("Hello!", "Goodbye!", "Hello! How are you?")]
+    pairs = [Pair(p, Sample((10, 11), "a", True), Sample((12, 13), "b", True), "good_tone", False)
+             for p in prompts]  # fmt: skip
+    policy, log = train_dpo(reference, TOK, pairs, DPOConfig(steps=30, learning_rate=1e-2))
+    assert log.loss[0] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference at step 0
+    assert log.loss[-1] < 0.1 and log.accuracy[-1] == 1.0
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in before.items())
+    cid, cm, rid, rm = pair_tensors(pairs, TOK)
+    with torch.no_grad():
+        assert (sequence_logprob(policy, cid, cm) > sequence_logprob(policy, rid, rm)).all()
+    with pytest.raises(ValueError, match="empty"):
+        train_dpo(reference, TOK, [], DPOConfig())
