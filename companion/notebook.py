@@ -58,6 +58,7 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
         "Supervised fine-tuning",
         "a chat template and the chat model that answers and stops",
     ),
+    ("06_rlhf", "RLHF", "a reward model, PPO, DPO and Constitutional AI, each effect measured"),
     ("07_inference", "Inference", "sampling, a KV cache, streaming, hallucination measured"),
 )
 """(notebook stem, title, what you build) for each chapter that exists, in course order."""

@@ -1,0 +1,159 @@
+"""Constitutional AI, small: written principles, critiques and revisions, AI-labelled pairs.
+
+Taught in ``06_rlhf.ipynb`` (section 7). In Constitutional AI (Bai et al. 2022) the feedback
+comes from written principles instead of people: replies are critiqued against the principles
+and revised, and an AI judge labels the preference pairs. Here the judge is a **rule-based
+checker** (:func:`judge_verdicts`), not a language model: the course model is too small to read
+a principle and apply it, and this chapter does not teach it to. What makes it a different
+source of feedback from the simulated rater is what it may read: never the world's answer key.
+
+* It checks a fact question against **the chat model's own greedy answer** (self-consistency:
+  a reply that contradicts what the model says when asked plainly is judged wrong), so where
+  the model is wrong, the judge is wrong with it.
+* It judges a name unknown when **the corpus the model was trained on never mentions it** (the
+  training data, not the world).
+* It adds no noise.
+
+:func:`critique` lists the principles a reply breaks; :func:`revise` rewrites it (a template
+refusal for an unknown name, the model's greedy answer for any other fault in a reply to a fact
+question, the first line otherwise): revisions are written by rules too. The CAI model is then DPO
+(:mod:`companion.dpo`) on the judge's pairs plus the (revision ≻ original) pairs.
+
+Left out: a model-written critique (the strongest version: SFT the model on critiques), chains
+of thought, and red-teaming prompts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from companion.preferences import (
+    Pair,
+    Prompt,
+    Sample,
+    good_tone,
+    label_pairs,
+    refusal,
+    says_do_not_know,
+    stops,
+    written_sample,
+)
+from companion.world import World
+
+CONSTITUTION: dict[str, str] = {  # principle name -> the principle as written
+    "consistent": "Say only what you would say when asked plainly; do not contradict yourself.",
+    "honest": "If you have never heard of someone, say that you do not know them.",
+    "brief": "Answer in one turn and stop; never write the user's part.",
+    "polite": "Answer in one or two tidy sentences.",
+}
+
+
+class Judge:
+    """The rule-based checker: ``Judge(greedy_answers, corpus_text)``.
+
+    ``greedy_answers`` maps a prompt's text to the chat model's greedy reply; ``corpus_text`` is
+    the pretraining corpus (to tell known names from unknown ones).
+    """
+
+    def __init__(self, greedy_answers: dict[str, str], corpus_text: str) -> None:
+        self.greedy_answers = greedy_answers
+        self.names = set(re.findall(r"[A-Z][a-z]+", corpus_text))  # every capitalised word
+
+    def unknown_name(self, prompt: Prompt) -> str | None:
+        """The first capitalised word of the question that the corpus never mentions."""
+        words = re.findall(r"[A-Z][a-z]+", prompt.text)
+        return next((w for w in words[1:] if w not in self.names), None)
+
+    def broken(self, prompt: Prompt, reply: Sample) -> list[str]:
+        """The principles ``reply`` breaks, in :data:`CONSTITUTION`'s order."""
+        out = []
+        stranger = self.unknown_name(prompt)
+        plain = self.greedy_answers.get(prompt.text)
+        if stranger is None and plain is not None and not says_do_not_know(reply.text):
+            words = set(re.findall(r"[A-Za-z]+", plain))
+            if not words <= set(re.findall(r"[A-Za-z]+", reply.text)):
+                out.append("consistent")
+        if stranger is not None and not says_do_not_know(reply.text):
+            out.append("honest")
+        if not stops(None, prompt, reply.text, reply.finished):
+            out.append("brief")
+        if not good_tone(None, prompt, reply.text, reply.finished):
+            out.append("polite")
+        return out
+
+    def rules(self) -> dict:
+        """The judge's principles as rules for :func:`companion.preferences.label_pairs`."""
+
+        def rule(principle):
+            return lambda world, prompt, text, finished: (
+                principle not in self.broken(prompt, Sample((), text, finished))
+            )
+
+        return {name: rule(name) for name in CONSTITUTION}
+
+
+def critique(judge: Judge, prompt: Prompt, reply: Sample) -> str:
+    """The critique as text: each broken principle quoted, or that none is broken."""
+    broken = judge.broken(prompt, reply)
+    if not broken:
+        return "The reply follows every principle."
+    return " ".join(f"It breaks '{CONSTITUTION[p]}'" for p in broken)
+
+
+def revise(judge: Judge, prompt: Prompt, reply: Sample, tokenizer) -> Sample:
+    """The reply rewritten to follow the principles it breaks (by rules, see the module)."""
+    broken = judge.broken(prompt, reply)
+    if "honest" in broken:
+        return written_sample(refusal(judge.unknown_name(prompt)), tokenizer)
+    if broken and prompt.text in judge.greedy_answers:  # a fact question: say it plainly
+        return written_sample(judge.greedy_answers[prompt.text], tokenizer)
+    if broken:
+        first = reply.text.strip().split("\n")[0].split("<|")[0].strip()
+        return written_sample(first or reply.text.strip(), tokenizer)
+    return reply
+
+
+def ai_pairs(
+    judge: Judge, world: World, prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sample]],
+    tokenizer,
+) -> list[Pair]:  # fmt: skip
+    """The judge's preference pairs over the model's own candidates (no noise), plus a
+    (revision ≻ original) pair for every candidate the judge revised."""
+    pairs = label_pairs(world, prompts, candidates, noise=0.0, rules=judge.rules())
+    for prompt, replies in zip(prompts, candidates, strict=True):
+        for reply in replies:
+            better = revise(judge, prompt, reply, tokenizer)
+            if better.text != reply.text:
+                pairs.append(Pair(prompt, better, reply, "revision", False))
+    return pairs
+
+
+def agreement(judge_pairs: Sequence[Pair], rater_pairs: Sequence[Pair]) -> tuple[float, int]:
+    """Share of the pairs both labelled (same prompt, same two replies) on which they agree,
+    and how many such pairs there are."""
+    rater = {(p.prompt.text, p.chosen.text, p.rejected.text) for p in rater_pairs}
+    either = {(p.prompt.text, *sorted((p.chosen.text, p.rejected.text))) for p in rater_pairs}
+    both = [
+        p for p in judge_pairs
+        if p.rule != "revision" and (p.prompt.text, *sorted((p.chosen.text, p.rejected.text))) in either
+    ]  # fmt: skip
+    if not both:
+        raise ValueError("the judge and the rater share no pair; label the same candidates")
+    agree = sum((p.prompt.text, p.chosen.text, p.rejected.text) in rater for p in both)
+    return agree / len(both), len(both)
+
+
+def make_judge(chat_model, tokenizer, prompts: Sequence[Prompt]) -> Judge:
+    """The judge for ``prompts``: the chat model's greedy replies to the fact questions, and the
+    course corpus (seed 0) for the names."""
+    from companion.chat import chat_many
+    from companion.corpus import generate_corpus
+
+    known = [p for p in prompts if p.kind == "known"]
+    replies = chat_many(
+        chat_model, tokenizer, [[{"role": "user", "content": p.text}] for p in known],
+        device="cpu",
+    )  # fmt: skip
+    answers = {p.text: str(r) for p, r in zip(known, replies, strict=True)}
+    return Judge(answers, generate_corpus(0))

@@ -1,0 +1,79 @@
+"""The four effects RLHF is said to have, measured on one model: the chapter's table.
+
+Taught in ``06_rlhf.ipynb`` (section 4). Every row of the table is a model (chat, PPO, DPO,
+Constitutional AI, and the two failure runs); every column one claim, measured on the
+*evaluation* prompts of :func:`companion.preferences.make_prompts` (fact questions in
+``Fact.question``'s words and strangers that no training prompt names):
+
+* ``follows``: instruction following, the share of replies that end their turn by themselves
+  in one line (the rater's ``stops`` rule), over every evaluation prompt;
+* ``invents``: the harmful analogue, the share of questions about strangers answered with an
+  invented claim about them instead of "I do not know" (a made-up statement about a real-seeming
+  person: in this world, misinformation is the harm there is to do);
+* ``invents_seen``: the same on the strangers the *training* prompts ask about (asked here in
+  the same words): what training taught, where ``invents`` is whether it carries over to names
+  never trained on;
+* ``tone``: the share of replies in the rater's tone (``good_tone``: one or two tidy sentences);
+* ``accuracy``: capability, the share of the world's 160 fact questions answered right,
+  **greedily** as in chapter 5 (the other three are measured on replies sampled at temperature 1,
+  the policy's own distribution, where the chat model's faults show; greedy, it rarely rambles);
+* ``refuses_known``: the share of those greedy answers that say "I do not know": refusing what
+  the model knows is one way to pay for the refusals it learnt.
+
+Left out: confidence intervals (the counts are printed beside the rates in the notebook).
+"""
+
+from __future__ import annotations
+
+from companion.environment import DeviceLike
+from companion.evaluation import ask_chat_model
+from companion.preferences import good_tone, make_prompts, sample_replies, says_do_not_know, stops
+from companion.world import World
+
+EFFECTS: tuple[str, ...] = (
+    "follows",
+    "invents",
+    "invents_seen",
+    "tone",
+    "accuracy",
+    "refuses_known",
+)
+
+
+def measure_effects(
+    model, tokenizer, world: World, *, n_samples: int = 2, seed: int = 1000,
+    device: DeviceLike = None,
+) -> dict[str, float]:  # fmt: skip
+    """The four rates, plus ``n_replies`` and ``n_strangers`` (how many replies each rate counts).
+
+    ``n_samples`` replies per evaluation prompt at temperature 1, seeds ``seed``, ``seed + 1``, ...
+    (the default seeds differ from the preference data's).
+    """
+    prompts = make_prompts(world, split="eval")
+    samples = [
+        (p, s)
+        for k in range(n_samples)
+        for p, s in zip(
+            prompts, sample_replies(model, tokenizer, prompts, seed=seed + k, device=device),
+            strict=True,
+        )
+    ]  # fmt: skip
+    strangers = [s for p, s in samples if p.kind == "unknown"]
+    seen = [p for p in make_prompts(world, split="train") if p.kind == "unknown"]
+    seen_replies = [
+        r for k in range(n_samples)
+        for r in sample_replies(model, tokenizer, seen, seed=seed + k, device=device)
+    ]  # fmt: skip
+    known = [p.fact for p in prompts if p.kind == "known"]
+    asked = ask_chat_model(model, tokenizer, world, known, device=device)
+    return {
+        "follows": sum(stops(world, p, s.text, s.finished) for p, s in samples) / len(samples),
+        "invents": sum(not says_do_not_know(s.text) for s in strangers) / len(strangers),
+        "invents_seen": sum(not says_do_not_know(s.text) for s in seen_replies) / len(seen_replies),
+        "tone": sum(good_tone(world, p, s.text, s.finished) for p, s in samples) / len(samples),
+        "accuracy": asked.accuracy,
+        "refuses_known": sum(says_do_not_know(a.reply) for a in asked.answers) / len(known),
+        "n_replies": len(samples),
+        "n_strangers": len(strangers),
+        "n_strangers_seen": len(seen_replies),
+    }

@@ -1,0 +1,246 @@
+"""PPO with a KL leash: the chat model tuned to maximise the reward model's score.
+
+Taught in ``06_rlhf.ipynb`` (section 3). One iteration of :func:`train_ppo`, in numbered steps:
+
+1. **Roll out**: sample a reply at temperature 1 for a batch of training prompts.
+2. **Score**: the reward model scores each prompt + reply (one number per reply).
+3. **KL penalty**: every reply token costs ``β (log π(y_t) − log π_ref(y_t))`` (:func:`kl_penalty`),
+   the per-token estimate of how far the policy has moved from the frozen chat model; the score
+   is added at the reply's last token (Ziegler et al. 2019, eq. 2).
+4. **Advantages**: generalised advantage estimation over the reply's tokens (:func:`gae`),
+   with the value head's estimates as the baseline; whitened over the batch.
+5. **Update**: several epochs of minibatch steps on the clipped surrogate objective
+   (:func:`clipped_objective`, Schulman et al. 2017, eq. 7) plus the value loss
+   (:func:`value_loss`).
+
+Logged per iteration (:class:`PPOLog`): ``reward`` (the reward model's mean score), ``kl`` (the
+mean summed per-token KL estimate of a reply), ``clip_fraction``, ``entropy`` and ``value_loss``.
+
+The policy's value head is a linear layer on its own hidden states (one network, two heads).
+Shape vocabulary: B batch, T time (a reply's tokens), V vocabulary. Left out: reward
+whitening, adaptive β, value clipping, generation on a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.chat import END, special_ids
+from companion.environment import make_generator
+from companion.preferences import Prompt, prompt_ids, sample_replies
+from companion.replies import pad_sequences, token_logprobs
+from companion.reward_model import reply_tokens
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """The per-token KL estimate ``log π(y) − log π_ref(y)`` (any shape, same out).
+
+    For ``y`` drawn from π its mean is ``KL(π ‖ π_ref)``; one token's value can be negative.
+
+    >>> kl_penalty(torch.tensor([-1.0]), torch.tensor([-3.0]))
+    tensor([2.])
+    """
+    return logp - ref_logp
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16): ``(advantages, returns)``.
+
+    ``rewards``, ``values``, ``mask`` (B, T); ``mask`` is True on real steps (a prefix of each
+    row's reply positions; the value after the last one is 0).
+    ``δ_t = r_t + γ V_{t+1} − V_t``, ``A_t = δ_t + γλ A_{t+1}``, ``returns = A + V``.
+
+    >>> adv, ret = gae(torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2), torch.ones(1, 2), lam=0.5)
+    >>> adv.tolist()
+    [[0.5, 1.0]]
+    """
+    B, T = rewards.shape
+    m = mask.float()
+    advantages = torch.zeros_like(rewards)  # (B, T)
+    next_value = torch.zeros(B)  # (B,)
+    next_adv = torch.zeros(B)  # (B,)
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
+        advantages[:, t] = (delta + gamma * lam * next_adv) * m[:, t]
+        next_value = values[:, t] * m[:, t]
+        next_adv = advantages[:, t]
+    return advantages, advantages + values * m
+
+
+def clipped_objective(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    *, clip: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """PPO's clipped surrogate, as a loss to minimise, and the share of clipped tokens.
+
+    ``loss = −mean(min(ρ A, clip(ρ, 1 − ε, 1 + ε) A))`` over ``mask``, ``ρ = exp(logp −
+    old_logp)``; all (B, T). A ratio outside ``[1 − ε, 1 + ε]`` in the direction the advantage
+    pushes gets no gradient.
+
+    >>> loss, frac = clipped_objective(torch.log(torch.tensor([[1.5]])), torch.zeros(1, 1),
+    ...                                torch.ones(1, 1), torch.ones(1, 1, dtype=torch.bool))
+    >>> loss.item(), frac.item()  # ρ = 1.5 is clipped to 1.2
+    (-1.2000000476837158, 1.0)
+    """
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
+    m = mask.float()
+    loss = -(torch.minimum(unclipped, clipped) * m).sum() / m.sum()
+    fraction = (((ratio - 1).abs() > clip).float() * m).sum() / m.sum()
+    return loss, fraction
+
+
+def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``½ mean((V − R)²)`` over ``mask``; all (B, T).
+
+    >>> value_loss(torch.tensor([[1.0, 5.0]]), torch.tensor([[3.0, 0.0]]), torch.tensor([[1, 0]]))
+    tensor(2.)
+    """
+    m = mask.float()
+    return 0.5 * (((values - returns) ** 2) * m).sum() / m.sum()
+
+
+class PolicyWithValue(nn.Module):
+    """The policy (a GPT) and a value head on its hidden states: ids (B, T) → logits (B, T, V),
+    values (B, T)."""
+
+    def __init__(self, gpt: nn.Module) -> None:
+        super().__init__()
+        self.gpt = gpt
+        self.value_head = nn.Linear(gpt.config.d_model, 1)  # (C,) -> scalar
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.gpt.hidden_states(ids)  # (B, T, C)
+        return self.gpt.lm_head(h), self.value_head(h).squeeze(-1)  # (B, T, V), (B, T)
+
+
+@dataclass
+class PPOConfig:
+    """A PPO run's recipe."""
+
+    iterations: int = 30  # roll-out + update rounds
+    batch_size: int = 32  # B: prompts rolled out per iteration
+    epochs: int = 2  # passes over each roll-out
+    minibatch_size: int = 16  # replies per gradient step
+    learning_rate: float = 2e-5  # AdamW, constant
+    kl_coef: float = 0.05  # β: the KL leash (0 = no leash)
+    clip: float = 0.2  # ε of the clipped objective
+    gamma: float = 1.0  # no discount within a reply
+    lam: float = 0.95  # GAE's λ
+    vf_coef: float = 0.5  # weight of the value loss
+    max_new_tokens: int = 24  # reply length limit
+    seed: int = 0  # draws prompts, replies and minibatches
+
+
+@dataclass
+class PPOLog:
+    """One entry per iteration (the glossary is in the notebook)."""
+
+    reward: list[float] = field(default_factory=list)  # mean reward-model score of the replies
+    kl: list[float] = field(default_factory=list)  # mean over replies of Σ_t kl_penalty
+    clip_fraction: list[float] = field(default_factory=list)  # share of clipped tokens
+    entropy: list[float] = field(default_factory=list)  # mean per-token entropy, nats
+    value_loss: list[float] = field(default_factory=list)  # mean value_loss of the updates
+    seconds: list[float] = field(default_factory=list)  # wall time so far
+
+
+def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
+    """Steps 2–4 for a padded batch: everything the update needs, without gradients."""
+    with torch.no_grad():
+        logits, values = policy(ids)  # (B, T, V), (B, T)
+        old_logp = token_logprobs(logits, ids)  # (B, T-1)
+        ref_logp = token_logprobs(reference(ids)[0], ids)  # (B, T-1)
+        m = mask[:, 1:]  # (B, T-1): positions whose next token is a reply token
+        score = reward_model(ids, mask)  # (B,)
+        kl = kl_penalty(old_logp, ref_logp) * m  # (B, T-1)
+        rewards = -config.kl_coef * kl
+        last = (m * torch.arange(m.shape[1])).argmax(dim=1)  # (B,)
+        rewards[torch.arange(len(ids)), last] += score
+        values = values[:, :-1] * m  # V of the state before each reply token
+        adv, returns = gae(rewards, values, m, gamma=config.gamma, lam=config.lam)
+        mean, std = adv[m].mean(), adv[m].std()
+        adv = (adv - mean) / (std + 1e-8) * m
+    return old_logp, adv, returns, m, score, kl.sum(dim=1)
+
+
+def train_ppo(
+    chat_model: nn.Module, tokenizer, reward_model: nn.Module, prompts: Sequence[Prompt],
+    config: PPOConfig | None = None,
+) -> tuple[nn.Module, PPOLog]:  # fmt: skip
+    """PPO from a copy of ``chat_model`` against the frozen ``reward_model``; returns the tuned
+    GPT (eval mode) and its :class:`PPOLog`. The reference is a frozen copy of ``chat_model``.
+    Runs on the CPU, where the shipped figures were made (the model is too small for a GPU to
+    pay for its start-up)."""
+    config = config or PPOConfig()
+    if not prompts:
+        raise ValueError("prompts is empty; pass make_prompts(world, split='train')")
+    if not 1 <= config.batch_size <= len(prompts):
+        raise ValueError(
+            f"batch_size={config.batch_size} must be between 1 and the {len(prompts)} prompts; "
+            "ask for a smaller batch or pass more prompts"
+        )
+    if config.kl_coef < 0:
+        raise ValueError(f"kl_coef={config.kl_coef} must be >= 0 (0 switches the leash off)")
+    policy = PolicyWithValue(copy.deepcopy(chat_model)).cpu()
+    reference = copy.deepcopy(chat_model).cpu().eval()
+    reward_model.eval()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    rng, generator = random.Random(config.seed), make_generator(config.seed)
+    pad, log, start = special_ids(tokenizer)[END], PPOLog(), time.perf_counter()
+    for it in range(config.iterations):
+        # 1. Roll out.
+        batch = rng.sample(list(prompts), config.batch_size)
+        samples = sample_replies(
+            policy.gpt, tokenizer, batch, seed=config.seed * 100_003 + it,
+            max_new_tokens=config.max_new_tokens,
+        )  # fmt: skip
+        ids, mask = pad_sequences(
+            [prompt_ids(p, tokenizer) for p in batch], [reply_tokens(s, tokenizer) for s in samples],
+            pad,
+        )  # fmt: skip
+        # 2.-4. Score, KL penalty, advantages.
+        policy.eval()
+        old_logp, adv, returns, m, score, kl = _rollout_tensors(
+            policy, lambda x: (reference(x)[0], None), reward_model, ids, mask, config
+        )
+        # 5. Update: epochs of minibatches on the clipped objective and the value loss.
+        policy.train()
+        clips, entropies, v_losses = [], [], []
+        for _ in range(config.epochs):
+            order = torch.randperm(len(ids), generator=generator)
+            for mb in order.split(config.minibatch_size):
+                logits, values = policy(ids[mb])  # (b, T, V), (b, T)
+                logp = token_logprobs(logits, ids[mb])  # (b, T-1)
+                pg, frac = clipped_objective(logp, old_logp[mb], adv[mb], m[mb], clip=config.clip)
+                vl = value_loss(values[:, :-1], returns[mb], m[mb])
+                optimizer.zero_grad(set_to_none=True)
+                (pg + config.vf_coef * vl).backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                optimizer.step()
+                with torch.no_grad():
+                    p = F.softmax(logits[:, :-1].float(), dim=-1)  # (b, T-1, V)
+                    ent = -(p * torch.log(p + 1e-12)).sum(-1)  # (b, T-1)
+                    entropies.append((ent * m[mb]).sum().item() / m[mb].sum().item())
+                clips.append(frac.item())
+                v_losses.append(vl.item())
+        log.reward.append(score.mean().item())
+        log.kl.append(kl.mean().item())
+        log.clip_fraction.append(sum(clips) / len(clips))
+        log.entropy.append(sum(entropies) / len(entropies))
+        log.value_loss.append(sum(v_losses) / len(v_losses))
+        log.seconds.append(time.perf_counter() - start)
+    return policy.gpt.eval(), log

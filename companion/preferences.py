@@ -1,0 +1,276 @@
+"""Preferences: RLHF's prompts, replies sampled from the chat model, and a simulated rater.
+
+Taught in ``06_rlhf.ipynb`` (section 1). RLHF starts from people comparing two replies to one
+prompt. The course has no people, so the rater here is **simulated**: four written-down rules,
+each a small function over the world and the reply (:data:`RULES`), applied in order; the
+first rule on which the two replies differ decides, and equal replies make no pair. Then a
+label is flipped with probability ``noise`` (10 % by default): real raters disagree with each
+other (InstructGPT's agreed about 73 % of the time), and a reward model must learn through that.
+A simulated rater is the honest choice for a course: every label can be checked, rerun and
+explained, and the effects RLHF has can be measured against the very rules it was taught.
+
+The prompts (:func:`make_prompts`) are of three kinds:
+
+* **known**: a question about a fact of the world, in one of the SFT data's phrasings for
+  training (the evaluation asks ``Fact.question``, a phrasing neither SFT nor RLHF trains on);
+* **unknown**: a question about a *stranger*, a name from :data:`STRANGERS` that the world
+  never mentions (disjoint from ``world.held_out``, which chapter 7 keeps for hallucination);
+* **greeting**: "Hello!" and friends.
+
+Replies are sampled from the chat model at temperature 1 (:func:`sample_replies`), where it
+rambles, writes fragments and answers wrongly often enough to compare. The chat model never
+says "I do not know" (refusals are not in its SFT data, nor in the corpus), so for a question
+about a stranger the rater also writes that reply itself (:func:`refusal`), as InstructGPT's
+labellers wrote demonstrations: one side of those pairs is the rater's, not the model's.
+
+Shape vocabulary: B batch, T time. Left out: ties as a label, ratings on a scale, more than two
+replies ranked at once.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from companion.chat import END, render_chat, special_ids
+from companion.environment import DeviceLike
+from companion.evaluation import reply_is_correct
+from companion.generation import continue_until
+from companion.sft_data import SFT_QUESTIONS
+from companion.world import RELATIONS, Fact, World, facts_of
+
+# Strangers: names the world never uses (not in its pools, so neither in the corpus nor among
+# world.held_out). The first 24 are asked about in training, the last 8 only in evaluation.
+STRANGERS: tuple[str, ...] = (
+    "Wanda", "Boris", "Edgar", "Freya", "Gustav", "Helga", "Igor", "Jude", "Olga", "Percy",
+    "Quentin", "Rita", "Stellan", "Tess", "Ulla", "Victor", "Walt", "Xenia", "Yusuf", "Zora",
+    "Agnes", "Basil", "Cora", "Dmitri", "Klara", "Lars", "Mabel", "Nils", "Esme", "Fritz",
+    "Gwen", "Horace",
+)  # fmt: skip
+N_TRAIN_STRANGERS = 24
+STRANGER_RELATIONS: tuple[str, ...] = ("home_town", "job", "food", "pet_kind")
+GREETINGS: tuple[str, ...] = ("Hello!", "Hello! How are you?", "Goodbye!")
+KINDS: tuple[str, ...] = ("known", "unknown", "greeting")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One user message and what the rater needs to judge a reply to it."""
+
+    text: str  # the user's message, e.g. "Where does Mira live?"
+    kind: str  # "known", "unknown" or "greeting"
+    fact: Fact | None = None  # for "known": the fact asked about
+    name: str | None = None  # for "unknown": the stranger asked about
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A reply the model wrote: its ids (without ``<|end|>``), text, and whether it stopped."""
+
+    ids: tuple[int, ...]  # the reply's token ids, up to <|end|> (excluded)
+    text: str  # decoded, the template's leading space removed
+    finished: bool  # the model wrote <|end|> within the limit
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A preference: ``chosen`` beat ``rejected`` as replies to ``prompt``."""
+
+    prompt: Prompt
+    chosen: Sample
+    rejected: Sample
+    rule: str  # the rule that decided (before any noise)
+    flipped: bool  # the label was flipped by the rater's noise
+
+
+REFUSAL = "I do not know that person."
+
+
+def refusal(name: str) -> str:
+    """The reply the rater writes for a question about a stranger (the same for every name:
+    a model of a million parameters copies an unseen name badly).
+
+    >>> refusal("Wanda")
+    'I do not know that person.'
+    """
+    return REFUSAL
+
+
+def says_do_not_know(text: str) -> bool:
+    """Whether a reply admits not knowing. ``says_do_not_know("I do not know who Igor is.")``"""
+    return "do not know" in text or "don't know" in text
+
+
+def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
+    """The prompts of ``split`` ("train" or "eval"): every fact, strangers, greetings.
+
+    Train asks each fact in one of the SFT data's phrasings (drawn with ``seed``) and the first
+    24 strangers; eval asks ``Fact.question`` and the last 8 strangers.
+
+    >>> from companion.world import build_world
+    >>> prompts = make_prompts(build_world(0), split="eval")
+    >>> [sum(p.kind == k for p in prompts) for k in KINDS]
+    [160, 32, 3]
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split={split!r}; use 'train' or 'eval'")
+    rng = random.Random(seed)
+    prompts = []
+    for entity in world.entities:
+        for fact in facts_of(entity):
+            phrasing = rng.choice(SFT_QUESTIONS[fact.relation]).format(**entity.fields())
+            text = phrasing if split == "train" else fact.question
+            prompts.append(Prompt(text, "known", fact=fact))
+    names = STRANGERS[:N_TRAIN_STRANGERS] if split == "train" else STRANGERS[N_TRAIN_STRANGERS:]
+    for name in names:
+        for relation in STRANGER_RELATIONS:
+            prompts.append(Prompt(RELATIONS[relation][1].format(name=name), "unknown", name=name))
+    return prompts + [Prompt(text, "greeting") for text in GREETINGS]
+
+
+# --- the simulated rater ----------------------------------------------------------------------
+
+
+def is_correct(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
+    """Known facts: the reply names the right answer and no wrong one (others: nothing to check)."""
+    if prompt.kind != "known":
+        return True
+    return reply_is_correct(text, prompt.fact.answer, world.wrong_answers(prompt.fact))
+
+
+def admits_not_knowing(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
+    """Strangers: the reply says "I do not know" instead of inventing a claim about them."""
+    return prompt.kind != "unknown" or says_do_not_know(text)
+
+
+def stops(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
+    """The reply ends its turn by itself, in one line, writing no turn marker."""
+    body = text.strip()
+    return finished and bool(body) and "\n" not in body and "<|" not in body
+
+
+def good_tone(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
+    """One or two tidy sentences: a capital letter first, ``.`` or ``!`` or ``?`` last, at most
+    twelve words, and nothing but words and ``' , . ! ?`` in between."""
+    body = text.strip()
+    tidy = re.fullmatch(r"[A-Z][A-Za-z' ,.!?]*[.!?]", body) is not None
+    return tidy and len(body.split()) <= 12 and len(re.findall(r"[.!?]", body)) <= 2
+
+
+Rule = Callable[[World, Prompt, str, bool], bool]
+RULES: dict[str, Rule] = {  # in order: the first rule two replies differ on decides
+    "correct": is_correct,
+    "admits_not_knowing": admits_not_knowing,
+    "stops": stops,
+    "good_tone": good_tone,
+}
+
+
+def rate(
+    world: World, prompt: Prompt, a: Sample, b: Sample, rules: dict[str, Rule] = RULES
+) -> tuple[int, str] | None:
+    """Which of two replies ``rules`` prefer, ``(0 or 1, deciding rule)``, or None for a tie.
+
+    >>> from companion.world import build_world
+    >>> world = build_world(0)
+    >>> p = Prompt("Who is Wanda?", "unknown", name="Wanda")
+    >>> rate(world, p, Sample((), "Wanda works as a baker.", True), Sample((), refusal("Wanda"), True))
+    (1, 'admits_not_knowing')
+    """
+    for name, rule in rules.items():
+        ok_a, ok_b = (
+            rule(world, prompt, a.text, a.finished),
+            rule(world, prompt, b.text, b.finished),
+        )
+        if ok_a != ok_b:
+            return (0 if ok_a else 1), name
+    return None
+
+
+# --- sampling replies and labelling pairs ----------------------------------------------------
+
+
+def sample_replies(
+    model, tokenizer, prompts: Sequence[Prompt], *, temperature: float = 1.0, seed: int = 0,
+    max_new_tokens: int = 24, device: DeviceLike = None,
+) -> list[Sample]:  # fmt: skip
+    """One reply per prompt from ``model`` (sampled with a generator seeded by ``seed``)."""
+    ids = [prompt_ids(p, tokenizer) for p in prompts]
+    out = continue_until(
+        model, ids, [special_ids(tokenizer)[END]], max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, device=device,
+    )  # fmt: skip
+    return [_sample(reply, finished, tokenizer) for reply, finished in out]
+
+
+def _sample(ids: Sequence[int], finished: bool, tokenizer) -> Sample:
+    text = tokenizer.decode(list(ids))
+    return Sample(tuple(ids), text[1:] if text.startswith(" ") else text, finished)
+
+
+def written_sample(text: str, tokenizer) -> Sample:
+    """A reply written by hand (the rater's refusal), as the template would encode it."""
+    return _sample(tokenizer.encode_ordinary(" " + text), True, tokenizer)
+
+
+def prompt_ids(prompt: Prompt, tokenizer) -> list[int]:
+    """The prompt in the chat template, ending with ``<|assistant|>``."""
+    messages = [{"role": "user", "content": prompt.text}]
+    return render_chat(messages, tokenizer, add_generation_prompt=True)[0].tolist()
+
+
+def label_pairs(
+    world: World, prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sample]], *,
+    noise: float = 0.1, seed: int = 0, rules: dict[str, Rule] = RULES,
+) -> list[Pair]:  # fmt: skip
+    """Every pair of distinct candidates per prompt that ``rules`` can tell apart, labelled by
+    :func:`rate`, each label flipped with probability ``noise`` (``random.Random(seed)``)."""
+    if not 0 <= noise < 0.5:
+        raise ValueError(f"noise={noise} must be in [0, 0.5): at 0.5 the labels carry nothing")
+    rng = random.Random(seed)
+    pairs = []
+    for prompt, replies in zip(prompts, candidates, strict=True):
+        unique = list({s.text: s for s in replies}.values())
+        for i in range(len(unique)):
+            for j in range(i + 1, len(unique)):
+                verdict = rate(world, prompt, unique[i], unique[j], rules)
+                if verdict is None:
+                    continue
+                winner, rule = verdict
+                flipped = rng.random() < noise
+                chosen, rejected = (unique[i], unique[j])[:: 1 if winner == 0 else -1]
+                if flipped:
+                    chosen, rejected = rejected, chosen
+                pairs.append(Pair(prompt, chosen, rejected, rule, flipped))
+    return pairs
+
+
+def collect_candidates(
+    model, tokenizer, world: World, *, n_samples: int = 4, seed: int = 0,
+    device: DeviceLike = None,
+) -> tuple[list[Prompt], list[list[Sample]]]:  # fmt: skip
+    """The train prompts and, for each, ``n_samples`` replies from the chat model at temperature
+    1 (seeds ``seed``, ``seed + 1``, ...), with the rater's refusal added for strangers."""
+    prompts = make_prompts(world, split="train", seed=seed)
+    draws = [
+        sample_replies(model, tokenizer, prompts, seed=seed + k, device=device)
+        for k in range(n_samples)
+    ]
+    candidates = [list(c) for c in zip(*draws, strict=True)]
+    for prompt, replies in zip(prompts, candidates, strict=True):
+        if prompt.kind == "unknown":
+            replies.append(written_sample(refusal(prompt.name), tokenizer))
+    return prompts, candidates
+
+
+def collect_preferences(
+    model, tokenizer, world: World, *, n_samples: int = 4, noise: float = 0.1, seed: int = 0,
+    rules: dict[str, Rule] = RULES, device: DeviceLike = None,
+) -> list[Pair]:  # fmt: skip
+    """The chapter's preference data: :func:`collect_candidates`, then :func:`label_pairs`."""
+    prompts, candidates = collect_candidates(
+        model, tokenizer, world, n_samples=n_samples, seed=seed, device=device
+    )
+    return label_pairs(world, prompts, candidates, noise=noise, seed=seed, rules=rules)

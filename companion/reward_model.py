@@ -1,0 +1,146 @@
+"""The reward model: the chat model's transformer with a scalar head, trained on preferences.
+
+Taught in ``06_rlhf.ipynb`` (section 2). A reward model reads a prompt and a reply and gives one
+number. It is trained so that the rater's chosen reply scores higher than the rejected one, with
+the **Bradley–Terry** model of a comparison: ``P(chosen ≻ rejected) = σ(r_c − r_r)``, so the loss
+is the mean of ``−log σ(r_c − r_r)`` (:func:`bradley_terry_loss`; InstructGPT, eq. 1). Its
+**held-out accuracy** is the share of pairs of prompts it never trained on that it orders as the
+rater did (noise included: a rater flipping 10 % of labels caps it near 90 %).
+
+The backbone starts as a copy of the chat model (it already reads the template and knows the
+world's facts as well as the chat model does); the head reads the final hidden state of the
+reply's last token. Shape vocabulary: B batch, T time, C channels.
+
+Left out: several replies ranked at once (InstructGPT's K choose 2 per prompt), reward
+normalisation, ensembles.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.chat import END, special_ids
+from companion.environment import make_generator
+from companion.preferences import Pair, Sample, prompt_ids
+from companion.replies import pad_sequences
+
+
+def bradley_terry_loss(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
+) -> torch.Tensor:
+    """Mean of ``−log σ(r_c − r_r)`` over pairs; ``chosen_rewards``, ``rejected_rewards`` (B,).
+
+    >>> round(bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0])).item(), 4)  # ln(1+e⁻¹)
+    0.3133
+    """
+    if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
+        raise ValueError(
+            f"chosen_rewards {tuple(chosen_rewards.shape)} and rejected_rewards "
+            f"{tuple(rejected_rewards.shape)} must be 1-D of the same length: one reward per pair"
+        )
+    if chosen_rewards.numel() == 0:
+        raise ValueError("no pairs: the preference set is empty; collect some preferences first")
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+class RewardModel(nn.Module):
+    """``RewardModel(gpt)(ids, reply_mask)`` → one reward per row (B,).
+
+    The reward is a linear head on the final hidden state of the last reply token.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone  # a GPT: hidden_states(ids) (B, T, C)
+        self.head = nn.Linear(backbone.config.d_model, 1)  # (C,) -> scalar
+        nn.init.zeros_(self.head.weight)  # every reply starts at reward 0
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+        h = self.backbone.hidden_states(ids)  # (B, T, C)
+        positions = torch.arange(ids.shape[1], device=ids.device)  # (T,)
+        last = (reply_mask * positions).argmax(dim=1)  # (B,) index of the last reply token
+        return self.head(h[torch.arange(len(ids)), last]).squeeze(-1)  # (B, C) @ (C, 1) -> (B,)
+
+
+def reply_tokens(sample: Sample, tokenizer) -> list[int]:
+    """A reply's tokens as trained and scored: its ids, and ``<|end|>`` if it stopped."""
+    return [*sample.ids, special_ids(tokenizer)[END]] if sample.finished else list(sample.ids)
+
+
+def pair_tensors(pairs: Sequence[Pair], tokenizer) -> tuple[torch.Tensor, ...]:
+    """``(chosen_ids, chosen_mask, rejected_ids, rejected_mask)``, each (B, T) from
+    :func:`companion.replies.pad_sequences` (padded with ``<|end|>``)."""
+    if not pairs:
+        raise ValueError("the preference set is empty; collect_preferences(...) makes one")
+    pad = special_ids(tokenizer)[END]
+    prompts = [prompt_ids(p.prompt, tokenizer) for p in pairs]
+    chosen = pad_sequences(prompts, [reply_tokens(p.chosen, tokenizer) for p in pairs], pad)
+    rejected = pad_sequences(prompts, [reply_tokens(p.rejected, tokenizer) for p in pairs], pad)
+    return (*chosen, *rejected)
+
+
+def split_pairs(pairs: Sequence[Pair], *, held_out: float = 0.2, seed: int = 0):
+    """``(train, held_out)`` with whole prompts on one side: no held-out prompt is trained on."""
+    texts = sorted({p.prompt.text for p in pairs})
+    random.Random(seed).shuffle(texts)
+    test = set(texts[: round(held_out * len(texts))])
+    return [p for p in pairs if p.prompt.text not in test], [
+        p for p in pairs if p.prompt.text in test
+    ]
+
+
+@dataclass
+class RewardConfig:
+    """How to train the reward model."""
+
+    steps: int = 150  # AdamW steps
+    batch_size: int = 32  # pairs per step
+    learning_rate: float = 1e-4  # constant; the backbone is already trained
+    seed: int = 0  # draws the batches
+
+
+@dataclass
+class RewardHistory:
+    """The training record: one entry per step."""
+
+    loss: list[float] = field(default_factory=list)  # Bradley-Terry loss of the step's batch
+    accuracy: list[float] = field(default_factory=list)  # share of the batch ordered right
+
+
+@torch.no_grad()
+def pair_accuracy(reward_model: nn.Module, pairs: Sequence[Pair], tokenizer) -> float:
+    """Share of ``pairs`` whose chosen reply the model scores strictly higher."""
+    cid, cm, rid, rm = pair_tensors(pairs, tokenizer)
+    reward_model.eval()
+    return (reward_model(cid, cm) > reward_model(rid, rm)).float().mean().item()
+
+
+def train_reward_model(
+    chat_model: nn.Module, tokenizer, pairs: Sequence[Pair], config: RewardConfig | None = None
+) -> tuple[RewardModel, RewardHistory]:
+    """A reward model on a copy of ``chat_model``, trained with :func:`bradley_terry_loss` on
+    ``pairs`` (batches drawn with replacement by a generator seeded with ``config.seed``)."""
+    config = config or RewardConfig()
+    model = RewardModel(copy.deepcopy(chat_model)).cpu()
+    cid, cm, rid, rm = pair_tensors(pairs, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    generator, history = make_generator(config.seed), RewardHistory()
+    model.train()
+    for _ in range(config.steps):
+        b = torch.randint(len(pairs), (config.batch_size,), generator=generator)  # (B,)
+        r_c, r_r = model(cid[b], cm[b]), model(rid[b], rm[b])  # (B,), (B,)
+        loss = bradley_terry_loss(r_c, r_r)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.loss.append(loss.item())
+        history.accuracy.append((r_c > r_r).float().mean().item())
+    return model.eval(), history
