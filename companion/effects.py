@@ -44,7 +44,9 @@ def measure_effects(
     model, tokenizer, world: World, *, n_samples: int = 2, seed: int = 1000,
     device: DeviceLike = None,
 ) -> dict[str, float]:  # fmt: skip
-    """The four rates, plus ``n_replies`` and ``n_strangers`` (how many replies each rate counts).
+    """The six rates of :data:`EFFECTS` (the four effects, with ``invents_seen`` and
+    ``refuses_known`` beside them), plus ``n_replies``, ``n_strangers`` and ``n_strangers_seen``
+    (how many replies each sampled rate counts; ``accuracy`` counts the 160 fact questions).
 
     ``n_samples`` replies per evaluation prompt at temperature 1, seeds ``seed``, ``seed + 1``, ...
     (the default seeds differ from the preference data's).

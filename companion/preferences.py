@@ -18,10 +18,11 @@ The prompts (:func:`make_prompts`) are of three kinds:
 * **greeting**: "Hello!" and friends.
 
 Replies are sampled from the chat model at temperature 1 (:func:`sample_replies`), where it
-rambles, writes fragments and answers wrongly often enough to compare. The chat model never
-says "I do not know" (refusals are not in its SFT data, nor in the corpus), so for a question
-about a stranger the rater also writes that reply itself (:func:`refusal`), as InstructGPT's
-labellers wrote demonstrations: one side of those pairs is the rater's, not the model's.
+writes fragments and answers wrongly often enough to compare (it runs past its turn only
+rarely). The chat model never says "I do not know" (refusals are not in its SFT data, nor in the
+corpus), so for a question about a stranger the rater also writes that reply itself
+(:func:`refusal`), as InstructGPT's labellers wrote demonstrations: one side of those pairs is the
+rater's, not the model's.
 
 Shape vocabulary: B batch, T time. Left out: ties as a label, ratings on a scale, more than two
 replies ranked at once.
@@ -134,7 +135,10 @@ def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
 
 
 def is_correct(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
-    """Known facts: the reply names the right answer and no wrong one (others: nothing to check)."""
+    """Known facts: the reply names the right answer and no wrong one (others: nothing to check).
+
+    Loose by design: it does not check that the reply is about the subject asked about.
+    """
     if prompt.kind != "known":
         return True
     return reply_is_correct(text, prompt.fact.answer, world.wrong_answers(prompt.fact))

@@ -5,7 +5,10 @@ number. It is trained so that the rater's chosen reply scores higher than the re
 the **Bradley–Terry** model of a comparison: ``P(chosen ≻ rejected) = σ(r_c − r_r)``, so the loss
 is the mean of ``−log σ(r_c − r_r)`` (:func:`bradley_terry_loss`; InstructGPT, eq. 1). Its
 **held-out accuracy** is the share of pairs of prompts it never trained on that it orders as the
-rater did (noise included: a rater flipping 10 % of labels caps it near 90 %).
+rater did, noise included: a model that followed the rules exactly would score the share of
+held-out labels the noise left alone (90 % on average for 10 % noise; on a small held-out set,
+whatever share chance left unflipped). A reward model's scores have no fixed zero: only
+differences enter the loss, so two reward models' scores cannot be compared by level.
 
 The backbone starts as a copy of the chat model (it already reads the template and knows the
 world's facts as well as the chat model does); the head reads the final hidden state of the
