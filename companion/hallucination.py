@@ -18,7 +18,8 @@ product, at temperature 1). :func:`summarize` turns the answers into shares:
 * ``correct``: the stated answer is the true one (for held-out entities: luck);
 * ``median_probability``: over the answered questions.
 
-Left out: abstention training, retrieval, and calibration curves; the measurement counts only
+Abstention (a model trained to say "I do not know") is chapter 6's; this module only measures
+it, as a reply that states no answer. Left out: retrieval and calibration curves; it counts only
 answers from the world's own vocabulary, so an invented answer outside it (a made-up town) is
 not counted as an answer.
 """
