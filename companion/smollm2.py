@@ -104,12 +104,16 @@ def smollm2_state_dict(reader: GGUFReader, config: GPTConfig) -> dict[str, torch
     (``attn.qkv``, ``mlp.fc``), so they are concatenated here, queries and keys after
     :func:`undo_rope_permutation`.
     """
-    raw = {t.name: dequantize(t.data, t.tensor_type.name) for t in reader.tensors}
-    state = {"wte.weight": raw["token_embd.weight"], "ln_f.weight": raw["output_norm.weight"]}
+    stored = {t.name: t for t in reader.tensors}
+
+    def raw(name: str) -> torch.Tensor:  # dequantised when needed: one float32 copy in all
+        return dequantize(stored[name].data, stored[name].tensor_type.name)
+
+    state = {"wte.weight": raw("token_embd.weight"), "ln_f.weight": raw("output_norm.weight")}
     if not config.tie_embeddings:
-        state["lm_head.weight"] = raw["output.weight"]
+        state["lm_head.weight"] = raw("output.weight")
     for i in range(config.n_layer):
-        t = lambda name, i=i: raw[f"blk.{i}.{name}.weight"]  # noqa: E731
+        t = lambda name, i=i: raw(f"blk.{i}.{name}.weight")  # noqa: E731
         q = undo_rope_permutation(t("attn_q"), config.n_head)  # (C, C)
         k = undo_rope_permutation(t("attn_k"), config.n_kv_head)  # (Hkv·D, C)
         ours = f"blocks.{i}."
