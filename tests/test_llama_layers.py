@@ -10,6 +10,7 @@ import torch
 
 import companion.llama_layers
 import companion.quantization
+import companion.smollm2
 from companion.attention import MultiHeadAttention
 from companion.environment import make_generator
 from companion.generation import generate
@@ -29,7 +30,9 @@ LLAMA_TINY = GPTConfig(
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("module", [companion.llama_layers, companion.quantization])
+@pytest.mark.parametrize(
+    "module", [companion.llama_layers, companion.quantization, companion.smollm2]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
