@@ -206,7 +206,7 @@ def load_smollm2(device: DeviceLike = None) -> tuple[GPT, BPETokenizer]:
     on ``device`` (default: cuda, then mps, then cpu), and the course's BPE tokenizer.
 
     Needs the file (:func:`smollm2_path`; a ``FileNotFoundError`` gives the install command).
-    The chat template is :data:`companion.chat.CHATML`; the stop token is ``<|im_end|>``.
+    The chat template is :data:`companion.chat.SMOLLM2_CHAT`; the stop token is ``<|im_end|>``.
     """
     reader = read_gguf()
     config = smollm2_config(reader)
