@@ -26,13 +26,19 @@ Three rules make the template safe to train on and to talk to:
 
 The model has no memory between calls: every reply is generated from the re-sent history.
 
-Left out: a system role (the course's model has one job and no instructions to follow), tool
-calls, and packing several conversations into one training row.
+**Other templates.** The same rules render a real model's template (``08_real_model.ipynb``):
+a :class:`ChatTemplate` names each role's opening special token, the ordinary text around the
+content, and the closing token. :data:`COURSE_CHAT` is the course's; :data:`SMOLLM2_CHAT` is
+SmolLM2's ChatML, ``<|im_start|>user\nHi<|im_end|>\n``, with its system role and the default
+system message its file's template adds (tested equal to ``apply_chat_template``).
+
+Left out: tool calls, and packing several conversations into one training row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,7 +53,42 @@ ROLES: tuple[str, ...] = tuple(MARKERS)
 Message = Mapping[str, str]  # {"role": "user" | "assistant", "content": "..."}
 
 
-def check_messages(messages: Sequence[Message], *, add_generation_prompt: bool = False) -> None:
+@dataclass(frozen=True)
+class ChatTemplate:
+    """How one message becomes tokens: ``[opening id] + ordinary(role_text + content_prefix +
+    content) + [end id] + ordinary(after_end)``; the generation prompt is the assistant's
+    opening token and role text."""
+
+    markers: Mapping[str, str]  # role -> the special token that opens its messages
+    end: str  # the special token that closes a message; generation stops at it
+    role_text: str = ""  # ordinary text after the opening token; "{role}" becomes the role
+    content_prefix: str = ""  # put before the content (the course's space); stripped from replies
+    after_end: str = ""  # ordinary text after the closing token
+    default_system: str | None = None  # put first, as a system message, when there is none
+    roles: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roles", tuple(self.markers))
+
+
+COURSE_CHAT = ChatTemplate(markers=MARKERS, end=END, content_prefix=" ")
+"""The course's template: ``<|user|> Hi<|end|><|assistant|> Hello.<|end|>``."""
+SMOLLM2_CHAT = ChatTemplate(
+    markers={"system": "<|im_start|>", "user": "<|im_start|>", "assistant": "<|im_start|>"},
+    end="<|im_end|>",
+    role_text="{role}\n",
+    after_end="\n",
+    default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+)
+"""SmolLM2's ChatML, as its GGUF file's Jinja template writes it."""
+
+
+def check_messages(
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = False,
+    template: ChatTemplate = COURSE_CHAT,
+) -> None:
     """Raise ``ValueError`` naming what is allowed unless ``messages`` is a valid conversation.
 
     >>> check_messages([{"role": "user", "content": "Hello!"}])
@@ -70,10 +111,10 @@ def check_messages(messages: Sequence[Message], *, add_generation_prompt: bool =
                 f"got {message!r}"
             )
         role, content = message["role"], message["content"]
-        if role not in MARKERS:
-            raise ValueError(
-                f"message {i} has role {role!r}; allowed roles are 'user' and 'assistant'"
-            )
+        if role not in template.markers:
+            names = [repr(r) for r in template.roles]
+            allowed = ", ".join(names[:-1]) + " and " + names[-1]
+            raise ValueError(f"message {i} has role {role!r}; allowed roles are {allowed}")
         if not isinstance(content, str):
             raise ValueError(
                 f"message {i} has content of type {type(content).__name__}; content must be a "
@@ -100,26 +141,60 @@ def special_ids(tokenizer) -> dict[str, int]:
     return {m: special[m] for m in (USER, ASSISTANT, END)}
 
 
-def _render_message(message: Message, tokenizer, ids: dict[str, int]) -> tuple[list[int], bool]:
-    """(marker, content ids ..., <|end|>) and whether its content and end are trained."""
-    content = tokenizer.encode_ordinary(" " + message["content"])  # never a special id
-    return [ids[MARKERS[message["role"]]], *content, ids[END]], message["role"] == "assistant"
+def _template_ids(tokenizer, template: ChatTemplate) -> dict[str, int]:
+    """The ids of a template's special tokens in ``tokenizer``; a clear error if it lacks them."""
+    if template is COURSE_CHAT:
+        return special_ids(tokenizer)
+    special = getattr(tokenizer, "special_tokens", {})
+    needed = {*template.markers.values(), template.end}
+    missing = sorted(needed - set(special))
+    if missing:
+        raise ValueError(f"the tokenizer has no special tokens {missing}; use the model's own")
+    return {s: special[s] for s in needed}
 
 
-def message_lengths(messages: Sequence[Message], tokenizer) -> list[int]:
+def _with_default_system(messages: Sequence[Message], template: ChatTemplate) -> list[Message]:
+    if template.default_system is None or (messages and messages[0]["role"] == "system"):
+        return list(messages)
+    return [{"role": "system", "content": template.default_system}, *messages]
+
+
+def _render_message(
+    message: Message, tokenizer, ids: dict[str, int], template: ChatTemplate = COURSE_CHAT
+) -> tuple[list[int], list[bool]]:
+    """A message's ids and their loss mask: the assistant's content and closing token."""
+    role = message["role"]
+    text = template.role_text.format(role=role) + template.content_prefix + message["content"]
+    content = tokenizer.encode_ordinary(text)  # never a special id
+    after = tokenizer.encode_ordinary(template.after_end) if template.after_end else []
+    tokens = [ids[template.markers[role]], *content, ids[template.end], *after]
+    trained = role == "assistant"
+    n_role = len(tokenizer.encode_ordinary(template.role_text.format(role=role)))  # not trained
+    n_trained = len(content) - n_role + 1  # the content and the closing token
+    return tokens, [False] * (1 + n_role) + [trained] * n_trained + [False] * len(after)
+
+
+def message_lengths(
+    messages: Sequence[Message], tokenizer, *, template: ChatTemplate = COURSE_CHAT
+) -> list[int]:
     """Tokens each message takes in the template: its marker, its content and ``<|end|>``.
 
     >>> from companion.data import load_course_tokenizer
     >>> message_lengths(as_messages("Hello!"), load_course_tokenizer())  # <|user|> Hello ! <|end|>
     [4]
     """
-    check_messages(messages)
-    ids = special_ids(tokenizer)
-    return [len(_render_message(m, tokenizer, ids)[0]) for m in messages]
+    check_messages(messages, template=template)
+    ids = _template_ids(tokenizer, template)
+    return [len(_render_message(m, tokenizer, ids, template)[0]) for m in messages]
 
 
 def fit_to_context(
-    messages: Sequence[Message], tokenizer, max_tokens: int, *, add_generation_prompt: bool = False
+    messages: Sequence[Message],
+    tokenizer,
+    max_tokens: int,
+    *,
+    add_generation_prompt: bool = False,
+    template: ChatTemplate = COURSE_CHAT,
 ) -> list[Message]:
     """The most recent whole messages whose rendering fits in ``max_tokens`` (the policy).
 
@@ -133,11 +208,14 @@ def fit_to_context(
     >>> [m["content"] for m in fit_to_context(talk, load_course_tokenizer(), 11)]
     ['Hello.', 'Goodbye!']
     """
-    check_messages(messages, add_generation_prompt=add_generation_prompt)
+    check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens!r} must be a positive int, e.g. 64")
-    lengths = message_lengths(messages, tokenizer)
-    total, first = int(add_generation_prompt), len(messages)
+    lengths = message_lengths(messages, tokenizer, template=template)
+    total, first = (
+        len(_generation_prompt(tokenizer, template)) * add_generation_prompt,
+        len(messages),
+    )
     while first > 0 and total + lengths[first - 1] <= max_tokens:
         first -= 1
         total += lengths[first]
@@ -155,13 +233,15 @@ def render_chat(
     *,
     add_generation_prompt: bool = False,
     max_tokens: int | None = None,
+    template: ChatTemplate = COURSE_CHAT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The conversation as ``(ids, loss_mask)``: 1-D int64 ids and a bool mask of equal length.
 
     ``loss_mask[t]`` is True where token ``t`` is one the model should learn to write: the
     assistant's content and its closing ``<|end|>``. With ``add_generation_prompt=True`` the ids
     end with ``<|assistant|>`` (mask False), ready for the model to write the reply. With
-    ``max_tokens``, older messages are dropped first (:func:`fit_to_context`).
+    ``max_tokens``, older messages are dropped first (:func:`fit_to_context`). ``template``:
+    :data:`COURSE_CHAT` (the default) or another model's, e.g. :data:`SMOLLM2_CHAT`.
 
     >>> from companion.data import load_course_tokenizer
     >>> tok = load_course_tokenizer()
@@ -172,22 +252,33 @@ def render_chat(
     >>> mask.tolist()
     [False, False, False, False, False, True, True, True]
     """
+    check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
+    messages = _with_default_system(messages, template)
     if max_tokens is not None:
         messages = fit_to_context(
-            messages, tokenizer, max_tokens, add_generation_prompt=add_generation_prompt
-        )
-    check_messages(messages, add_generation_prompt=add_generation_prompt)
-    special = special_ids(tokenizer)
+            messages, tokenizer, max_tokens, add_generation_prompt=add_generation_prompt,
+            template=template,
+        )  # fmt: skip
+    special = _template_ids(tokenizer, template)
     ids: list[int] = []
     mask: list[bool] = []
     for message in messages:
-        tokens, trained = _render_message(message, tokenizer, special)
+        tokens, trained = _render_message(message, tokenizer, special, template)
         ids += tokens
-        mask += [False] + [trained] * (len(tokens) - 1)  # the marker is never trained
+        mask += trained  # the marker is never trained
     if add_generation_prompt:
-        ids.append(special[ASSISTANT])
-        mask.append(False)
+        prompt = _generation_prompt(tokenizer, template)
+        ids += prompt
+        mask += [False] * len(prompt)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
+
+
+def _generation_prompt(tokenizer, template: ChatTemplate) -> list[int]:
+    """The assistant's opening: its marker and role text (``<|assistant|>``; ChatML's
+    ``<|im_start|>assistant\\n``)."""
+    marker = _template_ids(tokenizer, template)[template.markers["assistant"]]
+    text = template.role_text.format(role="assistant")
+    return [marker, *(tokenizer.encode_ordinary(text) if text else [])]
 
 
 class Reply(str):
@@ -213,6 +304,7 @@ def chat_many(
     top_k: int | None = None,
     seed: int = 0,
     device: DeviceLike = None,
+    template: ChatTemplate = COURSE_CHAT,
 ) -> list[Reply]:
     """:func:`chat` for many conversations at once (batched by rendered length)."""
     context_length = model.config.context_length
@@ -223,27 +315,30 @@ def chat_many(
         )
     budget = context_length - max_new_tokens  # the reply must fit in the window too
     prompts = [
-        render_chat(c, tokenizer, add_generation_prompt=True, max_tokens=budget)[0].tolist()
+        render_chat(c, tokenizer, add_generation_prompt=True, max_tokens=budget, template=template)[
+            0
+        ].tolist()
         for c in conversations
     ]
     results = continue_until(
         model,
         prompts,
-        [special_ids(tokenizer)[END]],
+        [_template_ids(tokenizer, template)[template.end]],
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
         seed=seed,
         device=device,
     )
+    prefix = template.content_prefix  # the course template's space after the marker
     return [
-        Reply(_strip_space(tokenizer.decode(ids)), finished=finished, n_tokens=len(ids) + finished)
+        Reply(
+            tokenizer.decode(ids).removeprefix(prefix),
+            finished=finished,
+            n_tokens=len(ids) + finished,
+        )
         for ids, finished in results
     ]
-
-
-def _strip_space(text: str) -> str:
-    return text[1:] if text.startswith(" ") else text  # the template's space after the marker
 
 
 def chat(
@@ -256,6 +351,7 @@ def chat(
     top_k: int | None = None,
     seed: int = 0,
     device: DeviceLike = None,
+    template: ChatTemplate = COURSE_CHAT,
 ) -> Reply:
     """The model's reply to ``messages`` (the last must be the user's), as a :class:`Reply`.
 
@@ -281,6 +377,7 @@ def chat(
         top_k=top_k,
         seed=seed,
         device=device,
+        template=template,
     )[0]
 
 

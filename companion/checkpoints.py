@@ -135,7 +135,7 @@ def load_checkpoint(
     """
     path = _resolve(path)
     meta = _read_meta(path / META_FILE)
-    saved = meta["model_config"]
+    saved = GPTConfig(**meta["model_config"]).to_dict()  # fields added later: their defaults
     model = GPT(GPTConfig(**saved)) if model is None else model
     ours = model.config.to_dict()
     for name in sorted(set(ours) | set(saved)):

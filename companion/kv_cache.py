@@ -16,7 +16,9 @@ The buffers are allocated once, ``max_length`` positions long, and filled from t
 step copies one position per layer instead of re-concatenating the past. Memory: two tensors per
 layer of ``max_length · C`` numbers each, i.e. :func:`bytes_per_token` per position and sequence.
 
-Left out: paged or shared caches across requests, quantised caches, and sliding-window attention
+With grouped-query attention (``n_kv_head`` < ``n_head``, ``08_real_model.ipynb``) the buffers hold
+only the ``n_kv_head`` key/value heads. Left out: paged or shared caches across requests,
+quantised caches, and sliding-window attention
 (the model has absolute position embeddings; :func:`companion.generation.generate` explains what
 happens past the context window).
 """
@@ -94,9 +96,10 @@ class KVCache:
                 f"{config.context_length}: the model has no position beyond its context"
             )
         head_size = config.d_model // config.n_head
+        n_kv_head = getattr(config, "n_kv_head", None) or config.n_head  # grouped-query: fewer
         self.layers = [
             LayerCache(
-                batch_size, config.n_head, head_size, self.max_length, device=device, dtype=dtype
+                batch_size, n_kv_head, head_size, self.max_length, device=device, dtype=dtype
             )
             for _ in range(config.n_layer)
         ]
@@ -121,10 +124,12 @@ class KVCache:
 
 def bytes_per_token(config, *, dtype: torch.dtype = torch.float32) -> int:
     """Cache memory for one more position of one sequence: keys and values, C numbers each, per
-    layer.
+    layer (with grouped-query attention, ``n_kv_head · D`` numbers each instead of C).
 
     >>> from companion.model import GPTConfig
     >>> bytes_per_token(GPTConfig(50257, 1024, 12, 12, 768))  # GPT-2 small: 2 · 12 · 768 · 4
     73728
     """
-    return 2 * config.n_layer * config.d_model * torch.empty((), dtype=dtype).element_size()
+    n_kv_head = getattr(config, "n_kv_head", None) or config.n_head
+    width = n_kv_head * (config.d_model // config.n_head)  # numbers per key (and per value)
+    return 2 * config.n_layer * width * torch.empty((), dtype=dtype).element_size()

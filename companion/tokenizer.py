@@ -16,6 +16,10 @@ needs). Encoding cuts text into pre-tokens with a regex, then merges each pre-to
 repeatedly joining the adjacent pair whose joined bytes have the lowest id: tiktoken's rule, which
 makes :meth:`BPETokenizer.to_tiktoken` exact; pre-token encodings are cached.
 
+A model file's tokenizer numbers its ids its own way (SmolLM2's: 17 special tokens first, then
+235 bytes, then the merges): :meth:`BPETokenizer.from_vocab` takes that table as it is
+(``08_real_model.ipynb``).
+
 Left out: Unicode normalisation, SentencePiece-style tokenizers, and training on more text than
 fits in memory.
 """
@@ -99,6 +103,51 @@ class BPETokenizer:
         self._regex = compile_pattern(pattern)
         self._cache: dict[str, list[int]] = {}
 
+    @classmethod
+    def from_vocab(
+        cls,
+        vocab: Sequence[bytes],
+        merges: Sequence[Pair],
+        *,
+        pattern: str | None,
+        special_tokens: dict[str, int],
+    ) -> BPETokenizer:
+        """A tokenizer whose ids come from a table, as model files store them.
+
+        ``vocab[i]`` is the bytes of id i (a special token's entry is its string, UTF-8);
+        ``merges[r] = (a, b)`` is the merge of rank r, as ids. Encoding keeps tiktoken's rule
+        (join the pair whose joined bytes have the lowest id), which is the merge order only if
+        each merge's result has a larger id than the merges before it: checked here. Bytes the
+        table lacks are dropped when encoding, as Hugging Face's tokenizers do when there is no
+        unknown token (SmolLM2 lacks 21 bytes that UTF-8 text almost never holds).
+
+        >>> tok = BPETokenizer.from_vocab([b"<s>", b"a", b"b", b"ab"], [(1, 2)], pattern=None,
+        ...                               special_tokens={"<s>": 0})
+        >>> tok.encode("abba<s>", allowed_special="all")
+        [3, 2, 1, 0]
+        """
+        table = [bytes(t) for t in vocab]
+        index = {t: i for i, t in reversed(list(enumerate(table)))}  # bytes -> lowest id
+        made = [index.get(table[a] + table[b], -1) for a, b in merges]
+        if made != sorted(made) or -1 in made:
+            raise ValueError(
+                "the merges' results must be in the table, numbered in merge order (each merge "
+                "makes a larger id than the one before); this table's are not"
+            )
+        for string, token_id in special_tokens.items():
+            if not 0 <= token_id < len(table) or table[token_id] != string.encode("utf-8"):
+                raise ValueError(f"special token {string!r}: id {token_id} holds another entry")
+        tok = cls.__new__(cls)
+        tok.byte_order = None  # the table, not a byte order, says which id is which byte
+        tok._vocab = table
+        tok._merges = [(int(a), int(b)) for a, b in merges]
+        tok._special = dict(special_tokens)
+        special_ids = set(tok._special.values())
+        tok._ranks = {t: i for t, i in index.items() if i not in special_ids}
+        tok._special_bytes = {i: s.encode("utf-8") for s, i in tok._special.items()}
+        tok.pattern, tok._regex, tok._cache = pattern, compile_pattern(pattern), {}
+        return tok
+
     # ------------------------------------------------------------------ training and properties
     @classmethod
     def train(
@@ -171,7 +220,8 @@ class BPETokenizer:
         whole = self._ranks.get(piece)
         if whole is not None:
             return [whole]
-        return [self._ranks[part] for part in bpe_parts(piece, self._ranks)]
+        ranks = self._ranks  # a byte missing from the vocabulary (from_vocab only) is dropped
+        return [ranks[part] for part in bpe_parts(piece, ranks) if part in ranks]
 
     def clear_cache(self) -> None:
         """Forget the cached pre-token encodings (to measure cold encoding speed)."""
@@ -268,6 +318,11 @@ class BPETokenizer:
     # ------------------------------------------------------------------ files and tiktoken
     def save(self, path: str | Path) -> Path:
         """Write the tokenizer as text (format: :mod:`companion.tokenizer_files`); returns the path."""
+        if self.byte_order is None:
+            raise ValueError(
+                "this tokenizer's ids come from a model file's table (from_vocab), which the "
+                "course's file format cannot hold; build it from that file again instead"
+            )
         return write_tokenizer_file(
             Path(path), self._merges, self.pattern, self._special, self.byte_order
         )

