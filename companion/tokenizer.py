@@ -117,9 +117,9 @@ class BPETokenizer:
         ``vocab[i]`` is the bytes of id i (a special token's entry is its string, UTF-8);
         ``merges[r] = (a, b)`` is the merge of rank r, as ids. Encoding keeps tiktoken's rule
         (join the pair whose joined bytes have the lowest id), which is the merge order only if
-        each merge's result has a larger id than the merges before it: checked here. Bytes the
-        table lacks are dropped when encoding, as Hugging Face's tokenizers do when there is no
-        unknown token (SmolLM2 lacks 21 bytes that UTF-8 text almost never holds).
+        each merge's result has a larger id than the merges before it: checked here. A text
+        holding a byte the table lacks gets a ``ValueError`` naming it (SmolLM2 lacks 21 bytes
+        that UTF-8 text almost never holds; Hugging Face's tokenizers drop them silently).
 
         >>> tok = BPETokenizer.from_vocab([b"<s>", b"a", b"b", b"ab"], [(1, 2)], pattern=None,
         ...                               special_tokens={"<s>": 0})
@@ -220,8 +220,15 @@ class BPETokenizer:
         whole = self._ranks.get(piece)
         if whole is not None:
             return [whole]
-        ranks = self._ranks  # a byte missing from the vocabulary (from_vocab only) is dropped
-        return [ranks[part] for part in bpe_parts(piece, ranks) if part in ranks]
+        parts = bpe_parts(piece, self._ranks)
+        missing = [part for part in parts if part not in self._ranks]  # from_vocab tables only
+        if missing:
+            raise ValueError(
+                f"the text holds the byte(s) {b''.join(missing)!r} (in {piece!r}), which this "
+                "tokenizer's vocabulary lacks, so no id can stand for them; remove or replace "
+                "those characters (transformers would drop them without a word)"
+            )
+        return [self._ranks[part] for part in parts]
 
     def clear_cache(self) -> None:
         """Forget the cached pre-token encodings (to measure cold encoding speed)."""
