@@ -101,7 +101,9 @@ def save_checkpoint(
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        save_model(model, str(tmp / MODEL_FILE), metadata={"format": FORMAT})  # ties kept once
+        save_model(  # ties kept once; weights stored transposed are written row by row
+            model, str(tmp / MODEL_FILE), metadata={"format": FORMAT}, force_contiguous=True
+        )
         if optimizer is not None:
             tensors, meta["optimizer"] = _split_optimizer_state(optimizer)
             save_file(tensors, tmp / OPTIMIZER_FILE, metadata={"format": FORMAT})
@@ -245,6 +247,10 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, saved: d
     for group in groups:
         group["betas"] = tuple(group["betas"])  # JSON gave a list back
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    for param, param_state in optimizer.state.items():  # saved row by row: back to the param's
+        for name, value in param_state.items():  # strides (GPT.store_weights_transposed), so the
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:  # update is exact
+                param_state[name] = torch.empty_like(param).copy_(value)
 
 
 def _usual_permissions(directory: Path) -> None:

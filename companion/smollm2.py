@@ -187,6 +187,7 @@ def model_from_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
     with torch.device("meta"):
         model = GPT(config)
     model.load_state_dict(state, strict=not config.tie_embeddings, assign=True)
+    model.store_weights_transposed()  # assign=True took the tensors' own (row-major) layout
     if config.tie_embeddings:
         model.lm_head.weight = model.wte.weight
     if config.position == "rope":

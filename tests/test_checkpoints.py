@@ -96,7 +96,7 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     old = init_model(TINY, seed=0)
     save_checkpoint(path, old, step=1)
 
-    def half_then_crash(model, filename, metadata=None):
+    def half_then_crash(model, filename, metadata=None, force_contiguous=False):
         with open(filename, "wb") as file:
             file.write(b"half a file")
         raise OSError("disk full")
