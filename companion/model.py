@@ -137,6 +137,16 @@ def check_token_ids(
         )
 
 
+def stored_transposed(weight: torch.Tensor) -> torch.Tensor:
+    """The same (out, in) matrix, stored column by column: strides (1, out), as (in, out) in
+    memory (see :meth:`GPT.store_weights_transposed`).
+
+    >>> stored_transposed(torch.zeros(3, 2)).stride()
+    (1, 3)
+    """
+    return weight.t().contiguous().t()
+
+
 class MLP(nn.Module):
     """The feed-forward layer, applied to each token alone: C → F, GELU, F → C (F = 4C for GPT-2).
 
@@ -242,13 +252,12 @@ class GPT(nn.Module):
         libraries run that product about a quarter faster from this layout (measured by
         ``benchmarks/bench_generate.py``). Only the strides change: ``load_state_dict`` copies
         into these tensors and keeps them; checkpoints are written contiguous. Called by
-        ``__init__``; call it again after replacing the weights (``load_state_dict(assign=True)``).
+        ``__init__``; weights assigned later (``load_state_dict(assign=True)``) should pass
+        through :func:`stored_transposed` first.
         """
         for module in self.blocks.modules():
             if isinstance(module, nn.Linear):
-                module.weight.data = (
-                    module.weight.data.t().contiguous().t()
-                )  # (out, in), stride (1, out)
+                module.weight.data = stored_transposed(module.weight.data)
 
     def forward(
         self,

@@ -30,7 +30,7 @@ import torch
 
 from companion.environment import DeviceLike, resolve_device
 from companion.llama_layers import RotaryEmbedding, undo_rope_permutation
-from companion.model import GPT, GPTConfig
+from companion.model import GPT, GPTConfig, stored_transposed
 from companion.pretokenize import SMOLLM2_SPLIT_PATTERN
 from companion.quantization import dequantize
 from companion.tokenizer import BPETokenizer
@@ -184,14 +184,15 @@ def model_from_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
     The model is built on PyTorch's "meta" device (shapes only, no memory), the tensors are
     assigned, then the tied LM head and the RoPE tables (computed, not stored) are set again.
     The blocks' linear weights are first replaced in ``state``, one at a time, by copies stored
-    transposed (:meth:`GPT.store_weights_transposed`), so memory holds one extra matrix at most.
+    transposed (:func:`companion.model.stored_transposed`), so memory holds one extra matrix at
+    most.
     """
     with torch.device("meta"):
         model = GPT(config)
     for name, module in model.blocks.named_modules():
         key = f"blocks.{name}.weight"
         if isinstance(module, torch.nn.Linear) and key in state:
-            state[key] = state[key].t().contiguous().t()  # (out, in), stored as (in, out)
+            state[key] = stored_transposed(state[key])
     model.load_state_dict(state, strict=not config.tie_embeddings, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.wte.weight
