@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from companion.environment import DeviceLike
-from companion.generation import continue_until
+from companion.generation import generate_many
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 MARKERS: dict[str, str] = {"user": USER, "assistant": ASSISTANT}  # role -> its opening marker
@@ -320,7 +320,7 @@ def chat_many(
         ].tolist()
         for c in conversations
     ]
-    results = continue_until(
+    results = generate_many(
         model,
         prompts,
         [_template_ids(tokenizer, template)[template.end]],

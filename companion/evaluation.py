@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from companion.environment import DeviceLike
-from companion.generation import continue_until
+from companion.generation import generate_many
 from companion.world import Fact, World
 
 
@@ -143,7 +143,7 @@ def complete(
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings; wrap a single prompt as [prompt]")
     encoded = [_encode(tokenizer, p) for p in prompts]
-    replies = continue_until(
+    replies = generate_many(
         model, encoded, (), max_new_tokens=max_new_tokens, temperature=temperature,
         top_k=top_k, seed=seed, device=device,
     )  # fmt: skip
@@ -280,7 +280,7 @@ def ask_base_model(
         raise ValueError("facts is empty; pass e.g. split_world(world).eval_facts")
     stops = [tokenizer.special_tokens[END], tokenizer.special_tokens[END_OF_TEXT]]
     prompts = [_encode(tokenizer, f.question + "\n") for f in facts]
-    out = continue_until(model, prompts, stops, max_new_tokens=max_new_tokens, device=device)
+    out = generate_many(model, prompts, stops, max_new_tokens=max_new_tokens, device=device)
     return _score(world, facts, [(tokenizer.decode(ids), done) for ids, done in out])
 
 

@@ -14,7 +14,7 @@ once and each later step runs one token against the stored keys and values
 (:mod:`companion.kv_cache`); the tokens are the same as without the cache (tested, including
 past the context window). Stop tokens end a row when the model writes one (e.g. ``<|end|>``).
 
-:func:`continue_until` runs prompts of different lengths in batches of equal length (no
+:func:`generate_many` runs prompts of different lengths in batches of equal length (no
 padding). Left out on purpose: beam search, repetition penalties, speculative decoding and
 padded batches.
 """
@@ -283,7 +283,7 @@ def generate(
 
 
 @torch.no_grad()
-def continue_until(
+def generate_many(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
     stop_ids: Sequence[int],

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from companion.chat import END, render_chat, special_ids
 from companion.environment import DeviceLike
 from companion.evaluation import reply_is_correct
-from companion.generation import continue_until
+from companion.generation import generate_many
 from companion.sft_data import SFT_QUESTIONS
 from companion.world import RELATIONS, Fact, World, facts_of
 
@@ -202,7 +202,7 @@ def sample_replies(
 ) -> list[Sample]:  # fmt: skip
     """One reply per prompt from ``model`` (sampled with a generator seeded by ``seed``)."""
     ids = [prompt_ids(p, tokenizer) for p in prompts]
-    out = continue_until(
+    out = generate_many(
         model, ids, [special_ids(tokenizer)[END]], max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, device=device,
     )  # fmt: skip
