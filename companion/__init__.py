@@ -3,7 +3,7 @@
 Read the modules in course order; each one names the notebook that teaches it.
 
     environment         devices, seeds and the environment check                (00_start_here)
-    notebook            the bootstrap cell, launch links, the course map        (00_start_here)
+    notebook            bootstrap cell, launch links, course map, block diagram (00_start_here)
     bpe                 training a byte-level BPE: incremental and plain        (01_tokenization)
     pretokenize         split regexes; special tokens kept out of user text     (01_tokenization)
     tokenizer           BPETokenizer, tiktoken parity, cl100k_base              (01_tokenization)
