@@ -4,6 +4,7 @@ that nothing on disk or in the model changed (issue 30)."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -12,10 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from companion.checkpoints import META_FILE, load_checkpoint, save_checkpoint
+from companion.data import load_course_tokenizer
+from companion.dpo import DPOConfig, train_dpo
 from companion.environment import make_generator
 from companion.generation import next_token_probs, sample_next
-from companion.model import GPTConfig
+from companion.model import GPT, GPTConfig
+from companion.ppo import PPOConfig, train_ppo
+from companion.preferences import Pair, Prompt, Sample, make_prompts
 from companion.pretraining import init_model
+from companion.reward_model import RewardConfig, RewardModel
+from companion.sft import SFTConfig
+from companion.train_config import check_loss
+from companion.world import build_world
 
 TINY = GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=2, d_model=8)
 
@@ -119,3 +128,93 @@ def test_any_finite_logits_at_any_temperature_give_a_valid_id(
         logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=make_generator(0)
     )
     assert ids.shape == (shape[0], 1) and bool(((ids >= 0) & (ids < shape[1])).all())
+
+
+# --- RLHF: recipes refused when built, never a NaN weight ---------------------------------------
+
+COURSE_TOK = load_course_tokenizer()
+
+
+def _chat_gpt(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=COURSE_TOK.vocab_size, context_length=64, n_layer=1, n_head=1,
+                       d_model=16)  # fmt: skip
+    return GPT(config).eval()
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "changes", "message"),
+    [
+        (
+            PPOConfig,
+            {"kl_coef": float("nan")},
+            r"PPOConfig.kl_coef=nan must be a finite number >= 0",
+        ),
+        (PPOConfig, {"kl_coef": -1.0}, r"kl_coef=-1.0 must be a finite number >= 0"),
+        (PPOConfig, {"clip": 0.0}, r"clip=0.0 must be a number in \(0, 1\)"),
+        (PPOConfig, {"clip": 1.5}, r"clip=1.5 must be a number in \(0, 1\)"),
+        (PPOConfig, {"lam": 1.01}, r"lam=1.01 must be a number in \[0, 1\]"),
+        (PPOConfig, {"gamma": -0.1}, r"gamma=-0.1 must be a number in \[0, 1\]"),
+        (PPOConfig, {"vf_coef": float("inf")}, r"vf_coef=inf must be a finite number >= 0"),
+        (PPOConfig, {"learning_rate": 0.0}, r"learning_rate=0.0 must be a finite number > 0"),
+        (PPOConfig, {"minibatch_size": 0}, r"minibatch_size=0 must be an int >= 1"),
+        (PPOConfig, {"max_new_tokens": 0}, r"max_new_tokens=0 must be an int >= 1"),
+        (PPOConfig, {"epochs": 2.5}, r"epochs=2.5 must be an int >= 1"),
+        (DPOConfig, {"beta": 0.0}, r"DPOConfig.beta=0.0 must be a finite number > 0"),
+        (DPOConfig, {"nll_weight": float("nan")}, r"nll_weight=nan must be a finite number >= 0"),
+        (DPOConfig, {"batch_size": 0}, r"batch_size=0 must be an int >= 1"),
+        (DPOConfig, {"steps": True}, r"steps=True must be an int >= 1"),
+        (RewardConfig, {"learning_rate": float("nan")}, r"learning_rate=nan must be a finite"),
+        (RewardConfig, {"batch_size": -1}, r"RewardConfig.batch_size=-1 must be an int >= 1"),
+        (SFTConfig, {"n_train": 0}, r"SFTConfig.n_train=0 must be an int >= 1"),
+        (SFTConfig, {"train_on_prompt": "yes"}, r"train_on_prompt='yes' must be True or False"),
+    ],
+)
+def test_a_recipe_is_checked_when_it_is_built(recipe, changes, message):
+    with pytest.raises(ValueError, match=message):
+        recipe(**changes)
+
+
+def test_ppo_on_replies_one_token_long_writes_no_nan():
+    """One prompt, one token of reply: the whitened advantage of a single token is 0 (it is
+    its own mean); the old code divided by the standard deviation of one number (NaN)."""
+    chat_model, reward_model = _chat_gpt(0), RewardModel(_chat_gpt(1))
+    before = _weights(chat_model)
+    prompts = make_prompts(build_world(0), split="train")[:2]
+    config = PPOConfig(iterations=2, batch_size=1, minibatch_size=1, epochs=1, max_new_tokens=1)
+    policy, log = train_ppo(chat_model, COURSE_TOK, reward_model, prompts, config)
+    assert all(value.isfinite().all() for value in policy.state_dict().values())
+    assert all(math.isfinite(x) for x in log.value_loss + log.entropy + log.clip_fraction)
+    assert all(torch.equal(v, chat_model.state_dict()[k]) for k, v in before.items())
+
+
+def test_dpo_with_an_empty_chosen_reply_is_refused_before_any_step():
+    chat_model = _chat_gpt(0)
+    before = _weights(chat_model)
+    empty = Pair(Prompt("Hello!", "greeting"), Sample((), "", False), Sample((12,), "b", True),
+                 "good_tone", False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"pair 0's chosen reply has no tokens"):
+        train_dpo(chat_model, COURSE_TOK, [empty], DPOConfig(steps=2, nll_weight=1.0))
+    assert all(torch.equal(v, chat_model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (torch.zeros(2, 5, dtype=torch.bool), r"rows \[0, 1\] of reply_mask are all False"),
+        (torch.ones(2, 4, dtype=torch.bool), r"reply_mask must be a bool tensor shaped like ids"),
+    ],
+)
+def test_the_reward_model_refuses_a_mask_with_no_reply(mask, message):
+    reward_model = RewardModel(_chat_gpt(0))
+    with pytest.raises(ValueError, match=message):
+        reward_model(torch.ones(2, 5, dtype=torch.long), mask)
+
+
+def test_a_loss_that_is_not_finite_stops_the_step():
+    with pytest.raises(ValueError, match="the DPO loss is nan, so this step would write NaN"):
+        check_loss(torch.tensor(float("nan")), "DPO")
