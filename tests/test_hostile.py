@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from companion.chat import SMOLLM2_CHAT, as_messages, fit_to_context, message_lengths, render_chat
 from companion.checkpoints import META_FILE, load_checkpoint, save_checkpoint
 from companion.data import load_course_tokenizer
 from companion.dpo import DPOConfig, train_dpo
@@ -23,6 +25,7 @@ from companion.preferences import Pair, Prompt, Sample, make_prompts
 from companion.pretraining import init_model
 from companion.reward_model import RewardConfig, RewardModel
 from companion.sft import SFTConfig
+from companion.tokenizer import BPETokenizer
 from companion.train_config import check_loss
 from companion.world import build_world
 
@@ -218,3 +221,50 @@ def test_the_reward_model_refuses_a_mask_with_no_reply(mask, message):
 def test_a_loss_that_is_not_finite_stops_the_step():
     with pytest.raises(ValueError, match="the DPO loss is nan, so this step would write NaN"):
         check_loss(torch.tensor(float("nan")), "DPO")
+
+
+# --- the context window: the system message stays, a long paste is refused unencoded -----------
+
+CHATML_TOK = BPETokenizer([], pattern=None, special_tokens={"<|im_start|>": 256, "<|im_end|>": 257})
+
+
+def test_fit_to_context_keeps_the_system_message_and_drops_the_oldest_turns():
+    """SmolLM2's template on a byte-level tokenizer: one token per byte, easy to count."""
+    talk = [{"role": "system", "content": "Be brief."}, *as_messages("Hi", "Hello.", "Bye")]
+    lengths = message_lengths(talk, CHATML_TOK, template=SMOLLM2_CHAT)
+    assert lengths == [1 + 7 + 9 + 2, 1 + 5 + 2 + 2, 1 + 10 + 6 + 2, 1 + 5 + 3 + 2]
+    kept = fit_to_context(talk, CHATML_TOK, lengths[0] + lengths[3], template=SMOLLM2_CHAT)
+    assert kept == [talk[0], talk[3]]  # the oldest turns went, the instructions stayed
+    ids, _ = render_chat(talk[1:], CHATML_TOK, max_tokens=100, template=SMOLLM2_CHAT)
+    text = CHATML_TOK.decode(ids.tolist())  # the default system message (78 tokens) and "Bye"
+    assert text.startswith("<|im_start|>system\nYou are a helpful") and text.endswith(
+        "Bye<|im_end|>\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("messages", "max_tokens", "message"),
+    [
+        (
+            [{"role": "system", "content": "Always answer in French. " * 4}, *as_messages("Hi")],
+            40,
+            r"the system message takes more than the 40 tokens of max_tokens=40",
+        ),
+        (
+            [{"role": "system", "content": "Be brief."}, *as_messages("Hi " * 5)],
+            40,
+            r"the last message with the system message takes 42 tokens, more than max_tokens=40",
+        ),
+    ],
+)
+def test_fit_to_context_refuses_what_cannot_fit(messages, max_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        fit_to_context(messages, CHATML_TOK, max_tokens, template=SMOLLM2_CHAT)
+
+
+def test_a_long_paste_is_refused_before_it_is_encoded():
+    paste = as_messages("a" * 5_000_000)  # one piece: encoding it would take a minute
+    start = time.process_time()
+    with pytest.raises(ValueError, match="last message alone takes more than max_tokens=64"):
+        fit_to_context(paste, COURSE_TOK, 64)
+    assert time.process_time() - start < 2.0
