@@ -8,6 +8,7 @@ import math
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -23,8 +24,16 @@ from companion.model import GPT, GPTConfig
 from companion.ppo import PPOConfig, train_ppo
 from companion.preferences import Pair, Prompt, Sample, make_prompts
 from companion.pretraining import init_model
+from companion.quantization import dequantize, dequantize_q4_1, quantize_q4_1
 from companion.reward_model import RewardConfig, RewardModel
 from companion.sft import SFTConfig
+from companion.smollm2 import (
+    model_from_state,
+    read_gguf,
+    smollm2_config,
+    smollm2_state_dict,
+    smollm2_tokenizer,
+)
 from companion.tokenizer import BPETokenizer
 from companion.train_config import check_loss
 from companion.world import build_world
@@ -268,3 +277,112 @@ def test_a_long_paste_is_refused_before_it_is_encoded():
     with pytest.raises(ValueError, match="last message alone takes more than max_tokens=64"):
         fit_to_context(paste, COURSE_TOK, 64)
     assert time.process_time() - start < 2.0
+
+
+# --- GGUF files: refused before allocating, damaged files named ---------------------------------
+
+
+def _write_gguf(path, *, context_length=16, skip=(), shapes=None, arch="llama"):
+    """A tiny llama-architecture GGUF file (one block, width 8, five tokens), written with the
+    ``gguf`` package's own writer; ``skip`` leaves metadata or tensors out."""
+    gguf = pytest.importorskip("gguf")
+    C, H, Hkv, F = 8, 2, 1, 16
+    tokens = ["<|im_start|>", "<|im_end|>", "a", "b", "ab"]
+    writer = gguf.GGUFWriter(str(path), arch)
+    metadata = {
+        "context_length": lambda: writer.add_context_length(context_length),
+        "block_count": lambda: writer.add_block_count(1),
+        "embedding_length": lambda: writer.add_embedding_length(C),
+        "feed_forward_length": lambda: writer.add_feed_forward_length(F),
+        "head_count": lambda: writer.add_head_count(H),
+        "head_count_kv": lambda: writer.add_head_count_kv(Hkv),
+        "rms_eps": lambda: writer.add_layer_norm_rms_eps(1e-5),
+        "rope_base": lambda: writer.add_rope_freq_base(10000.0),
+        "tokenizer_model": lambda: writer.add_tokenizer_model("gpt2"),
+        "tokens": lambda: writer.add_token_list(tokens),
+        "token_types": lambda: writer.add_token_types([3, 3, 1, 1, 1]),
+        "merges": lambda: writer.add_token_merges(["a b"]),
+    }
+    for name, add in metadata.items():
+        if name not in skip:
+            add()
+    kv = Hkv * C // H
+    sizes = {"token_embd.weight": (len(tokens), C), "output_norm.weight": (C,)}
+    block = {"attn_norm": (C,), "attn_q": (C, C), "attn_k": (kv, C), "attn_v": (kv, C),
+             "attn_output": (C, C), "ffn_norm": (C,), "ffn_gate": (F, C), "ffn_up": (F, C),
+             "ffn_down": (C, F)}  # fmt: skip
+    sizes |= {f"blk.0.{name}.weight": shape for name, shape in block.items()}
+    sizes |= shapes or {}
+    rng = np.random.default_rng(0)
+    for name, shape in sizes.items():
+        if name not in skip:
+            writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _load_gguf(path):
+    """Everything load_smollm2 does, from any file."""
+    reader = read_gguf(path)
+    config = smollm2_config(reader)
+    return model_from_state(config, smollm2_state_dict(reader, config)), smollm2_tokenizer(reader)
+
+
+def test_a_hand_made_gguf_file_loads(tmp_path):
+    model, tokenizer = _load_gguf(_write_gguf(tmp_path / "tiny.gguf"))
+    assert model.config.context_length == 16 and tokenizer.encode("ab") == [4]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"context_length": 10**9}, r"llama.context_length is 1000000000; a model of the course"),
+        ({"context_length": 0}, r"llama.context_length is 0; a model of the course has between 1"),
+        ({"skip": ("head_count",)}, r"no metadata 'llama.attention.head_count'"),
+        ({"skip": ("tokens",)}, r"no metadata 'tokenizer.ggml.tokens'"),
+        ({"skip": ("token_types",)}, r"no metadata 'tokenizer.ggml.token_type'"),
+        ({"skip": ("blk.0.attn_q.weight",)}, r"no tensor 'blk.0.attn_q.weight'"),
+        ({"shapes": {"blk.0.ffn_up.weight": (16, 6)}}, r"'blk.0.ffn_up.weight' is \(16, 6\)"),
+        ({"arch": "gpt2"}, r"expected a llama-architecture GGUF file"),
+    ],
+)
+def test_a_gguf_file_asking_for_too_much_or_missing_parts_is_refused(tmp_path, changes, message):
+    path = _write_gguf(tmp_path / "model.gguf", **changes)
+    with pytest.raises(ValueError, match=message):
+        _load_gguf(path)
+
+
+@pytest.mark.parametrize("keep", [0, 30, 100, 300, 0.5])
+def test_a_truncated_or_foreign_gguf_file_names_the_file(tmp_path, keep):
+    whole = _write_gguf(tmp_path / "whole.gguf").read_bytes()
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(whole[: int(keep * len(whole)) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError, match=r"cut.gguf cannot be read as a GGUF file"):
+        _load_gguf(path)
+    path.write_bytes(b"<html>Not Found</html>\n" * 10)  # a download that went wrong
+    with pytest.raises(ValueError, match=r"cut.gguf cannot be read as a GGUF file.*magic"):
+        _load_gguf(path)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: dequantize(np.zeros((2, 34), dtype=np.float32), "Q8_0"), r"raw bytes, a uint8"),
+        (lambda: dequantize(np.zeros((2, 33), dtype=np.uint8), "Q8_0"), r"rows of 33 bytes"),
+        (lambda: dequantize(np.zeros(40, dtype=np.uint8), "Q4_1"), r"uint8 \(40,\)"),
+        (lambda: dequantize_q4_1([1, 2, 3]), r"got list"),
+        (
+            lambda: dequantize(np.zeros((2, 4), dtype=np.uint8), "F32"),
+            r"F32 data must be a float32 array, got uint8",
+        ),
+        (lambda: quantize_q4_1(torch.zeros(64)), r"2-D float tensor \(rows, in\), got"),
+        (lambda: quantize_q4_1(torch.zeros(2, 64, dtype=torch.long)), r"got torch.int64"),
+        (lambda: quantize_q4_1(torch.zeros(2, 40)), r"rows of 40 weights do not split"),
+    ],
+)
+def test_quantisation_refuses_data_of_the_wrong_type_or_length(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
