@@ -20,8 +20,9 @@ Three rules make the template safe to train on and to talk to:
 2. **Only the assistant is trained.** The loss mask is True on the assistant's content and its
    closing ``<|end|>`` (so the model learns to stop), False on every marker and user token.
 3. **The window holds whole turns.** The model sees 64 tokens. :func:`fit_to_context` keeps the
-   most recent *whole* messages that fit in a budget and drops the older ones; it never cuts a
-   message in half, and raises ``ValueError`` if even the last message does not fit.
+   system message (if any) and the most recent *whole* messages that fit in a budget, and drops
+   the older ones; it never cuts a message in half, and raises ``ValueError`` if even the last
+   message (or the system message) does not fit.
    :func:`chat` keeps room for the reply: the history gets ``context_length - max_new_tokens``.
 
 The model has no memory between calls: every reply is generated from the re-sent history.
@@ -196,12 +197,15 @@ def fit_to_context(
     add_generation_prompt: bool = False,
     template: ChatTemplate = COURSE_CHAT,
 ) -> list[Message]:
-    """The most recent whole messages whose rendering fits in ``max_tokens`` (the policy).
+    """The system message, if the conversation opens with one, and the most recent whole
+    messages after it whose rendering fits in ``max_tokens`` (the policy).
 
-    Counting from the last message backwards, keep every message while the total, plus one for
-    the ``<|assistant|>`` generation prompt if asked, stays within ``max_tokens``; drop the first
-    that does not fit and everything older. A message is never cut. ``ValueError`` if even the
-    last message does not fit.
+    The system message (the model's instructions) is always kept. Counting from the last
+    message backwards, keep every message while the total, plus the generation prompt if asked
+    (``<|assistant|>``), stays within ``max_tokens``; drop the first that does not fit and every
+    older one. A message is never cut. ``ValueError`` if the system message alone, or the last
+    message with it, does not fit. A message far too long to fit is refused from its length in
+    bytes, before it is encoded (a long paste costs no time).
 
     >>> from companion.data import load_course_tokenizer
     >>> talk = as_messages("Hello!", "Hello.", "Goodbye!")  # 4 tokens each
@@ -211,20 +215,41 @@ def fit_to_context(
     check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens!r} must be a positive int, e.g. 64")
-    lengths = message_lengths(messages, tokenizer, template=template)
-    total, first = (
-        len(_generation_prompt(tokenizer, template)) * add_generation_prompt,
-        len(messages),
-    )
-    while first > 0 and total + lengths[first - 1] <= max_tokens:
+    ids = _template_ids(tokenizer, template)
+    longest = getattr(tokenizer, "longest_token", None)  # bytes in the longest token, if known
+
+    def length(message: Message, budget: int) -> int | None:
+        """Tokens ``message`` takes, or None if its bytes alone show it cannot fit ``budget``."""
+        if longest and len(message["content"].encode("utf-8")) > budget * longest:
+            return None  # even at the longest token per piece it would not fit: not encoded
+        return len(_render_message(message, tokenizer, ids, template)[0])
+
+    total = len(_generation_prompt(tokenizer, template)) * add_generation_prompt
+    system = 1 if messages[0]["role"] == "system" else 0
+    if system:
+        needed = length(messages[0], max_tokens - total)
+        if needed is None or total + needed > max_tokens:
+            raise ValueError(
+                f"the system message takes more than the {max_tokens - total} tokens of "
+                f"max_tokens={max_tokens} left beside the generation prompt; shorten it (the "
+                "system message is never dropped)"
+            )
+        total += needed
+    first = len(messages)
+    while first > system:
+        needed = length(messages[first - 1], max_tokens - total)
+        if needed is None or total + needed > max_tokens:
+            break
         first -= 1
-        total += lengths[first]
-    if first == len(messages):
+        total += needed
+    if first == len(messages) and first > system:
+        alone = "with the system message" if system else "alone"
+        takes = "more than" if needed is None else f"{total + needed} tokens, more than"
         raise ValueError(
-            f"the last message alone takes {lengths[-1] + int(add_generation_prompt)} tokens, more "
-            f"than max_tokens={max_tokens}; shorten it (the model sees only that many tokens)"
+            f"the last message {alone} takes {takes} max_tokens={max_tokens}; shorten it (the "
+            "model sees only that many tokens)"
         )
-    return list(messages[first:])
+    return list(messages[:system]) + list(messages[first:])
 
 
 def render_chat(

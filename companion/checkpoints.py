@@ -78,6 +78,10 @@ def save_checkpoint(
     and leaves ``path`` untouched; :func:`load_checkpoint` falls back to ``.previous`` should the
     process die between steps 2 and 3.
 
+    Only a checkpoint is ever replaced: an existing ``path`` must be a directory holding
+    ``checkpoint.json`` and nothing but checkpoint files, or a ``ValueError`` names it before
+    anything is written (a folder of your own files is never emptied to make room).
+
     >>> import tempfile
     >>> model = GPT(GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, d_model=4))
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -86,6 +90,9 @@ def save_checkpoint(
     (['checkpoint.json', 'model.safetensors'], 3)
     """
     path = Path(path)
+    previous = path.parent / f".{path.name}.previous"
+    _check_replaceable(path)
+    _check_replaceable(previous)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = generator is not None  # a training run: save where both random streams stand
     meta: dict[str, Any] = {
@@ -109,8 +116,7 @@ def save_checkpoint(
             save_file(tensors, tmp / OPTIMIZER_FILE, metadata={"format": FORMAT})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         _usual_permissions(tmp)
-        previous = path.parent / f".{path.name}.previous"
-        shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)  # a checkpoint: checked above
         if path.exists():
             os.replace(path, previous)
         os.replace(tmp, path)
@@ -119,6 +125,24 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _check_replaceable(path: Path) -> None:
+    """A ``ValueError`` naming ``path`` if it exists and is not a checkpoint we may replace."""
+    if not path.exists() and not path.is_symlink():
+        return
+    names = {e.name for e in path.iterdir()} if path.is_dir() and not path.is_symlink() else set()
+    foreign = sorted(names - {META_FILE, MODEL_FILE, OPTIMIZER_FILE})
+    if META_FILE not in names:
+        problem = "is not a checkpoint folder (it has no checkpoint.json)"
+    elif foreign:
+        problem = f"holds {foreign[:5]}, which a checkpoint does not"
+    else:
+        return  # a checkpoint: save_checkpoint may replace it
+    raise ValueError(
+        f"{path} already exists and {problem}; nothing was written or deleted. Save the "
+        "checkpoint to a new folder (e.g. path / 'checkpoint'), or move your files elsewhere"
+    )
 
 
 def load_checkpoint(

@@ -34,6 +34,7 @@ from companion.environment import make_generator
 from companion.preferences import Pair
 from companion.replies import sequence_logprob
 from companion.reward_model import pair_tensors
+from companion.train_config import check_loss, check_recipe
 
 
 def dpo_loss(
@@ -78,6 +79,12 @@ class DPOConfig:
     seed: int = 0  # draws the batches
     nll_weight: float = 0.0  # α: add α × the chosen replies' mean token NLL (RPO); 0 = plain DPO
 
+    def __post_init__(self) -> None:
+        check_recipe(self, {
+            "steps": "int >= 1", "batch_size": "int >= 1", "learning_rate": "> 0",
+            "beta": "> 0", "seed": "int", "nll_weight": ">= 0",
+        })  # fmt: skip
+
 
 @dataclass
 class DPOLog:
@@ -107,9 +114,11 @@ def train_dpo(
         pol_c = sequence_logprob(policy, cid[b], cm[b])  # (B,)
         pol_r = sequence_logprob(policy, rid[b], rm[b])  # (B,)
         loss, c, r = dpo_loss(pol_c, pol_r, ref_c[b], ref_r[b], config.beta)
-        nll = -pol_c.sum() / cm[b].sum()  # mean NLL per chosen reply token
+        nll = -pol_c.sum() / cm[b].sum()  # mean NLL per chosen reply token (none is empty)
+        total = loss + config.nll_weight * nll
+        check_loss(total, "DPO")
         optimizer.zero_grad(set_to_none=True)
-        (loss + config.nll_weight * nll).backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         log.loss.append(loss.item())

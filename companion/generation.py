@@ -78,6 +78,10 @@ def next_token_probs(
        with it; ``top_p=1`` keeps everything. Top-p reads the *tempered* probabilities;
     4. what is left is renormalised to sum to 1.
 
+    The result is float32 whatever the logits' dtype (float16 and bfloat16 cannot hold small
+    probabilities). Every temperature > 0 gives a distribution: one so small that every other
+    logit's probability underflows puts it all on the largest (shared between exact ties).
+
     >>> logits = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
     >>> next_token_probs(logits, temperature=0)
     tensor([[1., 0., 0., 0.]])
@@ -92,7 +96,12 @@ def next_token_probs(
     if temperature == 0:
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
         return torch.zeros_like(logits).scatter_(-1, best, 1.0)  # (B, V), one-hot
-    logits = logits / temperature  # (B, V)
+    # In float32, the largest logit moved to 0 before dividing: a tiny temperature then sends
+    # the others to -inf (probability 0, greedy in the limit), never past the largest float.
+    logits = logits.float()  # (B, V)
+    logits = logits - logits.max(dim=-1, keepdim=True).values  # (B, V), all <= 0
+    divide = (logits < 0) & logits.isfinite()  # the largest stays 0 and -inf stays -inf
+    logits = torch.where(divide, logits / temperature, logits)  # (B, V)
     if top_k is not None:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
         logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V), ties with it stay
@@ -101,6 +110,9 @@ def next_token_probs(
         ordered = probs.sort(dim=-1, descending=True, stable=True).values  # (B, V)
         before = ordered.cumsum(dim=-1) - ordered  # (B, V): mass of the more likely tokens
         n_kept = (before < top_p).sum(dim=-1, keepdim=True)  # (B, 1): up to the crossing one
+        n_kept = n_kept.clamp(
+            min=1
+        )  # the most likely token stays (a top_p that float32 rounds to 0)
         smallest = ordered.gather(-1, n_kept - 1)  # (B, 1): the crossing token's probability
         probs = probs.masked_fill(probs < smallest, 0.0)  # (B, V), ties with it stay
         probs = probs / probs.sum(dim=-1, keepdim=True)  # (B, V), renormalised
@@ -135,6 +147,11 @@ def sample_next(
     probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     cdf = probs.cumsum(dim=-1)  # (B, V): running totals, the last one is ≈ 1
     total = cdf[:, -1:]  # (B, 1)
+    if not bool(total.isfinite().all()):  # NaN or +inf among the logits, or a row all -inf
+        raise ValueError(
+            "the logits hold NaN or +inf (or a row is all -inf), so no token can be drawn; the "
+            "model's weights or inputs have overflowed: check them (torch.isfinite)"
+        )
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
     target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))  # (B, 1) < total
     return torch.searchsorted(cdf, target, right=True)  # (B, 1): first total above the target

@@ -38,6 +38,7 @@ from companion.environment import make_generator
 from companion.preferences import Prompt, prompt_ids, sample_replies
 from companion.replies import pad_sequences, token_logprobs
 from companion.reward_model import reply_tokens
+from companion.train_config import check_loss, check_recipe
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -145,6 +146,14 @@ class PPOConfig:
     max_new_tokens: int = 24  # reply length limit
     seed: int = 0  # draws prompts, replies and minibatches
 
+    def __post_init__(self) -> None:
+        check_recipe(self, {
+            "iterations": "int >= 1", "batch_size": "int >= 1", "epochs": "int >= 1",
+            "minibatch_size": "int >= 1", "learning_rate": "> 0", "kl_coef": ">= 0",
+            "clip": "(0, 1)", "gamma": "[0, 1]", "lam": "[0, 1]", "vf_coef": ">= 0",
+            "max_new_tokens": "int >= 1", "seed": "int",
+        })  # fmt: skip
+
 
 @dataclass
 class PPOLog:
@@ -172,7 +181,8 @@ def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
         rewards[torch.arange(len(ids)), last] += score
         values = values[:, :-1] * m  # V of the state before each reply token
         adv, returns = gae(rewards, values, m, gamma=config.gamma, lam=config.lam)
-        mean, std = adv[m].mean(), adv[m].std()
+        mean = adv[m].mean()
+        std = adv[m].std() if m.sum() > 1 else torch.zeros(())  # one token: its own mean, A = 0
         adv = (adv - mean) / (std + 1e-8) * m
     return old_logp, adv, returns, m, score, kl.sum(dim=1)
 
@@ -193,8 +203,6 @@ def train_ppo(
             f"batch_size={config.batch_size} must be between 1 and the {len(prompts)} prompts; "
             "ask for a smaller batch or pass more prompts"
         )
-    if config.kl_coef < 0:
-        raise ValueError(f"kl_coef={config.kl_coef} must be >= 0 (0 switches the leash off)")
     policy = PolicyWithValue(copy.deepcopy(chat_model)).cpu()
     reference = copy.deepcopy(chat_model).cpu().eval()
     reward_model.eval()
@@ -227,8 +235,10 @@ def train_ppo(
                 logp = token_logprobs(logits, ids[mb])  # (b, T-1)
                 pg, frac = clipped_objective(logp, old_logp[mb], adv[mb], m[mb], clip=config.clip)
                 vl = value_loss(values[:, :-1], returns[mb], m[mb])
+                loss = pg + config.vf_coef * vl
+                check_loss(loss, "PPO")
                 optimizer.zero_grad(set_to_none=True)
-                (pg + config.vf_coef * vl).backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 optimizer.step()
                 with torch.no_grad():

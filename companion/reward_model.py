@@ -33,6 +33,7 @@ from companion.chat import END, special_ids
 from companion.environment import make_generator
 from companion.preferences import Pair, Sample, prompt_ids
 from companion.replies import pad_sequences
+from companion.train_config import check_loss, check_recipe
 
 
 def bradley_terry_loss(
@@ -67,6 +68,18 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+        if not isinstance(reply_mask, torch.Tensor) or reply_mask.shape != ids.shape:
+            got = tuple(reply_mask.shape) if isinstance(reply_mask, torch.Tensor) else reply_mask
+            raise ValueError(
+                f"reply_mask must be a bool tensor shaped like ids {tuple(ids.shape)}, got {got}; "
+                "pad_sequences makes both"
+            )
+        empty = (~reply_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"rows {empty[:5]} of reply_mask are all False: those rows have no reply to "
+                "score; mark the reply's tokens True (pad_sequences does)"
+            )
         h = self.backbone.hidden_states(ids)  # (B, T, C)
         positions = torch.arange(ids.shape[1], device=ids.device)  # (T,)
         last = (reply_mask * positions).argmax(dim=1)  # (B,) index of the last reply token
@@ -85,8 +98,18 @@ def pair_tensors(pairs: Sequence[Pair], tokenizer) -> tuple[torch.Tensor, ...]:
         raise ValueError("the preference set is empty; collect_preferences(...) makes one")
     pad = special_ids(tokenizer)[END]
     prompts = [prompt_ids(p.prompt, tokenizer) for p in pairs]
-    chosen = pad_sequences(prompts, [reply_tokens(p.chosen, tokenizer) for p in pairs], pad)
-    rejected = pad_sequences(prompts, [reply_tokens(p.rejected, tokenizer) for p in pairs], pad)
+    replies = {"chosen": [], "rejected": []}
+    for i, pair in enumerate(pairs):
+        for side, sample in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            tokens = reply_tokens(sample, tokenizer)
+            if not tokens:  # nothing to score, and a division by zero tokens in DPO's NLL
+                raise ValueError(
+                    f"pair {i}'s {side} reply has no tokens (empty and unfinished); drop the "
+                    "pair, or write the reply with written_sample"
+                )
+            replies[side].append(tokens)
+    chosen = pad_sequences(prompts, replies["chosen"], pad)
+    rejected = pad_sequences(prompts, replies["rejected"], pad)
     return (*chosen, *rejected)
 
 
@@ -108,6 +131,11 @@ class RewardConfig:
     batch_size: int = 32  # pairs per step
     learning_rate: float = 1e-4  # constant; the backbone is already trained
     seed: int = 0  # draws the batches
+
+    def __post_init__(self) -> None:
+        check_recipe(self, {
+            "steps": "int >= 1", "batch_size": "int >= 1", "learning_rate": "> 0", "seed": "int",
+        })  # fmt: skip
 
 
 @dataclass
@@ -141,6 +169,7 @@ def train_reward_model(
         b = torch.randint(len(pairs), (config.batch_size,), generator=generator)  # (B,)
         r_c, r_r = model(cid[b], cm[b]), model(rid[b], rm[b])  # (B,), (B,)
         loss = bradley_terry_loss(r_c, r_r)
+        check_loss(loss, "reward model")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -48,7 +48,7 @@ from companion.data import load_course_tokenizer
 from companion.environment import DeviceLike, resolve_device
 from companion.model import IGNORE_INDEX
 from companion.pretraining import train
-from companion.train_config import History, TrainConfig
+from companion.train_config import History, TrainConfig, check_recipe
 
 Example = tuple[torch.Tensor, torch.Tensor]  # (ids (T,) int64, loss_mask (T,) bool)
 CHAT_MODEL_ASSET = "chat_model"  # directory inside companion/assets
@@ -63,6 +63,12 @@ class SFTConfig:
     n_val: int = 400  # validation conversations, generated after the training ones
     data_seed: int = 0  # seeds split_world and generate_sft_conversations
     train_on_prompt: bool = False  # the ablation: train on every token, not only the replies
+
+    def __post_init__(self) -> None:
+        check_recipe(self, {
+            "n_train": "int >= 1", "n_val": "int >= 1", "data_seed": "int",
+            "train_on_prompt": "bool",
+        })  # fmt: skip
 
 
 def sft_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
