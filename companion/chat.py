@@ -44,7 +44,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from companion.environment import DeviceLike
 from companion.generation import generate_many
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -303,10 +302,10 @@ def chat_many(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: DeviceLike = None,
     template: ChatTemplate = COURSE_CHAT,
 ) -> list[Reply]:
-    """:func:`chat` for many conversations at once (batched by rendered length)."""
+    """:func:`chat` for many conversations at once (batched by rendered length), on the
+    model's own device."""
     context_length = model.config.context_length
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens < context_length:
         raise ValueError(
@@ -328,16 +327,15 @@ def chat_many(
         temperature=temperature,
         top_k=top_k,
         seed=seed,
-        device=device,
     )
     prefix = template.content_prefix  # the course template's space after the marker
     return [
         Reply(
-            tokenizer.decode(ids).removeprefix(prefix),
-            finished=finished,
-            n_tokens=len(ids) + finished,
+            tokenizer.decode(c.ids).removeprefix(prefix),
+            finished=c.finished,
+            n_tokens=len(c.ids) + c.finished,
         )
-        for ids, finished in results
+        for c in results
     ]
 
 
@@ -350,7 +348,6 @@ def chat(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: DeviceLike = None,
     template: ChatTemplate = COURSE_CHAT,
 ) -> Reply:
     """The model's reply to ``messages`` (the last must be the user's), as a :class:`Reply`.
@@ -362,8 +359,10 @@ def chat(
     3. decode the new tokens without the ``<|end|>`` and the template's leading space;
        ``reply.finished`` says which limit ended it.
 
-    >>> from companion.sft import load_chat_model
-    >>> model, tok = load_chat_model("cpu")
+    The model runs where it is (its parameters' device); it is never moved.
+
+    >>> from companion.checkpoints import load_shipped
+    >>> model, tok = load_shipped("chat", "cpu")
     >>> reply = chat(model, tok, [{"role": "user", "content": "Hello!"}])
     >>> isinstance(reply, str), reply.finished
     (True, True)
@@ -376,7 +375,6 @@ def chat(
         temperature=temperature,
         top_k=top_k,
         seed=seed,
-        device=device,
         template=template,
     )[0]
 

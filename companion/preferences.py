@@ -36,9 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from companion.chat import END, render_chat, special_ids
-from companion.environment import DeviceLike
-from companion.evaluation import reply_is_correct
 from companion.generation import generate_many
+from companion.measurement import in_format, reply_is_correct, says_do_not_know
 from companion.sft_data import SFT_QUESTIONS
 from companion.world import RELATIONS, Fact, World, facts_of
 
@@ -52,8 +51,8 @@ STRANGERS: tuple[str, ...] = (
 )  # fmt: skip
 N_TRAIN_STRANGERS = 24
 STRANGER_RELATIONS: tuple[str, ...] = ("home_town", "job", "food", "pet_kind")
-GREETINGS: tuple[str, ...] = ("Hello!", "Hello! How are you?", "Goodbye!")
-KINDS: tuple[str, ...] = ("known", "unknown", "greeting")
+GREETING_PROMPTS: tuple[str, ...] = ("Hello!", "Hello! How are you?", "Goodbye!")
+PROMPT_KINDS: tuple[str, ...] = ("known", "unknown", "greeting")
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class Pair:
+class Preference:
     """A preference: ``chosen`` beat ``rejected`` as replies to ``prompt``."""
 
     prompt: Prompt
@@ -99,11 +98,6 @@ def refusal(name: str) -> str:
     return REFUSAL
 
 
-def says_do_not_know(text: str) -> bool:
-    """Whether a reply admits not knowing. ``says_do_not_know("I do not know who Igor is.")``"""
-    return "do not know" in text or "don't know" in text
-
-
 def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
     """The prompts of ``split`` ("train" or "eval"): every fact, strangers, greetings.
 
@@ -112,7 +106,7 @@ def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
 
     >>> from companion.world import build_world
     >>> prompts = make_prompts(build_world(0), split="eval")
-    >>> [sum(p.kind == k for p in prompts) for k in KINDS]
+    >>> [sum(p.kind == k for p in prompts) for k in PROMPT_KINDS]
     [160, 32, 3]
     """
     if split not in ("train", "eval"):
@@ -128,7 +122,7 @@ def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
     for name in names:
         for relation in STRANGER_RELATIONS:
             prompts.append(Prompt(RELATIONS[relation][1].format(name=name), "unknown", name=name))
-    return prompts + [Prompt(text, "greeting") for text in GREETINGS]
+    return prompts + [Prompt(text, "greeting") for text in GREETING_PROMPTS]
 
 
 # --- the simulated rater ----------------------------------------------------------------------
@@ -145,14 +139,15 @@ def is_correct(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
 
 
 def admits_not_knowing(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
-    """Strangers: the reply says "I do not know" instead of inventing a claim about them."""
+    """Strangers: the reply says "I do not know" instead of inventing a claim about them
+    (:func:`companion.measurement.says_do_not_know`)."""
     return prompt.kind != "unknown" or says_do_not_know(text)
 
 
 def stops(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
-    """The reply ends its turn by itself, in one line, writing no turn marker."""
-    body = text.strip()
-    return finished and bool(body) and "\n" not in body and "<|" not in body
+    """The reply ends its turn by itself, in one line, writing no turn marker
+    (:func:`companion.measurement.in_format`)."""
+    return in_format(text, finished)
 
 
 def good_tone(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
@@ -198,15 +193,16 @@ def rate(
 
 def sample_replies(
     model, tokenizer, prompts: Sequence[Prompt], *, temperature: float = 1.0, seed: int = 0,
-    max_new_tokens: int = 24, device: DeviceLike = None,
+    max_new_tokens: int = 24,
 ) -> list[Sample]:  # fmt: skip
-    """One reply per prompt from ``model`` (sampled with a generator seeded by ``seed``)."""
+    """One reply per prompt from ``model`` (sampled with a generator seeded by ``seed``), on the
+    model's own device."""
     ids = [prompt_ids(p, tokenizer) for p in prompts]
     out = generate_many(
         model, ids, [special_ids(tokenizer)[END]], max_new_tokens=max_new_tokens,
-        temperature=temperature, seed=seed, device=device,
+        temperature=temperature, seed=seed,
     )  # fmt: skip
-    return [_sample(reply, finished, tokenizer) for reply, finished in out]
+    return [_sample(c.ids, c.finished, tokenizer) for c in out]
 
 
 def _sample(ids: Sequence[int], finished: bool, tokenizer) -> Sample:
@@ -228,7 +224,7 @@ def prompt_ids(prompt: Prompt, tokenizer) -> list[int]:
 def label_pairs(
     world: World, prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sample]], *,
     noise: float = 0.1, seed: int = 0, rules: dict[str, Rule] = RULES,
-) -> list[Pair]:  # fmt: skip
+) -> list[Preference]:  # fmt: skip
     """Every pair of distinct candidates per prompt that ``rules`` can tell apart, labelled by
     :func:`rate`, each label flipped with probability ``noise`` (``random.Random(seed)``)."""
     if not 0 <= noise < 0.5:
@@ -247,34 +243,19 @@ def label_pairs(
                 chosen, rejected = (unique[i], unique[j])[:: 1 if winner == 0 else -1]
                 if flipped:
                     chosen, rejected = rejected, chosen
-                pairs.append(Pair(prompt, chosen, rejected, rule, flipped))
+                pairs.append(Preference(prompt, chosen, rejected, rule, flipped))
     return pairs
 
 
 def collect_candidates(
-    model, tokenizer, world: World, *, n_samples: int = 4, seed: int = 0,
-    device: DeviceLike = None,
+    model, tokenizer, world: World, *, n_samples: int = 4, seed: int = 0
 ) -> tuple[list[Prompt], list[list[Sample]]]:  # fmt: skip
     """The train prompts and, for each, ``n_samples`` replies from the chat model at temperature
     1 (seeds ``seed``, ``seed + 1``, ...), with the rater's refusal added for strangers."""
     prompts = make_prompts(world, split="train", seed=seed)
-    draws = [
-        sample_replies(model, tokenizer, prompts, seed=seed + k, device=device)
-        for k in range(n_samples)
-    ]
+    draws = [sample_replies(model, tokenizer, prompts, seed=seed + k) for k in range(n_samples)]
     candidates = [list(c) for c in zip(*draws, strict=True)]
     for prompt, replies in zip(prompts, candidates, strict=True):
         if prompt.kind == "unknown":
             replies.append(written_sample(refusal(prompt.name), tokenizer))
     return prompts, candidates
-
-
-def collect_preferences(
-    model, tokenizer, world: World, *, n_samples: int = 4, noise: float = 0.1, seed: int = 0,
-    rules: dict[str, Rule] = RULES, device: DeviceLike = None,
-) -> list[Pair]:  # fmt: skip
-    """The chapter's preference data: :func:`collect_candidates`, then :func:`label_pairs`."""
-    prompts, candidates = collect_candidates(
-        model, tokenizer, world, n_samples=n_samples, seed=seed, device=device
-    )
-    return label_pairs(world, prompts, candidates, noise=noise, seed=seed, rules=rules)
