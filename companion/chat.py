@@ -208,9 +208,19 @@ def fit_to_context(
     ['Hello.', 'Goodbye!']
     """
     check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
+    _check_max_tokens(max_tokens)
+    return _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template)
+
+
+def _check_max_tokens(max_tokens: int) -> None:
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens!r} must be a positive int, e.g. 64")
-    lengths = message_lengths(messages, tokenizer, template=template)
+
+
+def _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template) -> list[Message]:
+    """:func:`fit_to_context` for a conversation already checked."""
+    ids = _template_ids(tokenizer, template)
+    lengths = [len(_render_message(m, tokenizer, ids, template)[0]) for m in messages]
     total, first = (
         len(_generation_prompt(tokenizer, template)) * add_generation_prompt,
         len(messages),
@@ -240,7 +250,8 @@ def render_chat(
     assistant's content and its closing ``<|end|>``. With ``add_generation_prompt=True`` the ids
     end with ``<|assistant|>`` (mask False), ready for the model to write the reply. With
     ``max_tokens``, older messages are dropped first (:func:`fit_to_context`). ``template``:
-    :data:`COURSE_CHAT` (the default) or another model's, e.g. :data:`SMOLLM2_CHAT`.
+    :data:`COURSE_CHAT` (the default) or another model's, e.g. :data:`SMOLLM2_CHAT`. The
+    messages are checked once, here.
 
     >>> from companion.data import load_course_tokenizer
     >>> tok = load_course_tokenizer()
@@ -254,10 +265,8 @@ def render_chat(
     check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
     messages = _with_default_system(messages, template)
     if max_tokens is not None:
-        messages = fit_to_context(
-            messages, tokenizer, max_tokens, add_generation_prompt=add_generation_prompt,
-            template=template,
-        )  # fmt: skip
+        _check_max_tokens(max_tokens)
+        messages = _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template)
     special = _template_ids(tokenizer, template)
     ids: list[int] = []
     mask: list[bool] = []
@@ -270,6 +279,21 @@ def render_chat(
         ids += prompt
         mask += [False] * len(prompt)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
+
+
+def question_ids(question: str, tokenizer, *, template: ChatTemplate = COURSE_CHAT) -> list[int]:
+    """One user message in the template, then the assistant's opening: the ids a chat model
+    continues with its reply (chapters 6-8 ask their questions this way).
+
+    >>> from companion.data import load_course_tokenizer
+    >>> tok = load_course_tokenizer()
+    >>> tok.decode(question_ids("Hi", tok))
+    '<|user|> Hi<|end|><|assistant|>'
+    """
+    messages = [{"role": "user", "content": question}]
+    return render_chat(messages, tokenizer, add_generation_prompt=True, template=template)[
+        0
+    ].tolist()
 
 
 def _generation_prompt(tokenizer, template: ChatTemplate) -> list[int]:

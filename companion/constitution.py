@@ -30,12 +30,12 @@ from collections.abc import Sequence
 
 from companion.measurement import in_format, says_do_not_know
 from companion.preferences import (
+    REFUSAL,
     Preference,
     Prompt,
     Sample,
     good_tone,
     label_pairs,
-    refusal,
     written_sample,
 )
 from companion.world import World
@@ -64,7 +64,7 @@ class Judge:
         words = re.findall(r"[A-Z][a-z]+", prompt.text)
         return next((w for w in words[1:] if w not in self.names), None)
 
-    def broken(self, prompt: Prompt, reply: Sample) -> list[str]:
+    def principles_broken(self, prompt: Prompt, reply: Sample) -> list[str]:
         """The principles ``reply`` breaks, in :data:`CONSTITUTION`'s order."""
         out = []
         stranger = self.unknown_name(prompt)
@@ -86,7 +86,7 @@ class Judge:
 
         def rule(principle):
             return lambda world, prompt, text, finished: (
-                principle not in self.broken(prompt, Sample((), text, finished))
+                principle not in self.principles_broken(prompt, Sample((), text, finished))
             )
 
         return {name: rule(name) for name in CONSTITUTION}
@@ -94,7 +94,7 @@ class Judge:
 
 def critique(judge: Judge, prompt: Prompt, reply: Sample) -> str:
     """The critique as text: each broken principle quoted, or that none is broken."""
-    broken = judge.broken(prompt, reply)
+    broken = judge.principles_broken(prompt, reply)
     if not broken:
         return "The reply follows every principle."
     return " ".join(f"It breaks '{CONSTITUTION[p]}'" for p in broken)
@@ -102,9 +102,9 @@ def critique(judge: Judge, prompt: Prompt, reply: Sample) -> str:
 
 def revise(judge: Judge, prompt: Prompt, reply: Sample, tokenizer) -> Sample:
     """The reply rewritten to follow the principles it breaks (by rules, see the module)."""
-    broken = judge.broken(prompt, reply)
+    broken = judge.principles_broken(prompt, reply)
     if "honest" in broken:
-        return written_sample(refusal(judge.unknown_name(prompt)), tokenizer)
+        return written_sample(REFUSAL, tokenizer)
     if broken and prompt.text in judge.greedy_answers:  # a fact question: say it plainly
         return written_sample(judge.greedy_answers[prompt.text], tokenizer)
     if broken:

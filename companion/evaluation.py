@@ -97,15 +97,9 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 @torch.no_grad()
 def complete(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 20,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-) -> list[str]:
+    model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 20,
+    temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+) -> list[str]:  # fmt: skip
     """The model's continuation of each prompt (the new text only), in the order given.
 
     ``temperature=0`` is greedy (``seed`` unused); otherwise sampling draws from a generator

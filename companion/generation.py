@@ -15,8 +15,8 @@ once and each later step runs one token against the stored keys and values
 past the context window). Stop tokens end a row when the model writes one (e.g. ``<|end|>``).
 
 :func:`generate_many` runs prompts of different lengths in batches of equal length (no
-padding), on the model's own device, and on request gives each new token's probability. Left out on purpose: beam search, repetition penalties, speculative decoding and
-padded batches.
+padding), on the model's own device, and on request gives each new token's probability. Left
+out on purpose: beam search, repetition penalties, speculative decoding and padded batches.
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ can know the answer.
 A **prompt format** turns a :class:`~companion.world.Fact` into the token ids the model reads, so
 any model plugs in with one line: the base model reads the fact's own prompt
 (:func:`fact_prompt`, "Mira lives in the town of"); a chat model reads the fact's question in its
-chat template. :func:`ask` lets the model write a few tokens after each prompt and finds the
-first answer **of the right kind** in them (:func:`companion.measurement.find_answer`) (a town for "lives in", a colour for a pet's colour:
-``world.choices(relation)``), with the probability the model gave that answer's tokens (their
-product, at temperature 1). :func:`summarize` turns the answers into shares:
+chat template (:func:`chat_prompt`). :func:`ask` lets the model write a few tokens after each
+prompt and finds the first answer **of the right kind** in them (a town for "lives in", a colour
+for a pet's colour: ``world.choices(relation)``), with the probability the model gave that
+answer's tokens (their product, at temperature 1; :func:`companion.measurement.find_answer`).
+:func:`summarize` turns the answers into shares:
 
 * ``answered``: stated an answer of the right kind (for a held-out entity: an invented one);
 * ``confident``: answered with probability ≥ ``threshold`` (0.5: more likely than all else);
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from companion.chat import COURSE_CHAT, ChatTemplate, question_ids
 from companion.generation import generate_many
 from companion.measurement import find_answer
 from companion.world import Fact, World
@@ -43,6 +45,12 @@ PromptFormat = Callable[[Fact], list[int]]  # a fact -> the token ids the model 
 def fact_prompt(tokenizer) -> PromptFormat:
     """The base model's format: the fact's own prompt, e.g. "Mira lives in the town of"."""
     return lambda fact: tokenizer.encode(fact.prompt)
+
+
+def chat_prompt(tokenizer, template: ChatTemplate = COURSE_CHAT) -> PromptFormat:
+    """A chat model's format: the fact's question as one user message in ``template``, ready
+    for the reply (:func:`companion.chat.question_ids`)."""
+    return lambda fact: question_ids(fact.question, tokenizer, template=template)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ Replies are sampled from the chat model at temperature 1 (:func:`sample_replies`
 writes fragments and answers wrongly often enough to compare (it runs past its turn only
 rarely). The chat model never says "I do not know" (refusals are not in its SFT data, nor in the
 corpus), so for a question about a stranger the rater also writes that reply itself
-(:func:`refusal`), as InstructGPT's labellers wrote demonstrations: one side of those pairs is the
+(:data:`REFUSAL`), as InstructGPT's labellers wrote demonstrations: one side of those pairs is the
 rater's, not the model's.
 
 Shape vocabulary: B batch, T time. Left out: ties as a label, ratings on a scale, more than two
@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from companion.chat import END, render_chat, special_ids
+from companion.chat import END, question_ids, special_ids
 from companion.generation import generate_many
 from companion.measurement import in_format, reply_is_correct, says_do_not_know
 from companion.sft_data import SFT_QUESTIONS
@@ -85,17 +85,8 @@ class Preference:
     flipped: bool  # the label was flipped by the rater's noise
 
 
-REFUSAL = "I do not know that person."
-
-
-def refusal(name: str) -> str:
-    """The reply the rater writes for a question about a stranger (the same for every name:
-    a model of a million parameters copies an unseen name badly).
-
-    >>> refusal("Wanda")
-    'I do not know that person.'
-    """
-    return REFUSAL
+REFUSAL = "I do not know that person."  # the rater's reply to a question about any stranger
+# (one sentence for every name: a model of a million parameters copies an unseen name badly)
 
 
 def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
@@ -175,7 +166,7 @@ def rate(
     >>> from companion.world import build_world
     >>> world = build_world(0)
     >>> p = Prompt("Who is Wanda?", "unknown", name="Wanda")
-    >>> rate(world, p, Sample((), "Wanda works as a baker.", True), Sample((), refusal("Wanda"), True))
+    >>> rate(world, p, Sample((), "Wanda works as a baker.", True), Sample((), REFUSAL, True))
     (1, 'admits_not_knowing')
     """
     for name, rule in rules.items():
@@ -216,9 +207,9 @@ def written_sample(text: str, tokenizer) -> Sample:
 
 
 def prompt_ids(prompt: Prompt, tokenizer) -> list[int]:
-    """The prompt in the chat template, ending with ``<|assistant|>``."""
-    messages = [{"role": "user", "content": prompt.text}]
-    return render_chat(messages, tokenizer, add_generation_prompt=True)[0].tolist()
+    """The prompt in the chat template, ending with ``<|assistant|>``
+    (:func:`companion.chat.question_ids`)."""
+    return question_ids(prompt.text, tokenizer)
 
 
 def label_pairs(
@@ -257,5 +248,5 @@ def collect_candidates(
     candidates = [list(c) for c in zip(*draws, strict=True)]
     for prompt, replies in zip(prompts, candidates, strict=True):
         if prompt.kind == "unknown":
-            replies.append(written_sample(refusal(prompt.name), tokenizer))
+            replies.append(written_sample(REFUSAL, tokenizer))
     return prompts, candidates

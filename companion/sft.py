@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.base_model import base_model_configs
 from companion.chat import END, render_chat, special_ids
 from companion.checkpoints import SHIPPED, load_shipped, save_checkpoint
 from companion.environment import DeviceLike, resolve_device
@@ -161,20 +162,11 @@ def chat_model_configs() -> tuple[SFTConfig, TrainConfig]:
     >>> sft_config.n_train, train_config.steps, train_config.learning_rate
     (4000, 200, 0.0003)
     """
-    train_config = TrainConfig(
-        steps=200,
-        batch_size=16,
-        context_length=64,
-        learning_rate=3e-4,
-        min_learning_rate=3e-5,
-        warmup_steps=20,
-        weight_decay=0.0,
-        grad_clip=1.0,
-        eval_interval=20,
-        eval_batches=10,
-        seed=0,
-        device="cpu",
-    )
+    _, pretraining = base_model_configs()
+    train_config = replace(  # pretraining's recipe, changed where fine-tuning differs
+        pretraining, steps=200, batch_size=16, warmup_steps=20, eval_interval=20, eval_batches=10,
+        learning_rate=3e-4, min_learning_rate=3e-5, weight_decay=0.0,
+    )  # fmt: skip
     return SFTConfig(), train_config
 
 

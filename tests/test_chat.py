@@ -280,3 +280,15 @@ def test_ask_chat_model_scores_format_and_answers():
     model = Scripted([*TOK.encode_ordinary(f" {fact.answer}.\nQ: Where?"), END])
     (answer,) = ask_chat_model(model, TOK, world, [fact]).answers
     assert answer.finished and answer.correct and not answer.compliant  # a second line
+
+
+def test_render_chat_checks_the_messages_once(monkeypatch):
+    import companion.chat
+
+    calls = []
+    check = companion.chat.check_messages
+    monkeypatch.setattr(
+        companion.chat, "check_messages", lambda *a, **k: calls.append(1) or check(*a, **k)
+    )
+    render_chat(as_messages("Hello!", "Hello.", "Goodbye!"), TOK, max_tokens=11)
+    assert len(calls) == 1

@@ -176,3 +176,28 @@ def test_the_effects_measurement_runs_the_model_where_it_is(best_is_elsewhere, c
     _, chat_model, tokenizer = course_models
     effects = measure_effects(chat_model, tokenizer, build_world(0), n_samples=1)
     assert set(EFFECTS) <= set(effects) and _stayed(chat_model)
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+def test_chat_ppo_and_dpo_run_on_the_models_device(device):
+    """On a GPU runtime every part of chapter 6 stays where the chat model is."""
+    import copy
+
+    from companion.chat import as_messages, chat
+    from companion.dpo import DPOConfig, train_dpo
+    from companion.ppo import PPOConfig, train_ppo
+    from companion.preferences import Preference, Sample, make_prompts
+    from companion.reward_model import RewardModel
+    from companion.world import build_world
+
+    chat_model, tokenizer = load_shipped("chat", device)
+    assert isinstance(chat(chat_model, tokenizer, as_messages("Hello!")), str)
+    prompts = make_prompts(build_world(0), split="train")[::50]
+    reward_model = RewardModel(copy.deepcopy(chat_model))
+    config = PPOConfig(iterations=1, batch_size=2, epochs=1, minibatch_size=2, max_new_tokens=4)
+    policy, _ = train_ppo(chat_model, tokenizer, reward_model, prompts, config)
+    pairs = [Preference(p, Sample((), "Yes.", True), Sample((), "No", False), "stops", False)
+             for p in prompts[:2]]  # fmt: skip
+    tuned, _ = train_dpo(chat_model, tokenizer, pairs, DPOConfig(steps=1, batch_size=2))
+    for model in (chat_model, reward_model, policy, tuned):
+        assert {p.device.type for p in model.parameters()} == {device}

@@ -19,6 +19,7 @@ from companion.data import load_course_tokenizer
 from companion.dpo import dpo_loss
 from companion.ppo import clipped_objective, gae, kl_penalty, value_loss
 from companion.preferences import (
+    REFUSAL,
     STRANGERS,
     Preference,
     Prompt,
@@ -26,7 +27,6 @@ from companion.preferences import (
     label_pairs,
     make_prompts,
     rate,
-    refusal,
 )
 from companion.replies import pad_sequences, sequence_logprob
 from companion.reward_model import bradley_terry_loss, pair_tensors
@@ -82,8 +82,8 @@ def s(text, finished=True):
     [
         (KNOWN, s(FACT.reply), s(FACT.reply_with(WORLD.wrong_answers(FACT)[0])), "correct"),
         (KNOWN, s(FACT.reply), s(f"{FACT.answer} or {WORLD.wrong_answers(FACT)[0]}."), "correct"),
-        (STRANGER, s(refusal("Wanda")), s("Wanda works as a baker."), "admits_not_knowing"),
-        (STRANGER, s(refusal("Wanda")), s("Mira works as a baker."), "admits_not_knowing"),
+        (STRANGER, s(REFUSAL), s("Wanda works as a baker."), "admits_not_knowing"),
+        (STRANGER, s(REFUSAL), s("Mira works as a baker."), "admits_not_knowing"),
         (KNOWN, s(FACT.reply), s(FACT.reply, finished=False), "stops"),
         (KNOWN, s(FACT.reply), s(FACT.reply + "\nQ: Where?"), "stops"),
         (KNOWN, s(FACT.reply), s(FACT.reply + "<|assistant|> Yes"), "stops"),
@@ -334,13 +334,15 @@ def test_the_judge_reads_the_models_answers_and_the_corpus_not_the_world():
 
     judge = Judge({KNOWN.text: "Said plainly."}, corpus_text=f"{FACT.subject} lives in Thornby.")
     assert judge.unknown_name(STRANGER) == "Wanda"
-    assert judge.broken(STRANGER, s("Wanda works as a baker.")) == ["honest"]
-    assert revise(judge, STRANGER, s("Wanda works as a baker."), TOK).text == refusal("Wanda")
-    assert judge.broken(KNOWN, s("Said plainly.")) == []  # agrees with the model, not the world
-    assert "consistent" in judge.broken(KNOWN, s(FACT.reply))
+    assert judge.principles_broken(STRANGER, s("Wanda works as a baker.")) == ["honest"]
+    assert revise(judge, STRANGER, s("Wanda works as a baker."), TOK).text == REFUSAL
+    assert (
+        judge.principles_broken(KNOWN, s("Said plainly.")) == []
+    )  # agrees with the model, not the world
+    assert "consistent" in judge.principles_broken(KNOWN, s(FACT.reply))
     assert critique(judge, KNOWN, s("Said plainly.")) == "The reply follows every principle."
     rambling = s("Said plainly.\nQ: more", finished=False)
-    assert judge.broken(KNOWN, rambling) == ["brief", "polite"]
+    assert judge.principles_broken(KNOWN, rambling) == ["brief", "polite"]
     assert revise(judge, KNOWN, rambling, TOK).text == "Said plainly."  # the plain answer
     hello = Prompt("Hello!", "greeting")
     assert revise(judge, hello, s("Hello! How can I help?\nQ: Where?"), TOK).text == (
