@@ -45,7 +45,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from companion.environment import DeviceLike
 from companion.generation import generate_many
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -213,8 +212,17 @@ def fit_to_context(
     ['Hello.', 'Goodbye!']
     """
     check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
+    _check_max_tokens(max_tokens)
+    return _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template)
+
+
+def _check_max_tokens(max_tokens: int) -> None:
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens!r} must be a positive int, e.g. 64")
+
+
+def _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template) -> list[Message]:
+    """:func:`fit_to_context` for a conversation already checked."""
     ids = _template_ids(tokenizer, template)
     longest = getattr(tokenizer, "longest_token", None)  # bytes in the longest token, if known
 
@@ -266,7 +274,8 @@ def render_chat(
     assistant's content and its closing ``<|end|>``. With ``add_generation_prompt=True`` the ids
     end with ``<|assistant|>`` (mask False), ready for the model to write the reply. With
     ``max_tokens``, older messages are dropped first (:func:`fit_to_context`). ``template``:
-    :data:`COURSE_CHAT` (the default) or another model's, e.g. :data:`SMOLLM2_CHAT`.
+    :data:`COURSE_CHAT` (the default) or another model's, e.g. :data:`SMOLLM2_CHAT`. The
+    messages are checked once, here.
 
     >>> from companion.data import load_course_tokenizer
     >>> tok = load_course_tokenizer()
@@ -280,10 +289,8 @@ def render_chat(
     check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
     messages = _with_default_system(messages, template)
     if max_tokens is not None:
-        messages = fit_to_context(
-            messages, tokenizer, max_tokens, add_generation_prompt=add_generation_prompt,
-            template=template,
-        )  # fmt: skip
+        _check_max_tokens(max_tokens)
+        messages = _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template)
     special = _template_ids(tokenizer, template)
     ids: list[int] = []
     mask: list[bool] = []
@@ -296,6 +303,21 @@ def render_chat(
         ids += prompt
         mask += [False] * len(prompt)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
+
+
+def question_ids(question: str, tokenizer, *, template: ChatTemplate = COURSE_CHAT) -> list[int]:
+    """One user message in the template, then the assistant's opening: the ids a chat model
+    continues with its reply (chapters 6-8 ask their questions this way).
+
+    >>> from companion.data import load_course_tokenizer
+    >>> tok = load_course_tokenizer()
+    >>> tok.decode(question_ids("Hi", tok))
+    '<|user|> Hi<|end|><|assistant|>'
+    """
+    messages = [{"role": "user", "content": question}]
+    return render_chat(messages, tokenizer, add_generation_prompt=True, template=template)[
+        0
+    ].tolist()
 
 
 def _generation_prompt(tokenizer, template: ChatTemplate) -> list[int]:
@@ -328,10 +350,10 @@ def chat_many(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: DeviceLike = None,
     template: ChatTemplate = COURSE_CHAT,
 ) -> list[Reply]:
-    """:func:`chat` for many conversations at once (batched by rendered length)."""
+    """:func:`chat` for many conversations at once (batched by rendered length), on the
+    model's own device."""
     context_length = model.config.context_length
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens < context_length:
         raise ValueError(
@@ -353,16 +375,15 @@ def chat_many(
         temperature=temperature,
         top_k=top_k,
         seed=seed,
-        device=device,
     )
     prefix = template.content_prefix  # the course template's space after the marker
     return [
         Reply(
-            tokenizer.decode(ids).removeprefix(prefix),
-            finished=finished,
-            n_tokens=len(ids) + finished,
+            tokenizer.decode(c.ids).removeprefix(prefix),
+            finished=c.finished,
+            n_tokens=len(c.ids) + c.finished,
         )
-        for ids, finished in results
+        for c in results
     ]
 
 
@@ -375,7 +396,6 @@ def chat(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: DeviceLike = None,
     template: ChatTemplate = COURSE_CHAT,
 ) -> Reply:
     """The model's reply to ``messages`` (the last must be the user's), as a :class:`Reply`.
@@ -387,8 +407,10 @@ def chat(
     3. decode the new tokens without the ``<|end|>`` and the template's leading space;
        ``reply.finished`` says which limit ended it.
 
-    >>> from companion.sft import load_chat_model
-    >>> model, tok = load_chat_model("cpu")
+    The model runs where it is (its parameters' device); it is never moved.
+
+    >>> from companion.checkpoints import load_shipped
+    >>> model, tok = load_shipped("chat", "cpu")
     >>> reply = chat(model, tok, [{"role": "user", "content": "Hello!"}])
     >>> isinstance(reply, str), reply.finished
     (True, True)
@@ -401,7 +423,6 @@ def chat(
         temperature=temperature,
         top_k=top_k,
         seed=seed,
-        device=device,
         template=template,
     )[0]
 

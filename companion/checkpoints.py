@@ -13,8 +13,10 @@ to its destination and moved into place only when complete, so a crash mid-save 
 previous checkpoint intact and no partial one. A damaged checkpoint (a truncated tensor file, a
 broken ``checkpoint.json``, a missing file) gives a ``ValueError`` that names the file.
 
-The shipped models (the base model of :mod:`companion.base_model`, and the later chapters'
-models) are such checkpoints inside ``companion/assets``; :func:`load_asset` reads one.
+The shipped models (the base model of :mod:`companion.base_model`, the chat model of
+:mod:`companion.sft`, the aligned models of :mod:`companion.rlhf`) are such checkpoints inside
+``companion/assets``, each recreated by the command :data:`SHIPPED` names; one call loads any of
+them, ``load_shipped("chat")``, and :func:`shipped_info` reads its figures.
 
 Left out: sharded checkpoints, keeping the last *k* checkpoints, and saving CUDA RNG states
 (dropout on CUDA is therefore not resumed bit for bit; CPU runs are).
@@ -36,8 +38,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from companion.data import load_course_tokenizer
 from companion.environment import DeviceLike, resolve_device
 from companion.model import GPT, GPTConfig
+from companion.tokenizer import BPETokenizer
 from companion.train_config import History, TrainConfig
 
 FORMAT = "companion-checkpoint v1"
@@ -288,29 +292,57 @@ def _usual_permissions(directory: Path) -> None:
 
 # --- models shipped inside the package -------------------------------------------------------
 
+SHIPPED: dict[str, str] = {  # name -> the command that recreates companion/assets/<name>_model
+    "base": "python -m companion.base_model --out companion/assets/base_model",
+    "chat": "python -m companion.sft --out companion/assets/chat_model --ablation",
+    "ppo": "python -m companion.rlhf ppo --out companion/assets/ppo_model",
+    "dpo": "python -m companion.rlhf dpo --out companion/assets/dpo_model",
+    "cai": "python -m companion.rlhf cai --out companion/assets/cai_model",
+}
 
-def asset_path(name: str) -> Path:
-    """Where the shipped model ``name`` lives in the source tree (for rewriting it)."""
-    return Path(__file__).resolve().parent / "assets" / name
+
+def load_shipped(name: str, device: DeviceLike = None) -> tuple[GPT, BPETokenizer]:
+    """A model shipped in ``companion/assets`` and its tokenizer: ``(GPT in eval mode on
+    device, BPETokenizer)``. ``name`` is one of :data:`SHIPPED`: "base" (chapter 4), "chat"
+    (chapter 5), "ppo", "dpo", "cai" (chapter 6). Nothing is trained or downloaded.
+
+    >>> model, tokenizer = load_shipped("chat", "cpu")
+    >>> model.training, model.config.vocab_size == tokenizer.vocab_size
+    (False, True)
+    """
+    with importlib.resources.as_file(_shipped(name)) as path:
+        model = load_checkpoint(path, device=device).model
+    return model, load_course_tokenizer()
 
 
-def read_asset_info(name: str, command: str) -> dict[str, Any]:
-    """The ``checkpoint.json`` of the shipped model ``name``; ``command`` recreates it."""
-    with importlib.resources.as_file(_asset(name, command)) as path:
+def shipped_info(name: str) -> dict[str, Any]:
+    """The shipped model's ``checkpoint.json``: its configs, history and, in ``extra``, its
+    figures and ``command``, the command that recreates it (:data:`SHIPPED`).
+
+    >>> shipped_info("base")["extra"]["command"] == SHIPPED["base"]
+    True
+    """
+    with importlib.resources.as_file(_shipped(name)) as path:
         return _read_meta(path / META_FILE)
 
 
-def load_asset(name: str, command: str, device: DeviceLike = None) -> nn.Module:
-    """The shipped model ``name`` from ``companion/assets``, in eval mode on ``device``."""
-    with importlib.resources.as_file(_asset(name, command)) as path:
-        return load_checkpoint(path, device=device).model
+def shipped_path(name: str) -> Path:
+    """Where the shipped model ``name`` lives in the source tree (its command rewrites it)."""
+    _check_shipped(name)
+    return Path(__file__).resolve().parent / "assets" / f"{name}_model"
 
 
-def _asset(name: str, command: str):
-    directory = importlib.resources.files("companion") / "assets" / name
+def _check_shipped(name: str) -> None:
+    if name not in SHIPPED:
+        raise ValueError(f"no shipped model {name!r}; the shipped models are {sorted(SHIPPED)}")
+
+
+def _shipped(name: str):
+    _check_shipped(name)
+    directory = importlib.resources.files("companion") / "assets" / f"{name}_model"
     if not (directory / META_FILE).is_file():
         raise FileNotFoundError(
-            f"the shipped model is missing from companion/assets/{name}; reinstall the "
-            f"package, or recreate it with `{command}`"
+            f"the shipped model is missing from companion/assets/{name}_model; reinstall the "
+            f"package, or recreate it with `{SHIPPED[name]}`"
         )
     return directory

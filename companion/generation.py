@@ -15,19 +15,20 @@ once and each later step runs one token against the stored keys and values
 past the context window). Stop tokens end a row when the model writes one (e.g. ``<|end|>``).
 
 :func:`generate_many` runs prompts of different lengths in batches of equal length (no
-padding). Left out on purpose: beam search, repetition penalties, speculative decoding and
-padded batches.
+padding), on the model's own device, and on request gives each new token's probability. Left
+out on purpose: beam search, repetition penalties, speculative decoding and padded batches.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from companion.environment import DeviceLike, make_generator, resolve_device
+from companion.environment import make_generator, model_device
 from companion.kv_cache import KVCache
 from companion.model import GPT
 
@@ -299,6 +300,15 @@ def generate(
     return torch.cat([idx, *steps], dim=1)  # (B, T + new)
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """What :func:`generate_many` wrote after one prompt."""
+
+    ids: list[int]  # the new ids, up to the first stop id (excluded)
+    finished: bool  # a stop id came within max_new_tokens
+    probs: list[float] | None = None  # with_probs: each new id's probability at temperature 1
+
+
 @torch.no_grad()
 def generate_many(
     model: nn.Module,
@@ -309,23 +319,35 @@ def generate_many(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: DeviceLike = None,
-) -> list[tuple[list[int], bool]]:
-    """For each prompt (a list of ids), the new ids up to a stop id (excluded) and whether one
-    came before ``max_new_tokens``. Prompts of equal length run as one batch (B, T), in order of
-    length, drawing from one generator seeded with ``seed`` (unused when greedy); the model is
-    moved to ``device``. Used for prompts of mixed lengths: fact completions (chapter 4) and
-    chat replies (chapter 5)."""
-    target = resolve_device(device)
-    model.to(target)
-    generator = None if temperature == 0 else make_generator(seed, target)
+    with_probs: bool = False,
+) -> list[Continuation]:
+    """For each prompt (a list of ids), a :class:`Continuation`: the new ids up to a stop id
+    (excluded) and whether one came before ``max_new_tokens``. Used for prompts of mixed
+    lengths: fact completions (chapter 4), chat replies (chapter 5), hallucination (chapter 7).
+
+    1. group the prompts by length; each group runs as one batch (B, T), shortest first,
+       drawing from one generator seeded with ``seed`` (unused when greedy);
+    2. :func:`generate` each batch on the model's own device (the model is never moved);
+    3. with ``with_probs``, one more forward pass over prompt + new ids gives the probability
+       the model (at temperature 1) gave each new id;
+    4. cut each row at its first stop id.
+
+    >>> from companion.model import GPTConfig
+    >>> _ = torch.manual_seed(0)
+    >>> model = GPT(GPTConfig(vocab_size=5, context_length=8, n_layer=1, n_head=1, d_model=8))
+    >>> out = generate_many(model, [[1, 2], [3]], [], max_new_tokens=2, with_probs=True)
+    >>> [(len(c.ids), c.finished, len(c.probs)) for c in out]
+    [(2, False, 2), (2, False, 2)]
+    """
+    device = model_device(model)
+    generator = None if temperature == 0 else make_generator(seed, device)
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(prompts):
         by_length.setdefault(len(ids), []).append(i)
-    out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
+    out: list[Continuation] = [Continuation([], False)] * len(prompts)
     for length, indices in sorted(by_length.items()):
-        idx = torch.tensor([list(prompts[i]) for i in indices], device=target)  # (B, T)
-        new = generate(
+        idx = torch.tensor([list(prompts[i]) for i in indices], device=device)  # (B, T)
+        full = generate(
             model,
             idx,
             max_new_tokens,
@@ -333,8 +355,15 @@ def generate_many(
             top_k=top_k,
             generator=generator,
             stop_tokens=list(stop_ids),
-        )[:, length:]  # (B, ≤ max_new_tokens)
-        for i, row in zip(indices, new.tolist(), strict=True):
-            cut = next((t for t, token in enumerate(row) if token in stop_ids), None)
-            out[i] = (row, False) if cut is None else (row[:cut], True)
+        )  # (B, T + new)
+        chosen = None
+        if with_probs:
+            logits, _ = model(full[:, :-1])  # (B, T + new - 1, V): position t predicts t + 1
+            probs = logits[:, length - 1 :].softmax(-1)  # (B, new, V)
+            chosen = probs.gather(-1, full[:, length:, None])[..., 0].tolist()  # (B, new)
+        for row, i in enumerate(indices):
+            new = full[row, length:].tolist()
+            cut = next((t for t, token in enumerate(new) if token in stop_ids), len(new))
+            p = None if chosen is None else chosen[row][:cut]
+            out[i] = Continuation(new[:cut], cut < len(new), p)
     return out

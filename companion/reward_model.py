@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.chat import END, special_ids
-from companion.environment import make_generator
-from companion.preferences import Pair, Sample, prompt_ids
+from companion.environment import make_generator, model_device
+from companion.preferences import Preference, Sample, prompt_ids
 from companion.replies import pad_sequences
 from companion.train_config import check_loss, check_recipe
 
@@ -63,7 +63,7 @@ class RewardModel(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone  # a GPT: hidden_states(ids) (B, T, C)
-        self.head = nn.Linear(backbone.config.d_model, 1)  # (C,) -> scalar
+        self.head = nn.Linear(backbone.config.d_model, 1, device=model_device(backbone))  # (C,)->1
         nn.init.zeros_(self.head.weight)  # every reply starts at reward 0
         nn.init.zeros_(self.head.bias)
 
@@ -91,11 +91,13 @@ def reply_tokens(sample: Sample, tokenizer) -> list[int]:
     return [*sample.ids, special_ids(tokenizer)[END]] if sample.finished else list(sample.ids)
 
 
-def pair_tensors(pairs: Sequence[Pair], tokenizer) -> tuple[torch.Tensor, ...]:
+def pair_tensors(pairs: Sequence[Preference], tokenizer) -> tuple[torch.Tensor, ...]:
     """``(chosen_ids, chosen_mask, rejected_ids, rejected_mask)``, each (B, T) from
     :func:`companion.replies.pad_sequences` (padded with ``<|end|>``)."""
     if not pairs:
-        raise ValueError("the preference set is empty; collect_preferences(...) makes one")
+        raise ValueError(
+            "the preference set is empty; label_pairs(...) makes one from collect_candidates(...)"
+        )
     pad = special_ids(tokenizer)[END]
     prompts = [prompt_ids(p.prompt, tokenizer) for p in pairs]
     replies = {"chosen": [], "rejected": []}
@@ -113,7 +115,7 @@ def pair_tensors(pairs: Sequence[Pair], tokenizer) -> tuple[torch.Tensor, ...]:
     return (*chosen, *rejected)
 
 
-def split_pairs(pairs: Sequence[Pair], *, held_out: float = 0.2, seed: int = 0):
+def split_pairs(pairs: Sequence[Preference], *, held_out: float = 0.2, seed: int = 0):
     """``(train, held_out)`` with whole prompts on one side: no held-out prompt is trained on."""
     texts = sorted({p.prompt.text for p in pairs})
     random.Random(seed).shuffle(texts)
@@ -147,26 +149,31 @@ class RewardHistory:
 
 
 @torch.no_grad()
-def pair_accuracy(reward_model: nn.Module, pairs: Sequence[Pair], tokenizer) -> float:
+def pair_accuracy(reward_model: nn.Module, pairs: Sequence[Preference], tokenizer) -> float:
     """Share of ``pairs`` whose chosen reply the model scores strictly higher."""
-    cid, cm, rid, rm = pair_tensors(pairs, tokenizer)
+    device = model_device(reward_model)
+    cid, cm, rid, rm = (t.to(device) for t in pair_tensors(pairs, tokenizer))
     reward_model.eval()
     return (reward_model(cid, cm) > reward_model(rid, rm)).float().mean().item()
 
 
 def train_reward_model(
-    chat_model: nn.Module, tokenizer, pairs: Sequence[Pair], config: RewardConfig | None = None
+    chat_model: nn.Module,
+    tokenizer,
+    pairs: Sequence[Preference],
+    config: RewardConfig | None = None,
 ) -> tuple[RewardModel, RewardHistory]:
     """A reward model on a copy of ``chat_model``, trained with :func:`bradley_terry_loss` on
     ``pairs`` (batches drawn with replacement by a generator seeded with ``config.seed``)."""
     config = config or RewardConfig()
-    model = RewardModel(copy.deepcopy(chat_model)).cpu()
-    cid, cm, rid, rm = pair_tensors(pairs, tokenizer)
+    model = RewardModel(copy.deepcopy(chat_model))  # on chat_model's device
+    device = model_device(chat_model)
+    cid, cm, rid, rm = (t.to(device) for t in pair_tensors(pairs, tokenizer))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     generator, history = make_generator(config.seed), RewardHistory()
     model.train()
     for _ in range(config.steps):
-        b = torch.randint(len(pairs), (config.batch_size,), generator=generator)  # (B,)
+        b = torch.randint(len(pairs), (config.batch_size,), generator=generator).to(device)  # (B,)
         r_c, r_r = model(cid[b], cm[b]), model(rid[b], rm[b])  # (B,), (B,)
         loss = bradley_terry_loss(r_c, r_r)
         check_loss(loss, "reward model")
