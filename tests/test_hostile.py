@@ -22,7 +22,7 @@ from companion.environment import make_generator
 from companion.generation import next_token_probs, sample_next
 from companion.model import GPT, GPTConfig
 from companion.ppo import PPOConfig, train_ppo
-from companion.preferences import Pair, Prompt, Sample, make_prompts
+from companion.preferences import Preference, Prompt, Sample, make_prompts
 from companion.pretraining import init_model
 from companion.quantization import dequantize, dequantize_q4_1, quantize_q4_1
 from companion.reward_model import RewardConfig, RewardModel
@@ -207,7 +207,7 @@ def test_ppo_on_replies_one_token_long_writes_no_nan():
 def test_dpo_with_an_empty_chosen_reply_is_refused_before_any_step():
     chat_model = _chat_gpt(0)
     before = _weights(chat_model)
-    empty = Pair(Prompt("Hello!", "greeting"), Sample((), "", False), Sample((12,), "b", True),
+    empty = Preference(Prompt("Hello!", "greeting"), Sample((), "", False), Sample((12,), "b", True),
                  "good_tone", False)  # fmt: skip
     with pytest.raises(ValueError, match=r"pair 0's chosen reply has no tokens"):
         train_dpo(chat_model, COURSE_TOK, [empty], DPOConfig(steps=2, nll_weight=1.0))

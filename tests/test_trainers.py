@@ -29,7 +29,7 @@ from companion.data import load_course_tokenizer
 from companion.dpo import DPOConfig, train_dpo
 from companion.model import GPT, IGNORE_INDEX, GPTConfig
 from companion.ppo import PPOConfig, gae, train_ppo, value_loss
-from companion.preferences import Pair, Prompt, prompt_ids, refusal, written_sample
+from companion.preferences import REFUSAL, Preference, Prompt, prompt_ids, written_sample
 from companion.pretraining import init_model
 from companion.replies import pad_sequences, sequence_logprob
 from companion.reward_model import RewardConfig, pair_accuracy, train_reward_model
@@ -59,17 +59,17 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 GREETINGS = [Prompt(t, "greeting") for t in ("Hello!", "Goodbye!", "Hello! How are you?")]
 
 
-def toy_pairs() -> list[Pair]:
+def toy_pairs() -> list[Preference]:
     """Three greetings; the chosen reply is always "ab", the rejected one "xy"."""
     chosen, rejected = written_sample("ab", TOK), written_sample("xy", TOK)
-    return [Pair(p, chosen, rejected, "good_tone", False) for p in GREETINGS]
+    return [Preference(p, chosen, rejected, "good_tone", False) for p in GREETINGS]
 
 
-def reversed_pairs(pairs: list[Pair]) -> list[Pair]:
-    return [Pair(p.prompt, p.rejected, p.chosen, p.rule, p.flipped) for p in pairs]
+def reversed_pairs(pairs: list[Preference]) -> list[Preference]:
+    return [Preference(p.prompt, p.rejected, p.chosen, p.rule, p.flipped) for p in pairs]
 
 
-def by_hand(pairs: list[Pair]) -> tuple[torch.Tensor, ...]:
+def by_hand(pairs: list[Preference]) -> tuple[torch.Tensor, ...]:
     """``(chosen_ids, chosen_mask, rejected_ids, rejected_mask)`` built without ``pair_tensors``:
     the prompt in the template, then the reply's ids and ``<|end|>``."""
     prompts = [prompt_ids(p.prompt, TOK) for p in pairs]
@@ -355,7 +355,7 @@ def test_the_ai_labelled_pairs_prefer_the_reply_that_follows_the_constitution():
     judge = Judge({KNOWN.text: plain}, corpus_text=f"{FACT.subject} lives in Thornby.")
     answer, rambling = written_sample(plain, TOK), written_sample(plain + "\nQ: more", TOK)
     invented = written_sample("Wanda works as a baker.", TOK)
-    refused = written_sample(refusal("Wanda"), TOK)
+    refused = written_sample(REFUSAL, TOK)
     pairs = ai_pairs(judge, WORLD, [KNOWN, STRANGER], [[rambling, answer], [invented, refused]],
                      TOK)  # fmt: skip
     got = [(p.prompt, p.chosen.text, p.rejected.text, p.rule, p.flipped) for p in pairs]
@@ -363,7 +363,7 @@ def test_the_ai_labelled_pairs_prefer_the_reply_that_follows_the_constitution():
         (KNOWN, answer.text, rambling.text, "brief", False),  # one line, then it stops
         (STRANGER, refused.text, invented.text, "honest", False),  # Wanda is not in the corpus
         (KNOWN, plain, rambling.text, "revision", False),  # the rambling reply, revised
-        (STRANGER, refusal("Wanda"), invented.text, "revision", False),
+        (STRANGER, REFUSAL, invented.text, "revision", False),
     ]
     assert pairs[2].chosen.ids == answer.ids  # the revision is encoded as the template would
     assert critique(judge, STRANGER, invented) == f"It breaks '{CONSTITUTION['honest']}'"
