@@ -24,6 +24,7 @@ Left out: sharded checkpoints, keeping the last *k* checkpoints, and saving CUDA
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import os
@@ -165,7 +166,7 @@ def load_checkpoint(
     """
     path = _resolve(path)
     meta = _read_meta(path / META_FILE)
-    saved = GPTConfig(**meta["model_config"]).to_dict()  # fields added later: their defaults
+    saved = _saved_config(meta["model_config"], path / META_FILE).to_dict()
     model = GPT(GPTConfig(**saved)) if model is None else model
     ours = model.config.to_dict()
     for name in sorted(set(ours) | set(saved)):
@@ -192,6 +193,27 @@ def load_checkpoint(
         torch_rng_state=rng_state(meta["torch_rng_state"]),
         extra=meta["extra"],
     )
+
+
+def _saved_config(fields: Any, file: Path) -> GPTConfig:
+    """The model config a checkpoint names; fields added to GPTConfig since take their defaults.
+    An unknown or missing field is a ``ValueError`` naming it and the file."""
+    known = {f.name: f for f in dataclasses.fields(GPTConfig)}
+    if not isinstance(fields, dict):
+        raise ValueError(f"{file}: model_config must be a JSON object of GPTConfig's fields")
+    required = {
+        n
+        for n, f in known.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    unknown, missing = sorted(set(fields) - set(known)), sorted(required - set(fields))
+    if unknown or missing:
+        raise ValueError(
+            f"{file}: model_config has unknown fields {unknown} and lacks {missing}; "
+            f"GPTConfig's fields are {sorted(known)}. Was it written by another program, or "
+            "edited by hand? Save the model again with save_checkpoint"
+        )
+    return GPTConfig(**fields)
 
 
 def _resolve(path: str | Path) -> Path:

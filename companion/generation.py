@@ -159,9 +159,14 @@ def sample_next(
 
 
 def _check_stop_tokens(stop_tokens: Collection[int], V: int) -> None:
-    if isinstance(stop_tokens, str) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and 0 <= s < V for s in stop_tokens
+    if isinstance(stop_tokens, (str, bytes, torch.Tensor)) or not isinstance(
+        stop_tokens, Collection
     ):
+        raise TypeError(
+            f"stop_tokens must be a list of token ids, got {type(stop_tokens).__name__}; "
+            "e.g. stop_tokens=[tokenizer.special_tokens['<|end|>']]"
+        )
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < V for s in stop_tokens):
         raise ValueError(
             f"stop_tokens={stop_tokens!r} must be token ids between 0 and {V - 1}, "
             "e.g. [tokenizer.special_tokens['<|end|>']]"
@@ -207,6 +212,11 @@ def stream(
         )
     _check_sampling(V, temperature, top_k, top_p)
     _check_stop_tokens(stop_tokens, V)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+            "make one with companion.environment.make_generator(seed)"
+        )
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     cache = use_cache and isinstance(model, GPT)  # other modules (test doubles) run uncached
     return _steps(model, idx, max_new_tokens, sampling, stop_tokens, cache, generator)

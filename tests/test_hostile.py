@@ -4,6 +4,7 @@ that nothing on disk or in the model changed (issue 30)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -19,7 +20,8 @@ from companion.checkpoints import META_FILE, load_checkpoint, save_checkpoint
 from companion.data import load_course_tokenizer
 from companion.dpo import DPOConfig, train_dpo
 from companion.environment import make_generator
-from companion.generation import next_token_probs, sample_next
+from companion.generation import generate, next_token_probs, sample_next
+from companion.kv_cache import LayerCache
 from companion.model import GPT, GPTConfig
 from companion.ppo import PPOConfig, train_ppo
 from companion.preferences import Preference, Prompt, Sample, make_prompts
@@ -386,3 +388,76 @@ def test_a_truncated_or_foreign_gguf_file_names_the_file(tmp_path, keep):
 def test_quantisation_refuses_data_of_the_wrong_type_or_length(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --- raw library errors made clear ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(n_experts=8), r"unknown fields \['n_experts'\] and lacks \[\]"),
+        (lambda c: c.pop("d_model"), r"unknown fields \[\] and lacks \['d_model'\]"),
+    ],
+)
+def test_a_checkpoint_whose_config_has_unknown_or_missing_fields_is_named(tmp_path, edit, message):
+    target = save_checkpoint(tmp_path / "ckpt", init_model(TINY, seed=0), step=1)
+    meta = json.loads((target / META_FILE).read_text())
+    edit(meta["model_config"])
+    (target / META_FILE).write_text(json.dumps(meta))
+    before = _snapshot(target)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(target)
+    assert _snapshot(target) == before
+
+
+@pytest.mark.parametrize(
+    ("knobs", "error", "message"),
+    [
+        ({"generator": 0}, TypeError, "generator must be a torch.Generator or None, got int"),
+        ({"stop_tokens": 5}, TypeError, "stop_tokens must be a list of token ids, got int"),
+        ({"stop_tokens": "<|end|>"}, TypeError, "stop_tokens must be a list of token ids, got str"),
+        ({"stop_tokens": [99]}, ValueError, r"stop_tokens=\[99\] must be token ids between 0"),
+    ],
+)
+def test_generate_names_an_argument_of_the_wrong_type(knobs, error, message):
+    model = init_model(TINY, seed=0)
+    weights = [p.clone() for p in model.parameters()]
+    with pytest.raises(error, match=message):
+        generate(model, torch.tensor([[1, 2]]), 3, **knobs)
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("k", "message"),
+    [
+        (torch.zeros(1, 2, 3, 4), "has room for 4: 3 more do not fit"),  # 2 stored + 3 > 4
+        (torch.zeros(2, 2, 1, 4), r"must both be \(B=1, H=2, T, D=4\)"),  # another batch size
+        (torch.zeros(1, 2, 1, 4, dtype=torch.float64), "the cache holds torch.float32"),
+    ],
+)
+def test_the_kv_cache_refuses_what_does_not_fit_it(k, message):
+    cache = LayerCache(batch_size=1, n_head=2, head_size=4, max_length=4)
+    cache.append(torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    with pytest.raises(ValueError, match=message):
+        cache.append(k, k.clone())
+    assert cache.length == 2 and torch.equal(cache.keys[:, :, :2], torch.ones(1, 2, 2, 4))
+
+
+ROLES = st.sampled_from(["system", "user", "assistant", "tool", "", "<|user|>"])
+CONTENT = st.one_of(st.text(max_size=40), st.integers(), st.none())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"role": ROLES, "content": CONTENT}), max_size=5))
+def test_any_message_list_renders_or_is_refused_clearly(messages):
+    """Whatever list of messages a learner builds, render_chat returns ids and a mask of equal
+    length, or raises a ValueError/TypeError that says what is wrong; nothing else."""
+    tokenizer = load_course_tokenizer()
+    for template in ({}, {"template": SMOLLM2_CHAT}):
+        try:
+            ids, mask = render_chat(messages, tokenizer, **template)
+        except (ValueError, TypeError) as error:
+            assert str(error)  # a message, not a bare exception
+        else:
+            assert ids.dtype == torch.int64 and ids.shape == mask.shape
