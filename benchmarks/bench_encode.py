@@ -6,12 +6,18 @@ about 2 MB; ``--text FILE`` reads a UTF-8 file instead) with ``<|endoftext|>`` a
 companion is timed *cold* (its pre-token cache emptied before every run, as for a fresh
 tokenizer) and *warm* (the cache filled by the previous run); tiktoken keeps no such cache.
 Prints MB/s (median of ``--runs`` runs, MB = 10^6 bytes of UTF-8), each time over tiktoken's,
-and checks that the ids are identical. Nothing is written to disk.
+and checks that the ids are identical.
+
+Then the hostile case, one long piece (issue 30): 100,000 copies of one character and 100,000
+random letters without a space, each a single pre-token whose pairs are joined one by one.
+Joining by rescanning the piece took over a minute; the heap of :func:`companion.bpe.bpe_parts`
+must take under 2 s (the script exits with an error otherwise). Nothing is written to disk.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -73,6 +79,28 @@ def main() -> None:
         ("tiktoken (Rust)", rust),
     ]:
         print(f"{name:<26} {megabytes / seconds:>8.2f} {seconds / rust:>21.1f}")
+    long_pieces(ours, reference, args.runs)
+
+
+LONG_LIMIT_SECONDS = 2.0  # the most one long piece of 100,000 characters may take us
+
+
+def long_pieces(ours, reference, runs: int) -> None:
+    """One long pre-token each: time ours (cold) and tiktoken's, check the ids are equal."""
+    letters = random.Random(0).choices("abcdefghijklmnopqrstuvwxyz", k=100_000)
+    texts = {"'a' x 100,000": "a" * 100_000, "100,000 letters, no space": "".join(letters)}
+    print(f"\n{'one long piece':<28} {'companion s':>12} {'tiktoken s':>11} {'ids equal':>10}")
+    slow = []
+    for name, text in texts.items():
+        ids = ours.encode_ordinary(text)
+        same = ids == reference.encode_ordinary(text)
+        seconds = median_seconds(runs, lambda t=text: ours.encode_ordinary(t), ours.clear_cache)
+        rust = median_seconds(runs, lambda t=text: reference.encode_ordinary(t), lambda: None)
+        print(f"{name:<28} {seconds:>12.3f} {rust:>11.3f} {same!s:>10}")
+        if not same or seconds >= LONG_LIMIT_SECONDS:
+            slow.append(name)
+    if slow:
+        raise SystemExit(f"{slow}: ids differ from tiktoken or took {LONG_LIMIT_SECONDS} s or more")
 
 
 if __name__ == "__main__":

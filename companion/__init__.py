@@ -3,7 +3,7 @@
 Read the modules in course order; each one names the notebook that teaches it.
 
     environment         devices, seeds and the environment check                (00_start_here)
-    notebook            the bootstrap cell, launch links, the course map        (00_start_here)
+    notebook            bootstrap cell, launch links, course map, block diagram (00_start_here)
     bpe                 training a byte-level BPE: incremental and plain        (01_tokenization)
     pretokenize         split regexes; special tokens kept out of user text     (01_tokenization)
     tokenizer           BPETokenizer, tiktoken parity, cl100k_base              (01_tokenization)
@@ -22,8 +22,10 @@ Read the modules in course order; each one names the notebook that teaches it.
     optimizer           AdamW with weight-decay groups, warm-up and cosine      (04_pretraining)
     checkpoints         safetensors checkpoints, written atomically             (04_pretraining)
     base_model          the shipped base model: its recipe, command and loader  (04_pretraining)
-    evaluation          fact completion, answers to questions, the baseline     (04_pretraining)
+    measurement         a reply scored (right, in format, declining), chs. 4-8  (04_pretraining)
+    evaluation          fact completion and the majority baselines              (04_pretraining)
     chat                the chat template, the context window, chat()           (05_sft)
+    questions           questions asked to the base and chat model, scored      (05_sft)
     sft_data            conversations about half of the world                   (05_sft)
     sft                 fine-tuning on conversations; the shipped chat model    (05_sft)
     preferences         prompts, sampled replies, the simulated rater           (06_rlhf)

@@ -263,12 +263,15 @@ def time_attention(
     attention: str = "fused",
     repeats: int = 3,
     seed: int = 0,
+    causal: bool = True,
     device: torch.device | str | None = "cpu",
 ) -> list[float]:
-    """Best-of-``repeats`` seconds for one causal attention call at each sequence length T.
+    """Best-of-``repeats`` seconds for one attention call at each sequence length T.
 
     Inputs are random (1, H, T, D) queries, keys and values drawn with ``seed``;
-    ``attention="manual"`` times the from-scratch function, ``"fused"`` PyTorch's kernel. Used by
+    ``attention="manual"`` times the from-scratch function, ``"fused"`` PyTorch's kernel.
+    ``causal=False`` times the call without the mask (with it, the fused kernel skips the blocks
+    of scores the mask hides entirely, so causal calls do less work). Used by
     ``02_attention.ipynb`` and ``benchmarks/bench_attention.py`` to show cost growing like T².
     Wall-clock times depend on the machine and its load: print them, never assert on them.
     """
@@ -283,9 +286,9 @@ def time_attention(
         for _ in range(repeats):
             start = time.perf_counter()
             if attention == "fused":
-                F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                F.scaled_dot_product_attention(q, k, v, is_causal=causal)
             else:
-                scaled_dot_product_attention(q, k, v, causal=True)
+                scaled_dot_product_attention(q, k, v, causal=causal)
             if q.device.type == "cuda":
                 torch.cuda.synchronize(q.device)
             best = min(best, time.perf_counter() - start)

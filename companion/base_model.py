@@ -1,7 +1,7 @@
-"""The course base model: its recipe, the command that trains it, and the call that loads it.
+"""The course base model: its recipe and the command that trains it.
 
 Taught in ``04_pretraining.ipynb``; every later chapter starts from the model that
-:func:`load_base_model` returns. The model is a 0.9 M-parameter GPT
+``companion.checkpoints.load_shipped("base")`` returns. The model is a 0.9 M-parameter GPT
 (4 blocks of width 128, context 64) trained on the course corpus (:mod:`companion.data`) with
 :func:`companion.pretraining.train`: 1,200 AdamW steps of 32 × 64 tokens, about 2.5 M tokens or
 5 passes over the corpus, on the CPU, seed 0.
@@ -11,10 +11,10 @@ It is **shipped**, not trained on the spot: ``companion/assets/base_model`` is a
 
     python -m companion.base_model --out companion/assets/base_model
 
-which took 304 s on one CPU core when the shipped model was written (torch 2.13). The run is
-deterministic given the seed; on another CPU or thread count float sums round differently, so a
-rerun is not promised bit for bit: a test reruns it and checks the configuration and a validation
-loss within 0.02 of the shipped one. ``checkpoint.json`` records both configs, the loss
+(its measured time is in the README and in ``checkpoint.json``). The run is deterministic given
+the seed; on another CPU or thread count float sums round differently, so a rerun is not
+promised bit for bit: a test reruns it and checks the configuration and a validation loss within
+0.02 of the shipped one. ``checkpoint.json`` records both configs, the loss
 history, the final validation loss and the fact-completion accuracy over the world's 160 facts.
 
 Left out: larger variants, and training on a GPU (it would differ in the last digits).
@@ -30,41 +30,13 @@ from typing import Any
 
 import torch
 
-from companion.checkpoints import asset_path, load_asset, read_asset_info, save_checkpoint
+from companion.checkpoints import SHIPPED, save_checkpoint
 from companion.data import COURSE_VOCAB_SIZE, encode_corpus, load_course_tokenizer, train_val_split
-from companion.environment import DeviceLike
 from companion.evaluation import fact_completion_accuracy
-from companion.model import GPT, GPTConfig, count_parameters
+from companion.model import GPTConfig, count_parameters
 from companion.pretraining import init_model, train
-from companion.tokenizer import BPETokenizer
 from companion.train_config import TrainConfig
 from companion.world import build_world
-
-ASSET = "base_model"  # the folder inside companion/assets
-COMMAND = "python -m companion.base_model --out companion/assets/base_model"
-
-
-def load_base_model(device: DeviceLike = None) -> tuple[GPT, BPETokenizer]:
-    """The course base model and its tokenizer: ``(GPT in eval mode, BPETokenizer)``.
-
-    Read from ``companion/assets/base_model``; nothing is trained or downloaded.
-
-    >>> model, tokenizer = load_base_model("cpu")
-    >>> model.training, model.config.vocab_size == tokenizer.vocab_size
-    (False, True)
-    """
-    return load_asset(ASSET, COMMAND, device), load_course_tokenizer()
-
-
-def read_base_model_info() -> dict[str, Any]:
-    """The shipped base model's ``checkpoint.json``: configs, history and, in ``extra``, its
-    final validation loss, fact accuracy and training time."""
-    return read_asset_info(ASSET, COMMAND)
-
-
-def base_model_path() -> Path:
-    """Where the shipped base model lives in the source tree (for rewriting it)."""
-    return asset_path(ASSET)
 
 
 def base_model_configs() -> tuple[GPTConfig, TrainConfig]:
@@ -108,9 +80,7 @@ def train_base_model(out_dir: str | Path, *, progress: bool = True) -> dict[str,
     model = init_model(model_config, seed=train_config.seed, device=train_config.device)
     history = train(model, train_tokens, val_tokens, train_config, progress=progress)
     facts = build_world().facts
-    result = fact_completion_accuracy(
-        model, load_course_tokenizer(), facts, device=train_config.device
-    )
+    result = fact_completion_accuracy(model, load_course_tokenizer(), facts)
     figures = {
         "val_loss": history.val_loss[-1],
         "train_loss": history.train_loss[-1],
@@ -120,7 +90,7 @@ def train_base_model(out_dir: str | Path, *, progress: bool = True) -> dict[str,
         "threads": torch.get_num_threads(),
         "parameters": count_parameters(model_config),
         "torch": torch.__version__,
-        "command": COMMAND,
+        "command": SHIPPED["base"],
     }
     save_checkpoint(
         out_dir,

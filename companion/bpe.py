@@ -180,7 +180,19 @@ def bpe_parts(
     """Split ``token`` into vocabulary pieces: join the lowest-rank adjacent pair until none is left.
 
     Only pieces of rank below ``max_rank`` (default: all) may be formed. Each byte must be in
-    ``ranks`` for the result to be encodable.
+    ``ranks`` for the result to be encodable. Among pairs of equal rank the leftmost is joined
+    first (tiktoken's order). Rescanning every pair after each join would cost time quadratic
+    in the length; instead, as the fast encoders do:
+
+    1. every byte is a *part*; ``end[i]`` is where the part starting at byte ``i`` ends (0 once
+       it has been joined into the part on its left), ``prev[i]`` where the part before it starts;
+    2. a min-heap holds each adjacent pair ``token[start:stop]`` that is in the vocabulary, as
+       the number ``(rank · size + start) · size + stop`` (one int compares faster than a tuple,
+       and orders the same: by rank, then leftmost);
+    3. pop the smallest: if the two parts it joins have changed since it was pushed, skip it
+       (stale); otherwise join them and push the new part's pairs with its two neighbours.
+
+    A join costs O(log n), so a piece of n bytes costs O(n log n).
 
     >>> bpe_parts(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"abc": 4})
     [b'abc']
@@ -188,14 +200,35 @@ def bpe_parts(
     [b'a', b'bc']
     """
     limit = _NO_RANK if max_rank is None else max_rank
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while len(parts) > 1:
-        best, best_rank = -1, limit
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1], limit)
-            if rank < best_rank:
-                best, best_rank = i, rank
-        if best < 0:
-            break
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    n = len(token)
+    size = n + 1  # positions run 0 … n
+    end = list(range(1, n + 1))  # 1. each byte a part: [i, i + 1)
+    prev = list(range(-1, n - 1))
+
+    heap = [  # 2. the pairs of single bytes
+        (rank * size + i) * size + i + 2
+        for i in range(n - 1)
+        if (rank := ranks.get(token[i : i + 2], limit)) < limit
+    ]
+    heapq.heapify(heap)
+    while heap:  # 3.
+        rank_start, stop = divmod(heapq.heappop(heap), size)
+        start = rank_start % size
+        middle = end[start]
+        if middle == 0 or middle >= n or end[middle] != stop:
+            continue  # stale: one of the two parts was joined to another since
+        end[start], end[middle] = stop, 0  # join [start, middle) and [middle, stop)
+        if stop < n:
+            prev[stop] = start
+        for left in (prev[start], start):  # the new part with its left, then right, neighbour
+            if left < 0 or end[left] >= n:
+                continue  # no neighbour on that side
+            right = end[end[left]]
+            rank = ranks.get(token[left:right], limit)
+            if rank < limit:
+                heapq.heappush(heap, (rank * size + left) * size + right)
+    parts, i = [], 0
+    while i < n:
+        parts.append(token[i : end[i]])
+        i = end[i]
     return parts

@@ -20,8 +20,9 @@ Three rules make the template safe to train on and to talk to:
 2. **Only the assistant is trained.** The loss mask is True on the assistant's content and its
    closing ``<|end|>`` (so the model learns to stop), False on every marker and user token.
 3. **The window holds whole turns.** The model sees 64 tokens. :func:`fit_to_context` keeps the
-   most recent *whole* messages that fit in a budget and drops the older ones; it never cuts a
-   message in half, and raises ``ValueError`` if even the last message does not fit.
+   system message (if any) and the most recent *whole* messages that fit in a budget, and drops
+   the older ones; it never cuts a message in half, and raises ``ValueError`` if even the last
+   message (or the system message) does not fit.
    :func:`chat` keeps room for the reply: the history gets ``context_length - max_new_tokens``.
 
 The model has no memory between calls: every reply is generated from the re-sent history.
@@ -44,7 +45,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from companion.environment import DeviceLike
 from companion.generation import generate_many
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -196,12 +196,15 @@ def fit_to_context(
     add_generation_prompt: bool = False,
     template: ChatTemplate = COURSE_CHAT,
 ) -> list[Message]:
-    """The most recent whole messages whose rendering fits in ``max_tokens`` (the policy).
+    """The system message, if the conversation opens with one, and the most recent whole
+    messages after it whose rendering fits in ``max_tokens`` (the policy).
 
-    Counting from the last message backwards, keep every message while the total, plus one for
-    the ``<|assistant|>`` generation prompt if asked, stays within ``max_tokens``; drop the first
-    that does not fit and everything older. A message is never cut. ``ValueError`` if even the
-    last message does not fit.
+    The system message (the model's instructions) is always kept. Counting from the last
+    message backwards, keep every message while the total, plus the generation prompt if asked
+    (``<|assistant|>``), stays within ``max_tokens``; drop the first that does not fit and every
+    older one. A message is never cut. ``ValueError`` if the system message alone, or the last
+    message with it, does not fit. A message far too long to fit is refused from its length in
+    bytes, before it is encoded (a long paste costs no time).
 
     >>> from companion.data import load_course_tokenizer
     >>> talk = as_messages("Hello!", "Hello.", "Goodbye!")  # 4 tokens each
@@ -209,22 +212,52 @@ def fit_to_context(
     ['Hello.', 'Goodbye!']
     """
     check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
+    _check_max_tokens(max_tokens)
+    return _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template)
+
+
+def _check_max_tokens(max_tokens: int) -> None:
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens!r} must be a positive int, e.g. 64")
-    lengths = message_lengths(messages, tokenizer, template=template)
-    total, first = (
-        len(_generation_prompt(tokenizer, template)) * add_generation_prompt,
-        len(messages),
-    )
-    while first > 0 and total + lengths[first - 1] <= max_tokens:
+
+
+def _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template) -> list[Message]:
+    """:func:`fit_to_context` for a conversation already checked."""
+    ids = _template_ids(tokenizer, template)
+    longest = getattr(tokenizer, "longest_token", None)  # bytes in the longest token, if known
+
+    def length(message: Message, budget: int) -> int | None:
+        """Tokens ``message`` takes, or None if its bytes alone show it cannot fit ``budget``."""
+        if longest and len(message["content"].encode("utf-8")) > budget * longest:
+            return None  # even at the longest token per piece it would not fit: not encoded
+        return len(_render_message(message, tokenizer, ids, template)[0])
+
+    total = len(_generation_prompt(tokenizer, template)) * add_generation_prompt
+    system = 1 if messages[0]["role"] == "system" else 0
+    if system:
+        needed = length(messages[0], max_tokens - total)
+        if needed is None or total + needed > max_tokens:
+            raise ValueError(
+                f"the system message takes more than the {max_tokens - total} tokens of "
+                f"max_tokens={max_tokens} left beside the generation prompt; shorten it (the "
+                "system message is never dropped)"
+            )
+        total += needed
+    first = len(messages)
+    while first > system:
+        needed = length(messages[first - 1], max_tokens - total)
+        if needed is None or total + needed > max_tokens:
+            break
         first -= 1
-        total += lengths[first]
-    if first == len(messages):
+        total += needed
+    if first == len(messages) and first > system:
+        alone = "with the system message" if system else "alone"
+        takes = "more than" if needed is None else f"{total + needed} tokens, more than"
         raise ValueError(
-            f"the last message alone takes {lengths[-1] + int(add_generation_prompt)} tokens, more "
-            f"than max_tokens={max_tokens}; shorten it (the model sees only that many tokens)"
+            f"the last message {alone} takes {takes} max_tokens={max_tokens}; shorten it (the "
+            "model sees only that many tokens)"
         )
-    return list(messages[first:])
+    return list(messages[:system]) + list(messages[first:])
 
 
 def render_chat(
@@ -241,7 +274,8 @@ def render_chat(
     assistant's content and its closing ``<|end|>``. With ``add_generation_prompt=True`` the ids
     end with ``<|assistant|>`` (mask False), ready for the model to write the reply. With
     ``max_tokens``, older messages are dropped first (:func:`fit_to_context`). ``template``:
-    :data:`COURSE_CHAT` (the default) or another model's, e.g. :data:`SMOLLM2_CHAT`.
+    :data:`COURSE_CHAT` (the default) or another model's, e.g. :data:`SMOLLM2_CHAT`. The
+    messages are checked once, here.
 
     >>> from companion.data import load_course_tokenizer
     >>> tok = load_course_tokenizer()
@@ -255,10 +289,8 @@ def render_chat(
     check_messages(messages, add_generation_prompt=add_generation_prompt, template=template)
     messages = _with_default_system(messages, template)
     if max_tokens is not None:
-        messages = fit_to_context(
-            messages, tokenizer, max_tokens, add_generation_prompt=add_generation_prompt,
-            template=template,
-        )  # fmt: skip
+        _check_max_tokens(max_tokens)
+        messages = _keep_recent(messages, tokenizer, max_tokens, add_generation_prompt, template)
     special = _template_ids(tokenizer, template)
     ids: list[int] = []
     mask: list[bool] = []
@@ -271,6 +303,21 @@ def render_chat(
         ids += prompt
         mask += [False] * len(prompt)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
+
+
+def question_ids(question: str, tokenizer, *, template: ChatTemplate = COURSE_CHAT) -> list[int]:
+    """One user message in the template, then the assistant's opening: the ids a chat model
+    continues with its reply (chapters 6-8 ask their questions this way).
+
+    >>> from companion.data import load_course_tokenizer
+    >>> tok = load_course_tokenizer()
+    >>> tok.decode(question_ids("Hi", tok))
+    '<|user|> Hi<|end|><|assistant|>'
+    """
+    messages = [{"role": "user", "content": question}]
+    return render_chat(messages, tokenizer, add_generation_prompt=True, template=template)[
+        0
+    ].tolist()
 
 
 def _generation_prompt(tokenizer, template: ChatTemplate) -> list[int]:
@@ -303,10 +350,10 @@ def chat_many(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: DeviceLike = None,
     template: ChatTemplate = COURSE_CHAT,
 ) -> list[Reply]:
-    """:func:`chat` for many conversations at once (batched by rendered length)."""
+    """:func:`chat` for many conversations at once (batched by rendered length), on the
+    model's own device."""
     context_length = model.config.context_length
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens < context_length:
         raise ValueError(
@@ -328,16 +375,15 @@ def chat_many(
         temperature=temperature,
         top_k=top_k,
         seed=seed,
-        device=device,
     )
     prefix = template.content_prefix  # the course template's space after the marker
     return [
         Reply(
-            tokenizer.decode(ids).removeprefix(prefix),
-            finished=finished,
-            n_tokens=len(ids) + finished,
+            tokenizer.decode(c.ids).removeprefix(prefix),
+            finished=c.finished,
+            n_tokens=len(c.ids) + c.finished,
         )
-        for ids, finished in results
+        for c in results
     ]
 
 
@@ -350,7 +396,6 @@ def chat(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: DeviceLike = None,
     template: ChatTemplate = COURSE_CHAT,
 ) -> Reply:
     """The model's reply to ``messages`` (the last must be the user's), as a :class:`Reply`.
@@ -362,8 +407,10 @@ def chat(
     3. decode the new tokens without the ``<|end|>`` and the template's leading space;
        ``reply.finished`` says which limit ended it.
 
-    >>> from companion.sft import load_chat_model
-    >>> model, tok = load_chat_model("cpu")
+    The model runs where it is (its parameters' device); it is never moved.
+
+    >>> from companion.checkpoints import load_shipped
+    >>> model, tok = load_shipped("chat", "cpu")
     >>> reply = chat(model, tok, [{"role": "user", "content": "Hello!"}])
     >>> isinstance(reply, str), reply.finished
     (True, True)
@@ -376,7 +423,6 @@ def chat(
         temperature=temperature,
         top_k=top_k,
         seed=seed,
-        device=device,
         template=template,
     )[0]
 

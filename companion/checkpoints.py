@@ -13,8 +13,10 @@ to its destination and moved into place only when complete, so a crash mid-save 
 previous checkpoint intact and no partial one. A damaged checkpoint (a truncated tensor file, a
 broken ``checkpoint.json``, a missing file) gives a ``ValueError`` that names the file.
 
-The shipped models (the base model of :mod:`companion.base_model`, and the later chapters'
-models) are such checkpoints inside ``companion/assets``; :func:`load_asset` reads one.
+The shipped models (the base model of :mod:`companion.base_model`, the chat model of
+:mod:`companion.sft`, the aligned models of :mod:`companion.rlhf`) are such checkpoints inside
+``companion/assets``, each recreated by the command :data:`SHIPPED` names; one call loads any of
+them, ``load_shipped("chat")``, and :func:`shipped_info` reads its figures.
 
 Left out: sharded checkpoints, keeping the last *k* checkpoints, and saving CUDA RNG states
 (dropout on CUDA is therefore not resumed bit for bit; CPU runs are).
@@ -22,6 +24,7 @@ Left out: sharded checkpoints, keeping the last *k* checkpoints, and saving CUDA
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import os
@@ -36,8 +39,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from companion.data import load_course_tokenizer
 from companion.environment import DeviceLike, resolve_device
 from companion.model import GPT, GPTConfig
+from companion.tokenizer import BPETokenizer
 from companion.train_config import History, TrainConfig
 
 FORMAT = "companion-checkpoint v1"
@@ -78,6 +83,10 @@ def save_checkpoint(
     and leaves ``path`` untouched; :func:`load_checkpoint` falls back to ``.previous`` should the
     process die between steps 2 and 3.
 
+    Only a checkpoint is ever replaced: an existing ``path`` must be a directory holding
+    ``checkpoint.json`` and nothing but checkpoint files, or a ``ValueError`` names it before
+    anything is written (a folder of your own files is never emptied to make room).
+
     >>> import tempfile
     >>> model = GPT(GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, d_model=4))
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -86,6 +95,9 @@ def save_checkpoint(
     (['checkpoint.json', 'model.safetensors'], 3)
     """
     path = Path(path)
+    previous = path.parent / f".{path.name}.previous"
+    _check_replaceable(path)
+    _check_replaceable(previous)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = generator is not None  # a training run: save where both random streams stand
     meta: dict[str, Any] = {
@@ -109,8 +121,7 @@ def save_checkpoint(
             save_file(tensors, tmp / OPTIMIZER_FILE, metadata={"format": FORMAT})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         _usual_permissions(tmp)
-        previous = path.parent / f".{path.name}.previous"
-        shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)  # a checkpoint: checked above
         if path.exists():
             os.replace(path, previous)
         os.replace(tmp, path)
@@ -119,6 +130,24 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _check_replaceable(path: Path) -> None:
+    """A ``ValueError`` naming ``path`` if it exists and is not a checkpoint we may replace."""
+    if not path.exists() and not path.is_symlink():
+        return
+    names = {e.name for e in path.iterdir()} if path.is_dir() and not path.is_symlink() else set()
+    foreign = sorted(names - {META_FILE, MODEL_FILE, OPTIMIZER_FILE})
+    if META_FILE not in names:
+        problem = "is not a checkpoint folder (it has no checkpoint.json)"
+    elif foreign:
+        problem = f"holds {foreign[:5]}, which a checkpoint does not"
+    else:
+        return  # a checkpoint: save_checkpoint may replace it
+    raise ValueError(
+        f"{path} already exists and {problem}; nothing was written or deleted. Save the "
+        "checkpoint to a new folder (e.g. path / 'checkpoint'), or move your files elsewhere"
+    )
 
 
 def load_checkpoint(
@@ -137,7 +166,7 @@ def load_checkpoint(
     """
     path = _resolve(path)
     meta = _read_meta(path / META_FILE)
-    saved = GPTConfig(**meta["model_config"]).to_dict()  # fields added later: their defaults
+    saved = _saved_config(meta["model_config"], path / META_FILE).to_dict()
     model = GPT(GPTConfig(**saved)) if model is None else model
     ours = model.config.to_dict()
     for name in sorted(set(ours) | set(saved)):
@@ -164,6 +193,27 @@ def load_checkpoint(
         torch_rng_state=rng_state(meta["torch_rng_state"]),
         extra=meta["extra"],
     )
+
+
+def _saved_config(fields: Any, file: Path) -> GPTConfig:
+    """The model config a checkpoint names; fields added to GPTConfig since take their defaults.
+    An unknown or missing field is a ``ValueError`` naming it and the file."""
+    known = {f.name: f for f in dataclasses.fields(GPTConfig)}
+    if not isinstance(fields, dict):
+        raise ValueError(f"{file}: model_config must be a JSON object of GPTConfig's fields")
+    required = {
+        n
+        for n, f in known.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    unknown, missing = sorted(set(fields) - set(known)), sorted(required - set(fields))
+    if unknown or missing:
+        raise ValueError(
+            f"{file}: model_config has unknown fields {unknown} and lacks {missing}; "
+            f"GPTConfig's fields are {sorted(known)}. Was it written by another program, or "
+            "edited by hand? Save the model again with save_checkpoint"
+        )
+    return GPTConfig(**fields)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -248,7 +298,7 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, saved: d
         group["betas"] = tuple(group["betas"])  # JSON gave a list back
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     for param, param_state in optimizer.state.items():  # saved row by row: back to the param's
-        for name, value in param_state.items():  # strides (GPT.store_weights_transposed), so the
+        for name, value in param_state.items():  # strides (kv_cache.stored_transposed), so the
             if isinstance(value, torch.Tensor) and value.shape == param.shape:  # update is exact
                 param_state[name] = torch.empty_like(param).copy_(value)
 
@@ -264,29 +314,57 @@ def _usual_permissions(directory: Path) -> None:
 
 # --- models shipped inside the package -------------------------------------------------------
 
+SHIPPED: dict[str, str] = {  # name -> the command that recreates companion/assets/<name>_model
+    "base": "python -m companion.base_model --out companion/assets/base_model",
+    "chat": "python -m companion.sft --out companion/assets/chat_model --ablation",
+    "ppo": "python -m companion.rlhf ppo --out companion/assets/ppo_model",
+    "dpo": "python -m companion.rlhf dpo --out companion/assets/dpo_model",
+    "cai": "python -m companion.rlhf cai --out companion/assets/cai_model",
+}
 
-def asset_path(name: str) -> Path:
-    """Where the shipped model ``name`` lives in the source tree (for rewriting it)."""
-    return Path(__file__).resolve().parent / "assets" / name
+
+def load_shipped(name: str, device: DeviceLike = None) -> tuple[GPT, BPETokenizer]:
+    """A model shipped in ``companion/assets`` and its tokenizer: ``(GPT in eval mode on
+    device, BPETokenizer)``. ``name`` is one of :data:`SHIPPED`: "base" (chapter 4), "chat"
+    (chapter 5), "ppo", "dpo", "cai" (chapter 6). Nothing is trained or downloaded.
+
+    >>> model, tokenizer = load_shipped("chat", "cpu")
+    >>> model.training, model.config.vocab_size == tokenizer.vocab_size
+    (False, True)
+    """
+    with importlib.resources.as_file(_shipped(name)) as path:
+        model = load_checkpoint(path, device=device).model
+    return model, load_course_tokenizer()
 
 
-def read_asset_info(name: str, command: str) -> dict[str, Any]:
-    """The ``checkpoint.json`` of the shipped model ``name``; ``command`` recreates it."""
-    with importlib.resources.as_file(_asset(name, command)) as path:
+def shipped_info(name: str) -> dict[str, Any]:
+    """The shipped model's ``checkpoint.json``: its configs, history and, in ``extra``, its
+    figures and ``command``, the command that recreates it (:data:`SHIPPED`).
+
+    >>> shipped_info("base")["extra"]["command"] == SHIPPED["base"]
+    True
+    """
+    with importlib.resources.as_file(_shipped(name)) as path:
         return _read_meta(path / META_FILE)
 
 
-def load_asset(name: str, command: str, device: DeviceLike = None) -> nn.Module:
-    """The shipped model ``name`` from ``companion/assets``, in eval mode on ``device``."""
-    with importlib.resources.as_file(_asset(name, command)) as path:
-        return load_checkpoint(path, device=device).model
+def shipped_path(name: str) -> Path:
+    """Where the shipped model ``name`` lives in the source tree (its command rewrites it)."""
+    _check_shipped(name)
+    return Path(__file__).resolve().parent / "assets" / f"{name}_model"
 
 
-def _asset(name: str, command: str):
-    directory = importlib.resources.files("companion") / "assets" / name
+def _check_shipped(name: str) -> None:
+    if name not in SHIPPED:
+        raise ValueError(f"no shipped model {name!r}; the shipped models are {sorted(SHIPPED)}")
+
+
+def _shipped(name: str):
+    _check_shipped(name)
+    directory = importlib.resources.files("companion") / "assets" / f"{name}_model"
     if not (directory / META_FILE).is_file():
         raise FileNotFoundError(
-            f"the shipped model is missing from companion/assets/{name}; reinstall the "
-            f"package, or recreate it with `{command}`"
+            f"the shipped model is missing from companion/assets/{name}_model; reinstall the "
+            f"package, or recreate it with `{SHIPPED[name]}`"
         )
     return directory

@@ -28,15 +28,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from companion.measurement import in_format, says_do_not_know
 from companion.preferences import (
-    Pair,
+    REFUSAL,
+    Preference,
     Prompt,
     Sample,
     good_tone,
     label_pairs,
-    refusal,
-    says_do_not_know,
-    stops,
     written_sample,
 )
 from companion.world import World
@@ -65,7 +64,7 @@ class Judge:
         words = re.findall(r"[A-Z][a-z]+", prompt.text)
         return next((w for w in words[1:] if w not in self.names), None)
 
-    def broken(self, prompt: Prompt, reply: Sample) -> list[str]:
+    def principles_broken(self, prompt: Prompt, reply: Sample) -> list[str]:
         """The principles ``reply`` breaks, in :data:`CONSTITUTION`'s order."""
         out = []
         stranger = self.unknown_name(prompt)
@@ -76,7 +75,7 @@ class Judge:
                 out.append("consistent")
         if stranger is not None and not says_do_not_know(reply.text):
             out.append("honest")
-        if not stops(None, prompt, reply.text, reply.finished):
+        if not in_format(reply.text, reply.finished):
             out.append("brief")
         if not good_tone(None, prompt, reply.text, reply.finished):
             out.append("polite")
@@ -87,7 +86,7 @@ class Judge:
 
         def rule(principle):
             return lambda world, prompt, text, finished: (
-                principle not in self.broken(prompt, Sample((), text, finished))
+                principle not in self.principles_broken(prompt, Sample((), text, finished))
             )
 
         return {name: rule(name) for name in CONSTITUTION}
@@ -95,7 +94,7 @@ class Judge:
 
 def critique(judge: Judge, prompt: Prompt, reply: Sample) -> str:
     """The critique as text: each broken principle quoted, or that none is broken."""
-    broken = judge.broken(prompt, reply)
+    broken = judge.principles_broken(prompt, reply)
     if not broken:
         return "The reply follows every principle."
     return " ".join(f"It breaks '{CONSTITUTION[p]}'" for p in broken)
@@ -103,9 +102,9 @@ def critique(judge: Judge, prompt: Prompt, reply: Sample) -> str:
 
 def revise(judge: Judge, prompt: Prompt, reply: Sample, tokenizer) -> Sample:
     """The reply rewritten to follow the principles it breaks (by rules, see the module)."""
-    broken = judge.broken(prompt, reply)
+    broken = judge.principles_broken(prompt, reply)
     if "honest" in broken:
-        return written_sample(refusal(judge.unknown_name(prompt)), tokenizer)
+        return written_sample(REFUSAL, tokenizer)
     if broken and prompt.text in judge.greedy_answers:  # a fact question: say it plainly
         return written_sample(judge.greedy_answers[prompt.text], tokenizer)
     if broken:
@@ -117,7 +116,7 @@ def revise(judge: Judge, prompt: Prompt, reply: Sample, tokenizer) -> Sample:
 def ai_pairs(
     judge: Judge, world: World, prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sample]],
     tokenizer,
-) -> list[Pair]:  # fmt: skip
+) -> list[Preference]:  # fmt: skip
     """The judge's preference pairs over the model's own candidates (no noise), plus a
     (revision ≻ original) pair for every candidate the judge revised."""
     pairs = label_pairs(world, prompts, candidates, noise=0.0, rules=judge.rules())
@@ -125,11 +124,13 @@ def ai_pairs(
         for reply in replies:
             better = revise(judge, prompt, reply, tokenizer)
             if better.text != reply.text:
-                pairs.append(Pair(prompt, better, reply, "revision", False))
+                pairs.append(Preference(prompt, better, reply, "revision", False))
     return pairs
 
 
-def agreement(judge_pairs: Sequence[Pair], rater_pairs: Sequence[Pair]) -> tuple[float, int]:
+def agreement(
+    judge_pairs: Sequence[Preference], rater_pairs: Sequence[Preference]
+) -> tuple[float, int]:
     """Share of the pairs both labelled (same prompt, same two replies) on which they agree,
     and how many such pairs there are."""
     rater = {(p.prompt.text, p.chosen.text, p.rejected.text) for p in rater_pairs}
@@ -151,9 +152,7 @@ def make_judge(chat_model, tokenizer, prompts: Sequence[Prompt]) -> Judge:
     from companion.corpus import generate_corpus
 
     known = [p for p in prompts if p.kind == "known"]
-    replies = chat_many(
-        chat_model, tokenizer, [[{"role": "user", "content": p.text}] for p in known],
-        device="cpu",
-    )  # fmt: skip
+    conversations = [[{"role": "user", "content": p.text}] for p in known]
+    replies = chat_many(chat_model, tokenizer, conversations)
     answers = {p.text: str(r) for p, r in zip(known, replies, strict=True)}
     return Judge(answers, generate_corpus(0))

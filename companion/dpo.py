@@ -13,7 +13,7 @@ never sample itself (the rater's written refusals), which PPO, learning only fro
 roll-outs, cannot; but plain DPO can satisfy a pair by pushing the rejected reply down rather
 than the chosen one up, so a reply the model finds very unlikely may stay unlikely.
 ``DPOConfig.nll_weight`` adds the chosen replies' mean token negative log-likelihood to the loss
-(RPO, Pang et al. 2024), which pulls them up. The trainer runs on the CPU, like PPO's.
+(RPO, Pang et al. 2024), which pulls them up. The trainer runs where the chat model is, like PPO's.
 Shape vocabulary: B batch.
 
 Left out: IPO, KTO and other variants, label smoothing (conservative DPO), and reference-free DPO.
@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.environment import make_generator
-from companion.preferences import Pair
+from companion.environment import make_generator, model_device
+from companion.preferences import Preference
 from companion.replies import sequence_logprob
 from companion.reward_model import pair_tensors
+from companion.train_config import check_loss, check_recipe
 
 
 def dpo_loss(
@@ -78,6 +79,12 @@ class DPOConfig:
     seed: int = 0  # draws the batches
     nll_weight: float = 0.0  # α: add α × the chosen replies' mean token NLL (RPO); 0 = plain DPO
 
+    def __post_init__(self) -> None:
+        check_recipe(self, {
+            "steps": "int >= 1", "batch_size": "int >= 1", "learning_rate": "> 0",
+            "beta": "> 0", "seed": "int", "nll_weight": ">= 0",
+        })  # fmt: skip
+
 
 @dataclass
 class DPOLog:
@@ -90,26 +97,30 @@ class DPOLog:
 
 
 def train_dpo(
-    chat_model: nn.Module, tokenizer, pairs: Sequence[Pair], config: DPOConfig | None = None
+    chat_model: nn.Module, tokenizer, pairs: Sequence[Preference], config: DPOConfig | None = None
 ) -> tuple[nn.Module, DPOLog]:
-    """DPO from a copy of ``chat_model`` (the frozen reference is ``chat_model`` itself);
-    returns the tuned GPT (eval mode) and its :class:`DPOLog`."""
+    """DPO from a copy of ``chat_model`` (the frozen reference is ``chat_model`` itself, put in
+    eval mode); returns the tuned GPT (eval mode) and its :class:`DPOLog`. Everything runs on
+    ``chat_model``'s device; the model is not moved."""
     config = config or DPOConfig()
-    cid, cm, rid, rm = pair_tensors(pairs, tokenizer)
-    reference = chat_model.cpu().eval()
+    device = model_device(chat_model)
+    cid, cm, rid, rm = (t.to(device) for t in pair_tensors(pairs, tokenizer))
+    reference = chat_model.eval()
     with torch.no_grad():  # the reference never changes: its log-probabilities once
         ref_c, ref_r = sequence_logprob(reference, cid, cm), sequence_logprob(reference, rid, rm)
-    policy = copy.deepcopy(chat_model).cpu().train()
+    policy = copy.deepcopy(chat_model).train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     generator, log, start = make_generator(config.seed), DPOLog(), time.perf_counter()
     for _ in range(config.steps):
-        b = torch.randint(len(pairs), (config.batch_size,), generator=generator)  # (B,)
+        b = torch.randint(len(pairs), (config.batch_size,), generator=generator).to(device)  # (B,)
         pol_c = sequence_logprob(policy, cid[b], cm[b])  # (B,)
         pol_r = sequence_logprob(policy, rid[b], rm[b])  # (B,)
         loss, c, r = dpo_loss(pol_c, pol_r, ref_c[b], ref_r[b], config.beta)
-        nll = -pol_c.sum() / cm[b].sum()  # mean NLL per chosen reply token
+        nll = -pol_c.sum() / cm[b].sum()  # mean NLL per chosen reply token (none is empty)
+        total = loss + config.nll_weight * nll
+        check_loss(total, "DPO")
         optimizer.zero_grad(set_to_none=True)
-        (loss + config.nll_weight * nll).backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         log.loss.append(loss.item())

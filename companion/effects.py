@@ -6,7 +6,8 @@ Constitutional AI, and the two failure runs); every column one claim, measured o
 ``Fact.question``'s words and strangers that no training prompt names):
 
 * ``follows``: instruction following, the share of replies that end their turn by themselves
-  in one line (the rater's ``stops`` rule), over every evaluation prompt;
+  in one line (:func:`companion.measurement.in_format`, the rater's ``stops`` rule), over every
+  evaluation prompt;
 * ``invents``: the harmful analogue, the share of questions about strangers answered with an
   invented claim about them instead of "I do not know" (a made-up statement about a real-seeming
   person: in this world, misinformation is the harm there is to do);
@@ -25,9 +26,9 @@ Left out: confidence intervals (the counts are printed beside the rates in the n
 
 from __future__ import annotations
 
-from companion.environment import DeviceLike
-from companion.evaluation import ask_chat_model
-from companion.preferences import good_tone, make_prompts, sample_replies, says_do_not_know, stops
+from companion.measurement import in_format, says_do_not_know
+from companion.preferences import good_tone, make_prompts, sample_replies
+from companion.questions import ask_chat_model
 from companion.world import World
 
 EFFECTS: tuple[str, ...] = (
@@ -41,8 +42,7 @@ EFFECTS: tuple[str, ...] = (
 
 
 def measure_effects(
-    model, tokenizer, world: World, *, n_samples: int = 2, seed: int = 1000,
-    device: DeviceLike = None,
+    model, tokenizer, world: World, *, n_samples: int = 2, seed: int = 1000
 ) -> dict[str, float]:  # fmt: skip
     """The six rates of :data:`EFFECTS` (the four effects, with ``invents_seen`` and
     ``refuses_known`` beside them), plus ``n_replies``, ``n_strangers`` and ``n_strangers_seen``
@@ -56,7 +56,7 @@ def measure_effects(
         (p, s)
         for k in range(n_samples)
         for p, s in zip(
-            prompts, sample_replies(model, tokenizer, prompts, seed=seed + k, device=device),
+            prompts, sample_replies(model, tokenizer, prompts, seed=seed + k),
             strict=True,
         )
     ]  # fmt: skip
@@ -64,12 +64,12 @@ def measure_effects(
     seen = [p for p in make_prompts(world, split="train") if p.kind == "unknown"]
     seen_replies = [
         r for k in range(n_samples)
-        for r in sample_replies(model, tokenizer, seen, seed=seed + k, device=device)
+        for r in sample_replies(model, tokenizer, seen, seed=seed + k)
     ]  # fmt: skip
     known = [p.fact for p in prompts if p.kind == "known"]
-    asked = ask_chat_model(model, tokenizer, world, known, device=device)
+    asked = ask_chat_model(model, tokenizer, world, known)
     return {
-        "follows": sum(stops(world, p, s.text, s.finished) for p, s in samples) / len(samples),
+        "follows": sum(in_format(s.text, s.finished) for _, s in samples) / len(samples),
         "invents": sum(not says_do_not_know(s.text) for s in strangers) / len(strangers),
         "invents_seen": sum(not says_do_not_know(s.text) for s in seen_replies) / len(seen_replies),
         "tone": sum(good_tone(world, p, s.text, s.finished) for p, s in samples) / len(samples),

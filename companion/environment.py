@@ -4,8 +4,10 @@ Taught in ``00_start_here.ipynb``. Nothing here runs at import time: no device i
 random number generator is touched until you call a function.
 
 Every function in the package that draws random numbers takes a ``seed=`` or ``generator=``
-argument, and every function that allocates tensors takes ``device=``. The helpers below turn
-those arguments into the torch objects the code needs, in one place.
+argument, and every function that creates a model or a batch takes ``device=``. A function that
+*uses* a model takes no ``device=``: it runs the model where it is (:func:`model_device`) and
+never moves it. The helpers below turn those arguments into the torch objects the code needs,
+in one place.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib import metadata
 
 import numpy as np
 import torch
+from torch import nn
 
 DeviceLike = str | torch.device | None
 
@@ -50,6 +53,22 @@ def resolve_device(device: DeviceLike = None) -> torch.device:
             f"device={device!r} is not a device torch knows; use 'cpu', 'cuda', 'cuda:0', "
             "'mps', or None to pick the best available one"
         ) from err
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: the device of its first parameter. Functions that use a model run it
+    there and put the tensors they make there; none moves the model.
+
+    >>> model_device(nn.Linear(2, 2))
+    device(type='cpu')
+    """
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise ValueError(
+            f"{type(model).__name__} has no parameters, so it has no device to run on; "
+            "pass a model with weights, e.g. a GPT"
+        ) from None
 
 
 def make_generator(seed: int, device: DeviceLike = "cpu") -> torch.Generator:

@@ -18,19 +18,20 @@ stored keys and values; the tokens are the same either way (tested, including pa
 window). Stop tokens end a row when the model writes one (e.g. ``<|end|>``).
 
 :func:`generate_many` runs prompts of different lengths in batches of equal length (no
-padding). Left out on purpose: beam search, repetition penalties, speculative decoding and
-padded batches.
+padding), on the model's own device, and on request gives each new token's probability. Left
+out on purpose: beam search, repetition penalties, speculative decoding and padded batches.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from companion.environment import DeviceLike, make_generator, resolve_device
+from companion.environment import make_generator, model_device
 from companion.model import check_token_ids
 
 
@@ -80,6 +81,10 @@ def next_token_probs(
        with it; ``top_p=1`` keeps everything. Top-p reads the *tempered* probabilities;
     4. what is left is renormalised to sum to 1.
 
+    The result is float32 whatever the logits' dtype (float16 and bfloat16 cannot hold small
+    probabilities). Every temperature > 0 gives a distribution: one so small that every other
+    logit's probability underflows puts it all on the largest (shared between exact ties).
+
     >>> logits = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
     >>> next_token_probs(logits, temperature=0)
     tensor([[1., 0., 0., 0.]])
@@ -99,7 +104,12 @@ def _probs(logits, temperature, top_k, top_p) -> torch.Tensor:
     if temperature == 0:
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
         return torch.zeros_like(logits).scatter_(-1, best, 1.0)  # (B, V), one-hot
-    logits = logits / temperature  # (B, V)
+    # In float32, the largest logit moved to 0 before dividing: a tiny temperature then sends
+    # the others to -inf (probability 0, greedy in the limit), never past the largest float.
+    logits = logits.float()  # (B, V)
+    logits = logits - logits.max(dim=-1, keepdim=True).values  # (B, V), all <= 0
+    divide = (logits < 0) & logits.isfinite()  # the largest stays 0 and -inf stays -inf
+    logits = torch.where(divide, logits / temperature, logits)  # (B, V)
     if top_k is not None:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
         logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V), ties with it stay
@@ -108,6 +118,9 @@ def _probs(logits, temperature, top_k, top_p) -> torch.Tensor:
         ordered = probs.sort(dim=-1, descending=True, stable=True).values  # (B, V)
         before = ordered.cumsum(dim=-1) - ordered  # (B, V): mass of the more likely tokens
         n_kept = (before < top_p).sum(dim=-1, keepdim=True)  # (B, 1): up to the crossing one
+        n_kept = n_kept.clamp(
+            min=1
+        )  # the most likely token stays (a top_p that float32 rounds to 0)
         smallest = ordered.gather(-1, n_kept - 1)  # (B, 1): the crossing token's probability
         probs = probs.masked_fill(probs < smallest, 0.0)  # (B, V), ties with it stay
         probs = probs / probs.sum(dim=-1, keepdim=True)  # (B, V), renormalised
@@ -147,15 +160,25 @@ def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     probs = _probs(logits, temperature, top_k, top_p)
     cdf = probs.cumsum(dim=-1)  # (B, V): running totals, the last one is ≈ 1
     total = cdf[:, -1:]  # (B, 1)
+    if not bool(total.isfinite().all()):  # NaN or +inf among the logits, or a row all -inf
+        raise ValueError(
+            "the logits hold NaN or +inf (or a row is all -inf), so no token can be drawn; the "
+            "model's weights or inputs have overflowed: check them (torch.isfinite)"
+        )
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
     target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))  # (B, 1) < total
     return torch.searchsorted(cdf, target, right=True)  # (B, 1): first total above the target
 
 
 def _check_stop_tokens(stop_tokens: Collection[int], V: int) -> None:
-    if isinstance(stop_tokens, str) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and 0 <= s < V for s in stop_tokens
+    if isinstance(stop_tokens, (str, bytes, torch.Tensor)) or not isinstance(
+        stop_tokens, Collection
     ):
+        raise TypeError(
+            f"stop_tokens must be a list of token ids, got {type(stop_tokens).__name__}; "
+            "e.g. stop_tokens=[tokenizer.special_tokens['<|end|>']]"
+        )
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < V for s in stop_tokens):
         raise ValueError(
             f"stop_tokens={stop_tokens!r} must be token ids between 0 and {V - 1}, "
             "e.g. [tokenizer.special_tokens['<|end|>']]"
@@ -204,6 +227,11 @@ def stream(
     check_token_ids(idx, V, "idx")
     _check_sampling(V, temperature, top_k, top_p)
     _check_stop_tokens(stop_tokens, V)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+            "make one with companion.environment.make_generator(seed)"
+        )
     sampling = (temperature, top_k, top_p, generator)
     B, max_length = idx.shape[0], min(L, idx.shape[1] + max_new_tokens)
     if use_cache and hasattr(model, "decoder"):  # the model's own step function
@@ -291,6 +319,15 @@ def generate(
     return torch.cat([idx, *steps], dim=1)  # (B, T + new)
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """What :func:`generate_many` wrote after one prompt."""
+
+    ids: list[int]  # the new ids, up to the first stop id (excluded)
+    finished: bool  # a stop id came within max_new_tokens
+    probs: list[float] | None = None  # with_probs: each new id's probability at temperature 1
+
+
 @torch.no_grad()
 def generate_many(
     model: nn.Module,
@@ -301,23 +338,35 @@ def generate_many(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: DeviceLike = None,
-) -> list[tuple[list[int], bool]]:
-    """For each prompt (a list of ids), the new ids up to a stop id (excluded) and whether one
-    came before ``max_new_tokens``. Prompts of equal length run as one batch (B, T), in order of
-    length, drawing from one generator seeded with ``seed`` (unused when greedy); the model is
-    moved to ``device``. Used for prompts of mixed lengths: fact completions (chapter 4) and
-    chat replies (chapter 5)."""
-    target = resolve_device(device)
-    model.to(target)
-    generator = None if temperature == 0 else make_generator(seed, target)
+    with_probs: bool = False,
+) -> list[Continuation]:
+    """For each prompt (a list of ids), a :class:`Continuation`: the new ids up to a stop id
+    (excluded) and whether one came before ``max_new_tokens``. Used for prompts of mixed
+    lengths: fact completions (chapter 4), chat replies (chapter 5), hallucination (chapter 7).
+
+    1. group the prompts by length; each group runs as one batch (B, T), shortest first,
+       drawing from one generator seeded with ``seed`` (unused when greedy);
+    2. :func:`generate` each batch on the model's own device (the model is never moved);
+    3. with ``with_probs``, one more forward pass over prompt + new ids gives the probability
+       the model (at temperature 1) gave each new id;
+    4. cut each row at its first stop id.
+
+    >>> from companion.model import GPTConfig
+    >>> _ = torch.manual_seed(0)
+    >>> model = GPT(GPTConfig(vocab_size=5, context_length=8, n_layer=1, n_head=1, d_model=8))
+    >>> out = generate_many(model, [[1, 2], [3]], [], max_new_tokens=2, with_probs=True)
+    >>> [(len(c.ids), c.finished, len(c.probs)) for c in out]
+    [(2, False, 2), (2, False, 2)]
+    """
+    device = model_device(model)
+    generator = None if temperature == 0 else make_generator(seed, device)
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(prompts):
         by_length.setdefault(len(ids), []).append(i)
-    out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
+    out: list[Continuation] = [Continuation([], False)] * len(prompts)
     for length, indices in sorted(by_length.items()):
-        idx = torch.tensor([list(prompts[i]) for i in indices], device=target)  # (B, T)
-        new = generate(
+        idx = torch.tensor([list(prompts[i]) for i in indices], device=device)  # (B, T)
+        full = generate(
             model,
             idx,
             max_new_tokens,
@@ -325,8 +374,15 @@ def generate_many(
             top_k=top_k,
             generator=generator,
             stop_tokens=list(stop_ids),
-        )[:, length:]  # (B, ≤ max_new_tokens)
-        for i, row in zip(indices, new.tolist(), strict=True):
-            cut = next((t for t, token in enumerate(row) if token in stop_ids), None)
-            out[i] = (row, False) if cut is None else (row[:cut], True)
+        )  # (B, T + new)
+        chosen = None
+        if with_probs:
+            logits, _ = model(full[:, :-1])  # (B, T + new - 1, V): position t predicts t + 1
+            probs = logits[:, length - 1 :].softmax(-1)  # (B, new, V)
+            chosen = probs.gather(-1, full[:, length:, None])[..., 0].tolist()  # (B, new)
+        for row, i in enumerate(indices):
+            new = full[row, length:].tolist()
+            cut = next((t for t, token in enumerate(new) if token in stop_ids), len(new))
+            p = None if chosen is None else chosen[row][:cut]
+            out[i] = Continuation(new[:cut], cut < len(new), p)
     return out

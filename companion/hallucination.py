@@ -8,10 +8,11 @@ can know the answer.
 A **prompt format** turns a :class:`~companion.world.Fact` into the token ids the model reads, so
 any model plugs in with one line: the base model reads the fact's own prompt
 (:func:`fact_prompt`, "Mira lives in the town of"); a chat model reads the fact's question in its
-chat template. :func:`ask` lets the model write a few tokens after each prompt and finds the
-first answer **of the right kind** in them (a town for "lives in", a colour for a pet's colour:
-``world.choices(relation)``), with the probability the model gave that answer's tokens (their
-product, at temperature 1). :func:`summarize` turns the answers into shares:
+chat template (:func:`chat_prompt`). :func:`ask` lets the model write a few tokens after each
+prompt and finds the first answer **of the right kind** in them (a town for "lives in", a colour
+for a pet's colour: ``world.choices(relation)``), with the probability the model gave that
+answer's tokens (their product, at temperature 1; :func:`companion.measurement.find_answer`).
+:func:`summarize` turns the answers into shares:
 
 * ``answered``: stated an answer of the right kind (for a held-out entity: an invented one);
 * ``confident``: answered with probability ≥ ``threshold`` (0.5: more likely than all else);
@@ -27,16 +28,15 @@ not counted as an answer.
 from __future__ import annotations
 
 import html
-import re
 import statistics
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from companion.environment import DeviceLike, make_generator, resolve_device
-from companion.generation import generate
+from companion.chat import COURSE_CHAT, ChatTemplate, question_ids
+from companion.generation import generate_many
+from companion.measurement import find_answer
 from companion.world import Fact, World
 
 PromptFormat = Callable[[Fact], list[int]]  # a fact -> the token ids the model reads
@@ -47,8 +47,14 @@ def fact_prompt(tokenizer) -> PromptFormat:
     return lambda fact: tokenizer.encode(fact.prompt)
 
 
+def chat_prompt(tokenizer, template: ChatTemplate = COURSE_CHAT) -> PromptFormat:
+    """A chat model's format: the fact's question as one user message in ``template``, ready
+    for the reply (:func:`companion.chat.question_ids`)."""
+    return lambda fact: question_ids(fact.question, tokenizer, template=template)
+
+
 @dataclass(frozen=True)
-class Answer:
+class StatedAnswer:
     """What a model wrote after one fact's prompt, and the answer found in it."""
 
     fact: Fact  # the fact asked about
@@ -70,33 +76,6 @@ class Answer:
         return self.answer == self.fact.answer
 
 
-def find_answer(pieces: Sequence[str], probs: Sequence[float], choices: Collection[str]):
-    """The first of ``choices`` named as a whole word in the joined ``pieces``, and the product
-    of the probabilities of the tokens that spell it: ``(answer or None, probability)``.
-
-    >>> find_answer([" the", " Elm", " river"], [0.5, 0.4, 0.9], ["Elm", "Dove"])
-    ('Elm', 0.4)
-    >>> find_answer([" Dov", "eton"], [0.5, 0.5], ["Dove"])  # "Doveton" is not "Dove"
-    (None, 0.0)
-    """
-    text = "".join(pieces)
-    found = []
-    for choice in choices:
-        match = re.search(rf"(?<![A-Za-z]){re.escape(choice)}(?![A-Za-z])", text)
-        if match:
-            found.append((match.start(), -len(choice), choice, match.end()))
-    if not found:
-        return None, 0.0
-    start, _, answer, end = min(found)
-    probability, position = 1.0, 0
-    for piece, p in zip(pieces, probs, strict=True):
-        if position < end and position + len(piece) > start:  # the token overlaps the answer
-            probability *= p
-        position += len(piece)
-    return answer, probability
-
-
-@torch.no_grad()
 def ask(
     model: nn.Module,
     tokenizer,
@@ -108,60 +87,41 @@ def ask(
     temperature: float = 0.0,
     seed: int = 0,
     stop_tokens: Collection[int] = (),
-    device: DeviceLike = None,
-) -> list[Answer]:
+) -> list[StatedAnswer]:
     """Let the model continue each fact's prompt and find the answer it gives.
 
-    1. format each fact's prompt; batch prompts of equal length (B, T);
-    2. :func:`companion.generation.generate` ``max_new_tokens`` tokens (greedy at temperature 0,
-       else sampled from a generator seeded with ``seed``), cut at the first stop token;
-    3. one more forward pass over prompt + completion gives the probability the model (at
-       temperature 1) gave each new token;
-    4. :func:`find_answer` with ``world.choices(fact.relation)``.
+    1. format each fact's prompt;
+    2. :func:`companion.generation.generate_many` ``max_new_tokens`` tokens (greedy at
+       temperature 0, else sampled from a generator seeded with ``seed``), cut at the first stop
+       token, with the probability the model (at temperature 1) gave each new token;
+    3. :func:`companion.measurement.find_answer` with ``world.choices(fact.relation)``.
 
-    Whether an entity is known is read from ``world.held_out``.
+    Whether an entity is known is read from ``world.held_out``. The model runs where it is.
     """
-    target = resolve_device(device)
-    model.to(target)
     held_out = {e.name for e in world.held_out} | {p.pet for p in world.held_out_people}
-    generator = None if temperature == 0 else make_generator(seed, target)
-    encoded = [list(prompt_format(f)) for f in facts]
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
-    out: list[Answer | None] = [None] * len(facts)
-    for length, indices in sorted(by_length.items()):
-        idx = torch.tensor([encoded[i] for i in indices], device=target)  # (B, T)
-        full = generate(
-            model,
-            idx,
-            max_new_tokens,
-            temperature=temperature,
-            generator=generator,
-            stop_tokens=stop_tokens,
-        )  # fmt: skip  (B, T + new)
-        logits, _ = model(full[:, :-1])  # (B, T + new - 1, V): position t predicts t + 1
-        probs = logits[:, length - 1 :].softmax(-1)  # (B, new, V)
-        chosen = probs.gather(-1, full[:, length:, None])[..., 0]  # (B, new)
-        for row, i in enumerate(indices):
-            ids = full[row, length:].tolist()
-            cut = next((t for t, token in enumerate(ids) if token in stop_tokens), len(ids))
-            pieces = tuple(tokenizer.decode([token]) for token in ids[:cut])
-            p = tuple(chosen[row, :cut].tolist())
-            fact = facts[i]
-            answer, probability = find_answer(pieces, p, world.choices(fact.relation))
-            known = fact.subject not in held_out
-            out[i] = Answer(fact, known, tuple(ids[:cut]), p, pieces, answer, probability)
-    return out  # type: ignore[return-value]
+    prompts = [list(prompt_format(f)) for f in facts]
+    continuations = generate_many(
+        model, prompts, list(stop_tokens), max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, with_probs=True,
+    )  # fmt: skip
+    out = []
+    for fact, c in zip(facts, continuations, strict=True):
+        pieces = tuple(tokenizer.decode([token]) for token in c.ids)
+        answer, probability = find_answer(pieces, c.probs, world.choices(fact.relation))
+        known = fact.subject not in held_out
+        out.append(
+            StatedAnswer(fact, known, tuple(c.ids), tuple(c.probs), pieces, answer, probability)
+        )
+    return out
 
 
-def summarize(answers: Sequence[Answer], *, threshold: float = 0.5) -> dict[str, float]:
+def summarize(answers: Sequence[StatedAnswer], *, threshold: float = 0.5) -> dict[str, float]:
     """Shares of ``answers``: answered, confident (probability ≥ ``threshold``), correct, and
     the median probability of the stated answers (NaN if none).
 
     >>> f = Fact("Mira", "job", "baker", "Mira works as a", "?", ".")
-    >>> a = Answer(f, False, (1,), (0.8,), (" baker",), "baker", 0.8)
-    >>> b = Answer(f, False, (2,), (0.3,), (" the",), None, 0.0)
+    >>> a = StatedAnswer(f, False, (1,), (0.8,), (" baker",), "baker", 0.8)
+    >>> b = StatedAnswer(f, False, (2,), (0.3,), (" the",), None, 0.0)
     >>> summarize([a, b])
     {'answered': 0.5, 'confident': 0.5, 'correct': 0.5, 'median_probability': 0.8}
     """

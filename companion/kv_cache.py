@@ -70,6 +70,22 @@ class LayerCache:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys and values (B, H, T, D); return all of them so far, (B, H, S, D)."""
         start, end = self.length, self.length + k.shape[2]
+        B, H, room, D = self.keys.shape
+        if k.shape != v.shape or k.dim() != 4 or (k.shape[0], k.shape[1], k.shape[3]) != (B, H, D):
+            raise ValueError(
+                f"keys {tuple(k.shape)} and values {tuple(v.shape)} must both be (B={B}, H={H}, "
+                f"T, D={D}), the shape this cache was made for; make a new cache for another batch"
+            )
+        if k.dtype != self.keys.dtype or v.dtype != self.keys.dtype:
+            raise ValueError(
+                f"keys and values are {k.dtype} and {v.dtype} but the cache holds "
+                f"{self.keys.dtype}; make the cache with the model's dtype"
+            )
+        if end > room:
+            raise ValueError(
+                f"the cache holds {start} positions and has room for {room}: {k.shape[2]} more do "
+                "not fit; make it with a larger max_length"
+            )
         self.keys[:, :, start:end] = k  # (B, H, T, D) into positions start … end - 1
         self.values[:, :, start:end] = v
         self.length = end

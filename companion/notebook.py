@@ -1,10 +1,13 @@
-"""Helpers for the notebooks themselves: the bootstrap cell, the launch links and the course map.
+"""Helpers for the notebooks themselves: the bootstrap cell, the launch links, the course map and
+the drawing of a transformer block on its residual stream.
 
 Taught in ``00_start_here.ipynb``. Every notebook's first code cell is :data:`BOOTSTRAP`,
 character for character (a test checks it): on Google Colab it installs this package from the
 repository; anywhere else it does nothing, because ``pip install -e .`` already did. Every
 notebook's first Markdown cell carries :func:`launch_line`, links that open that notebook on
 Binder and on Colab, built from :data:`REPOSITORY` (a test checks each one names its notebook).
+:func:`block_diagram_figure` draws one block on its residual stream, for ``02_attention.ipynb``
+(before the trained model is borrowed) and ``03_transformer.ipynb`` (where the block is built).
 """
 
 from __future__ import annotations
@@ -140,6 +143,76 @@ def course_map_figure():
         va="center",
         fontsize=9,
         color="0.25",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def block_diagram_figure(n_layer: int = 4):
+    """Draw one transformer block on its residual stream, the stream running left to right.
+
+    Each position's vector enters as its token embedding plus its position embedding and runs
+    along the stream; the block's attention and feed-forward layer each read a LayerNorm of it
+    and **add** their output back (⊕), and the block is repeated ``n_layer`` times before the
+    final LayerNorm and the LM head. Shown in ``02_attention.ipynb`` (before the trained model is
+    borrowed) and ``03_transformer.ipynb`` (where the block is built). Returns the matplotlib
+    ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+
+    fig, ax = plt.subplots(figsize=(13, 3.6))
+    ax.set_xlim(0, 13.2)
+    ax.set_ylim(-1.5, 2.6)
+    ax.axis("off")
+
+    def box(x, y, width, text, colour):  # a labelled box centred on (x, y)
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - width / 2, y - 0.3), width, 0.6, boxstyle="round,pad=0.05", fc=colour, ec="k"
+            )
+        )
+        ax.text(x, y, text, ha="center", va="center", fontsize=9)
+
+    def arrow(start, end, head="-|>"):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle=head, mutation_scale=12))
+
+    stream = 0.0  # the height of the residual stream
+    box(1.0, stream, 1.7, "token embedding\n+ position embedding", "0.9")
+    ax.plot([1.9, 11.0], [stream, stream], color="tab:blue", lw=4, zorder=0)  # the stream itself
+    ax.add_patch(Rectangle((2.5, -0.75), 6.6, 3.1, fill=False, ls="--", ec="0.4"))  # one block
+    ax.text(5.8, 2.15, f"one block, repeated n_layer = {n_layer} times", ha="center", color="0.3")
+    for start, layer, colour in (
+        (2.9, "multi-head\nattention", "#f4c28d"),
+        (6.0, "feed-forward\n(each position alone)", "#a9d3a0"),
+    ):
+        add = start + 2.8  # where the sub-layer's output is added back
+        arrow((start, stream), (start, 0.85))  # read the stream...
+        box(start + 0.4, 1.15, 1.1, "LayerNorm", "white")
+        box(start + 1.8, 1.15, 1.5, layer, colour)
+        arrow((start + 2.55, 1.15), (add, 1.15), head="-")
+        arrow((add, 1.15), (add, 0.2))  # ...and add the result back into it
+        ax.text(
+            add,
+            stream,
+            "⊕",
+            ha="center",
+            va="center",
+            fontsize=20,
+            color="tab:blue",
+            bbox={"boxstyle": "circle,pad=0.05", "fc": "white", "ec": "none"},
+        )
+    box(10.0, stream, 1.3, "final\nLayerNorm", "white")
+    arrow((10.65, stream), (11.15, stream))
+    box(12.1, stream, 1.6, "LM head:\nV scores per position", "0.9")
+    ax.text(
+        5.8,
+        -1.15,
+        "residual stream: one C-wide vector per position, carried from left to right; "
+        "each sub-layer reads a normalised copy and adds its result (⊕)",
+        ha="center",
+        fontsize=9,
+        color="tab:blue",
     )
     fig.tight_layout()
     return fig

@@ -18,7 +18,7 @@ mean summed per-token KL estimate of a reply), ``clip_fraction``, ``entropy`` an
 
 The policy's value head is a linear layer on its own hidden states (one network, two heads).
 Shape vocabulary: B batch, T time (a reply's tokens), V vocabulary. Left out: reward
-whitening, adaptive β, value clipping, generation on a GPU.
+whitening, adaptive β, value clipping.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.chat import END, special_ids
-from companion.environment import make_generator
+from companion.environment import make_generator, model_device
 from companion.preferences import Prompt, prompt_ids, sample_replies
 from companion.replies import pad_sequences, token_logprobs
 from companion.reward_model import reply_tokens
+from companion.train_config import check_loss, check_recipe
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -68,8 +69,8 @@ def gae(
     B, T = rewards.shape
     m = mask.float()
     advantages = torch.zeros_like(rewards)  # (B, T)
-    next_value = torch.zeros(B)  # (B,)
-    next_adv = torch.zeros(B)  # (B,)
+    next_value = rewards.new_zeros(B)  # (B,)
+    next_adv = rewards.new_zeros(B)  # (B,)
     for t in reversed(range(T)):
         delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
         advantages[:, t] = (delta + gamma * lam * next_adv) * m[:, t]
@@ -113,13 +114,13 @@ def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) 
 
 
 class PolicyWithValue(nn.Module):
-    """The policy (a GPT) and a value head on its hidden states: ids (B, T) → logits (B, T, V),
-    values (B, T)."""
+    """The policy (a GPT) and a value head on its hidden states, on the GPT's device:
+    ids (B, T) → logits (B, T, V), values (B, T)."""
 
     def __init__(self, gpt: nn.Module) -> None:
         super().__init__()
         self.gpt = gpt
-        self.value_head = nn.Linear(gpt.config.d_model, 1)  # (C,) -> scalar
+        self.value_head = nn.Linear(gpt.config.d_model, 1, device=model_device(gpt))  # (C,) -> 1
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
@@ -145,6 +146,14 @@ class PPOConfig:
     max_new_tokens: int = 24  # reply length limit
     seed: int = 0  # draws prompts, replies and minibatches
 
+    def __post_init__(self) -> None:
+        check_recipe(self, {
+            "iterations": "int >= 1", "batch_size": "int >= 1", "epochs": "int >= 1",
+            "minibatch_size": "int >= 1", "learning_rate": "> 0", "kl_coef": ">= 0",
+            "clip": "(0, 1)", "gamma": "[0, 1]", "lam": "[0, 1]", "vf_coef": ">= 0",
+            "max_new_tokens": "int >= 1", "seed": "int",
+        })  # fmt: skip
+
 
 @dataclass
 class PPOLog:
@@ -159,7 +168,8 @@ class PPOLog:
 
 
 def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
-    """Steps 2–4 for a padded batch: everything the update needs, without gradients."""
+    """Steps 2–4 for a padded batch (ids, mask (B, T)): everything the update needs, without
+    gradients. ``policy(ids)`` gives (logits, values), ``reference(ids)`` (logits, _)."""
     with torch.no_grad():
         logits, values = policy(ids)  # (B, T, V), (B, T)
         old_logp = token_logprobs(logits, ids)  # (B, T-1)
@@ -168,11 +178,12 @@ def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
         score = reward_model(ids, mask)  # (B,)
         kl = kl_penalty(old_logp, ref_logp) * m  # (B, T-1)
         rewards = -config.kl_coef * kl
-        last = (m * torch.arange(m.shape[1])).argmax(dim=1)  # (B,)
-        rewards[torch.arange(len(ids)), last] += score
+        last = (m * torch.arange(m.shape[1], device=m.device)).argmax(dim=1)  # (B,)
+        rewards[torch.arange(len(ids), device=m.device), last] += score
         values = values[:, :-1] * m  # V of the state before each reply token
         adv, returns = gae(rewards, values, m, gamma=config.gamma, lam=config.lam)
-        mean, std = adv[m].mean(), adv[m].std()
+        mean = adv[m].mean()
+        std = adv[m].std() if m.sum() > 1 else adv.new_zeros(())  # one token: its own mean, A = 0
         adv = (adv - mean) / (std + 1e-8) * m
     return old_logp, adv, returns, m, score, kl.sum(dim=1)
 
@@ -183,8 +194,8 @@ def train_ppo(
 ) -> tuple[nn.Module, PPOLog]:  # fmt: skip
     """PPO from a copy of ``chat_model`` against the frozen ``reward_model``; returns the tuned
     GPT (eval mode) and its :class:`PPOLog`. The reference is a frozen copy of ``chat_model``.
-    Runs on the CPU, where the shipped figures were made (the model is too small for a GPU to
-    pay for its start-up)."""
+    Everything runs on ``chat_model``'s device (the reward model must be there too); neither
+    model is moved. The shipped figures were made on the CPU."""
     config = config or PPOConfig()
     if not prompts:
         raise ValueError("prompts is empty; pass make_prompts(world, split='train')")
@@ -193,10 +204,9 @@ def train_ppo(
             f"batch_size={config.batch_size} must be between 1 and the {len(prompts)} prompts; "
             "ask for a smaller batch or pass more prompts"
         )
-    if config.kl_coef < 0:
-        raise ValueError(f"kl_coef={config.kl_coef} must be >= 0 (0 switches the leash off)")
-    policy = PolicyWithValue(copy.deepcopy(chat_model)).cpu()
-    reference = copy.deepcopy(chat_model).cpu().eval()
+    policy = PolicyWithValue(copy.deepcopy(chat_model))
+    reference = copy.deepcopy(chat_model).eval()
+    device = model_device(chat_model)
     reward_model.eval()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng, generator = random.Random(config.seed), make_generator(config.seed)
@@ -212,10 +222,11 @@ def train_ppo(
             [prompt_ids(p, tokenizer) for p in batch], [reply_tokens(s, tokenizer) for s in samples],
             pad,
         )  # fmt: skip
+        ids, mask = ids.to(device), mask.to(device)
         # 2.-4. Score, KL penalty, advantages.
         policy.eval()
         old_logp, adv, returns, m, score, kl = _rollout_tensors(
-            policy, lambda x: (reference(x)[0], None), reward_model, ids, mask, config
+            policy, reference, reward_model, ids, mask, config
         )
         # 5. Update: epochs of minibatches on the clipped objective and the value loss.
         policy.train()
@@ -227,8 +238,10 @@ def train_ppo(
                 logp = token_logprobs(logits, ids[mb])  # (b, T-1)
                 pg, frac = clipped_objective(logp, old_logp[mb], adv[mb], m[mb], clip=config.clip)
                 vl = value_loss(values[:, :-1], returns[mb], m[mb])
+                loss = pg + config.vf_coef * vl
+                check_loss(loss, "PPO")
                 optimizer.zero_grad(set_to_none=True)
-                (pg + config.vf_coef * vl).backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 optimizer.step()
                 with torch.no_grad():

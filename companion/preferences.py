@@ -21,7 +21,7 @@ Replies are sampled from the chat model at temperature 1 (:func:`sample_replies`
 writes fragments and answers wrongly often enough to compare (it runs past its turn only
 rarely). The chat model never says "I do not know" (refusals are not in its SFT data, nor in the
 corpus), so for a question about a stranger the rater also writes that reply itself
-(:func:`refusal`), as InstructGPT's labellers wrote demonstrations: one side of those pairs is the
+(:data:`REFUSAL`), as InstructGPT's labellers wrote demonstrations: one side of those pairs is the
 rater's, not the model's.
 
 Shape vocabulary: B batch, T time. Left out: ties as a label, ratings on a scale, more than two
@@ -35,10 +35,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from companion.chat import END, render_chat, special_ids
-from companion.environment import DeviceLike
-from companion.evaluation import reply_is_correct
+from companion.chat import END, question_ids, special_ids
 from companion.generation import generate_many
+from companion.measurement import in_format, reply_is_correct, says_do_not_know
 from companion.sft_data import SFT_QUESTIONS
 from companion.world import RELATIONS, Fact, World, facts_of
 
@@ -52,8 +51,8 @@ STRANGERS: tuple[str, ...] = (
 )  # fmt: skip
 N_TRAIN_STRANGERS = 24
 STRANGER_RELATIONS: tuple[str, ...] = ("home_town", "job", "food", "pet_kind")
-GREETINGS: tuple[str, ...] = ("Hello!", "Hello! How are you?", "Goodbye!")
-KINDS: tuple[str, ...] = ("known", "unknown", "greeting")
+GREETING_PROMPTS: tuple[str, ...] = ("Hello!", "Hello! How are you?", "Goodbye!")
+PROMPT_KINDS: tuple[str, ...] = ("known", "unknown", "greeting")
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class Pair:
+class Preference:
     """A preference: ``chosen`` beat ``rejected`` as replies to ``prompt``."""
 
     prompt: Prompt
@@ -86,22 +85,8 @@ class Pair:
     flipped: bool  # the label was flipped by the rater's noise
 
 
-REFUSAL = "I do not know that person."
-
-
-def refusal(name: str) -> str:
-    """The reply the rater writes for a question about a stranger (the same for every name:
-    a model of a million parameters copies an unseen name badly).
-
-    >>> refusal("Wanda")
-    'I do not know that person.'
-    """
-    return REFUSAL
-
-
-def says_do_not_know(text: str) -> bool:
-    """Whether a reply admits not knowing. ``says_do_not_know("I do not know who Igor is.")``"""
-    return "do not know" in text or "don't know" in text
+REFUSAL = "I do not know that person."  # the rater's reply to a question about any stranger
+# (one sentence for every name: a model of a million parameters copies an unseen name badly)
 
 
 def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
@@ -112,7 +97,7 @@ def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
 
     >>> from companion.world import build_world
     >>> prompts = make_prompts(build_world(0), split="eval")
-    >>> [sum(p.kind == k for p in prompts) for k in KINDS]
+    >>> [sum(p.kind == k for p in prompts) for k in PROMPT_KINDS]
     [160, 32, 3]
     """
     if split not in ("train", "eval"):
@@ -128,7 +113,7 @@ def make_prompts(world: World, *, split: str, seed: int = 0) -> list[Prompt]:
     for name in names:
         for relation in STRANGER_RELATIONS:
             prompts.append(Prompt(RELATIONS[relation][1].format(name=name), "unknown", name=name))
-    return prompts + [Prompt(text, "greeting") for text in GREETINGS]
+    return prompts + [Prompt(text, "greeting") for text in GREETING_PROMPTS]
 
 
 # --- the simulated rater ----------------------------------------------------------------------
@@ -145,14 +130,15 @@ def is_correct(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
 
 
 def admits_not_knowing(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
-    """Strangers: the reply says "I do not know" instead of inventing a claim about them."""
+    """Strangers: the reply says "I do not know" instead of inventing a claim about them
+    (:func:`companion.measurement.says_do_not_know`)."""
     return prompt.kind != "unknown" or says_do_not_know(text)
 
 
 def stops(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
-    """The reply ends its turn by itself, in one line, writing no turn marker."""
-    body = text.strip()
-    return finished and bool(body) and "\n" not in body and "<|" not in body
+    """The reply ends its turn by itself, in one line, writing no turn marker
+    (:func:`companion.measurement.in_format`)."""
+    return in_format(text, finished)
 
 
 def good_tone(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
@@ -180,7 +166,7 @@ def rate(
     >>> from companion.world import build_world
     >>> world = build_world(0)
     >>> p = Prompt("Who is Wanda?", "unknown", name="Wanda")
-    >>> rate(world, p, Sample((), "Wanda works as a baker.", True), Sample((), refusal("Wanda"), True))
+    >>> rate(world, p, Sample((), "Wanda works as a baker.", True), Sample((), REFUSAL, True))
     (1, 'admits_not_knowing')
     """
     for name, rule in rules.items():
@@ -198,15 +184,16 @@ def rate(
 
 def sample_replies(
     model, tokenizer, prompts: Sequence[Prompt], *, temperature: float = 1.0, seed: int = 0,
-    max_new_tokens: int = 24, device: DeviceLike = None,
+    max_new_tokens: int = 24,
 ) -> list[Sample]:  # fmt: skip
-    """One reply per prompt from ``model`` (sampled with a generator seeded by ``seed``)."""
+    """One reply per prompt from ``model`` (sampled with a generator seeded by ``seed``), on the
+    model's own device."""
     ids = [prompt_ids(p, tokenizer) for p in prompts]
     out = generate_many(
         model, ids, [special_ids(tokenizer)[END]], max_new_tokens=max_new_tokens,
-        temperature=temperature, seed=seed, device=device,
+        temperature=temperature, seed=seed,
     )  # fmt: skip
-    return [_sample(reply, finished, tokenizer) for reply, finished in out]
+    return [_sample(c.ids, c.finished, tokenizer) for c in out]
 
 
 def _sample(ids: Sequence[int], finished: bool, tokenizer) -> Sample:
@@ -220,15 +207,15 @@ def written_sample(text: str, tokenizer) -> Sample:
 
 
 def prompt_ids(prompt: Prompt, tokenizer) -> list[int]:
-    """The prompt in the chat template, ending with ``<|assistant|>``."""
-    messages = [{"role": "user", "content": prompt.text}]
-    return render_chat(messages, tokenizer, add_generation_prompt=True)[0].tolist()
+    """The prompt in the chat template, ending with ``<|assistant|>``
+    (:func:`companion.chat.question_ids`)."""
+    return question_ids(prompt.text, tokenizer)
 
 
 def label_pairs(
     world: World, prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sample]], *,
     noise: float = 0.1, seed: int = 0, rules: dict[str, Rule] = RULES,
-) -> list[Pair]:  # fmt: skip
+) -> list[Preference]:  # fmt: skip
     """Every pair of distinct candidates per prompt that ``rules`` can tell apart, labelled by
     :func:`rate`, each label flipped with probability ``noise`` (``random.Random(seed)``)."""
     if not 0 <= noise < 0.5:
@@ -247,34 +234,19 @@ def label_pairs(
                 chosen, rejected = (unique[i], unique[j])[:: 1 if winner == 0 else -1]
                 if flipped:
                     chosen, rejected = rejected, chosen
-                pairs.append(Pair(prompt, chosen, rejected, rule, flipped))
+                pairs.append(Preference(prompt, chosen, rejected, rule, flipped))
     return pairs
 
 
 def collect_candidates(
-    model, tokenizer, world: World, *, n_samples: int = 4, seed: int = 0,
-    device: DeviceLike = None,
+    model, tokenizer, world: World, *, n_samples: int = 4, seed: int = 0
 ) -> tuple[list[Prompt], list[list[Sample]]]:  # fmt: skip
     """The train prompts and, for each, ``n_samples`` replies from the chat model at temperature
     1 (seeds ``seed``, ``seed + 1``, ...), with the rater's refusal added for strangers."""
     prompts = make_prompts(world, split="train", seed=seed)
-    draws = [
-        sample_replies(model, tokenizer, prompts, seed=seed + k, device=device)
-        for k in range(n_samples)
-    ]
+    draws = [sample_replies(model, tokenizer, prompts, seed=seed + k) for k in range(n_samples)]
     candidates = [list(c) for c in zip(*draws, strict=True)]
     for prompt, replies in zip(prompts, candidates, strict=True):
         if prompt.kind == "unknown":
-            replies.append(written_sample(refusal(prompt.name), tokenizer))
+            replies.append(written_sample(REFUSAL, tokenizer))
     return prompts, candidates
-
-
-def collect_preferences(
-    model, tokenizer, world: World, *, n_samples: int = 4, noise: float = 0.1, seed: int = 0,
-    rules: dict[str, Rule] = RULES, device: DeviceLike = None,
-) -> list[Pair]:  # fmt: skip
-    """The chapter's preference data: :func:`collect_candidates`, then :func:`label_pairs`."""
-    prompts, candidates = collect_candidates(
-        model, tokenizer, world, n_samples=n_samples, seed=seed, device=device
-    )
-    return label_pairs(world, prompts, candidates, noise=noise, seed=seed, rules=rules)

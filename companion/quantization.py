@@ -38,9 +38,21 @@ def bits_per_weight(kind: str) -> float:
 
 
 def _blocks(data: np.ndarray, kind: str) -> np.ndarray:
-    """The raw bytes (rows, bytes per row) as (number of blocks, bytes per block)."""
-    data = np.ascontiguousarray(data, dtype=np.uint8)
-    return data.reshape(-1, BYTES_PER_BLOCK[kind])
+    """The raw bytes (rows, bytes per row) as (number of blocks, bytes per block); a
+    ``ValueError`` for anything else (float weights passed as bytes would be silently cast)."""
+    size = BYTES_PER_BLOCK[kind]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(
+            f"{kind} data must be the file's raw bytes, a uint8 array (rows, bytes per row); got "
+            f"{got}. Pass tensor.data from the GGUF reader (quantize_q4_1 makes such bytes)"
+        )
+    if data.shape[1] % size:
+        raise ValueError(
+            f"{kind} rows of {data.shape[1]} bytes do not split into blocks of {size} bytes; the "
+            f"data is cut short or is of another type"
+        )
+    return np.ascontiguousarray(data).reshape(-1, size)
 
 
 def dequantize_q8_0(data: np.ndarray) -> torch.Tensor:
@@ -51,8 +63,8 @@ def dequantize_q8_0(data: np.ndarray) -> torch.Tensor:
     >>> dequantize_q8_0(block[None])[0, :4]  # 0.5 · (-16, -15, -14, -13)
     tensor([-8.0000, -7.5000, -7.0000, -6.5000])
     """
-    rows = data.shape[0]
     b = _blocks(data, "Q8_0")  # (N, 34)
+    rows = data.shape[0]
     d = b[:, :2].copy().view(np.float16).astype(np.float32)  # (N, 1): the block's scale
     q = b[:, 2:].view(np.int8).astype(np.float32)  # (N, 32): signed bytes
     return torch.from_numpy(d * q).reshape(rows, -1)  # (rows, in)
@@ -68,8 +80,8 @@ def dequantize_q4_1(data: np.ndarray) -> torch.Tensor:
     >>> w[0].item(), w[16].item()  # 0.5 · 1 - 1 and 0.5 · 3 - 1
     (-0.5, 0.5)
     """
-    rows = data.shape[0]
     b = _blocks(data, "Q4_1")  # (N, 20)
+    rows = data.shape[0]
     d = b[:, 0:2].copy().view(np.float16).astype(np.float32)  # (N, 1): scale
     m = b[:, 2:4].copy().view(np.float16).astype(np.float32)  # (N, 1): minimum
     qs = b[:, 4:]  # (N, 16): two 4-bit numbers per byte
@@ -80,6 +92,9 @@ def dequantize_q4_1(data: np.ndarray) -> torch.Tensor:
 def dequantize(data: np.ndarray, kind: str) -> torch.Tensor:
     """Any of the three tensor types in the SmolLM2 file as float32 (F32 is copied as is)."""
     if kind == "F32":
+        if not isinstance(data, np.ndarray) or data.dtype != np.float32:
+            got = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+            raise ValueError(f"F32 data must be a float32 array, got {got}")
         return torch.from_numpy(np.array(data, dtype=np.float32))
     if kind == "Q8_0":
         return dequantize_q8_0(data)
@@ -99,6 +114,13 @@ def quantize_q4_1(weight: torch.Tensor) -> np.ndarray:
     >>> err <= (2 / 15) / 2 + 1e-3  # at most half a level, d / 2, plus float16 rounding
     True
     """
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        got = (
+            f"{weight.dtype} {tuple(weight.shape)}"
+            if isinstance(weight, torch.Tensor)
+            else (type(weight).__name__)
+        )
+        raise ValueError(f"weight must be a 2-D float tensor (rows, in), got {got}")
     rows, n = weight.shape
     if n % BLOCK:
         raise ValueError(f"rows of {n} weights do not split into blocks of {BLOCK}; pad them")

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.chat import END, special_ids
-from companion.environment import make_generator
-from companion.preferences import Pair, Sample, prompt_ids
+from companion.environment import make_generator, model_device
+from companion.preferences import Preference, Sample, prompt_ids
 from companion.replies import pad_sequences
+from companion.train_config import check_loss, check_recipe
 
 
 def bradley_terry_loss(
@@ -62,11 +63,23 @@ class RewardModel(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone  # a GPT: hidden_states(ids) (B, T, C)
-        self.head = nn.Linear(backbone.config.d_model, 1)  # (C,) -> scalar
+        self.head = nn.Linear(backbone.config.d_model, 1, device=model_device(backbone))  # (C,)->1
         nn.init.zeros_(self.head.weight)  # every reply starts at reward 0
         nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+        if not isinstance(reply_mask, torch.Tensor) or reply_mask.shape != ids.shape:
+            got = tuple(reply_mask.shape) if isinstance(reply_mask, torch.Tensor) else reply_mask
+            raise ValueError(
+                f"reply_mask must be a bool tensor shaped like ids {tuple(ids.shape)}, got {got}; "
+                "pad_sequences makes both"
+            )
+        empty = (~reply_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"rows {empty[:5]} of reply_mask are all False: those rows have no reply to "
+                "score; mark the reply's tokens True (pad_sequences does)"
+            )
         h = self.backbone.hidden_states(ids)  # (B, T, C)
         positions = torch.arange(ids.shape[1], device=ids.device)  # (T,)
         last = (reply_mask * positions).argmax(dim=1)  # (B,) index of the last reply token
@@ -78,19 +91,31 @@ def reply_tokens(sample: Sample, tokenizer) -> list[int]:
     return [*sample.ids, special_ids(tokenizer)[END]] if sample.finished else list(sample.ids)
 
 
-def pair_tensors(pairs: Sequence[Pair], tokenizer) -> tuple[torch.Tensor, ...]:
+def pair_tensors(pairs: Sequence[Preference], tokenizer) -> tuple[torch.Tensor, ...]:
     """``(chosen_ids, chosen_mask, rejected_ids, rejected_mask)``, each (B, T) from
     :func:`companion.replies.pad_sequences` (padded with ``<|end|>``)."""
     if not pairs:
-        raise ValueError("the preference set is empty; collect_preferences(...) makes one")
+        raise ValueError(
+            "the preference set is empty; label_pairs(...) makes one from collect_candidates(...)"
+        )
     pad = special_ids(tokenizer)[END]
     prompts = [prompt_ids(p.prompt, tokenizer) for p in pairs]
-    chosen = pad_sequences(prompts, [reply_tokens(p.chosen, tokenizer) for p in pairs], pad)
-    rejected = pad_sequences(prompts, [reply_tokens(p.rejected, tokenizer) for p in pairs], pad)
+    replies = {"chosen": [], "rejected": []}
+    for i, pair in enumerate(pairs):
+        for side, sample in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            tokens = reply_tokens(sample, tokenizer)
+            if not tokens:  # nothing to score, and a division by zero tokens in DPO's NLL
+                raise ValueError(
+                    f"pair {i}'s {side} reply has no tokens (empty and unfinished); drop the "
+                    "pair, or write the reply with written_sample"
+                )
+            replies[side].append(tokens)
+    chosen = pad_sequences(prompts, replies["chosen"], pad)
+    rejected = pad_sequences(prompts, replies["rejected"], pad)
     return (*chosen, *rejected)
 
 
-def split_pairs(pairs: Sequence[Pair], *, held_out: float = 0.2, seed: int = 0):
+def split_pairs(pairs: Sequence[Preference], *, held_out: float = 0.2, seed: int = 0):
     """``(train, held_out)`` with whole prompts on one side: no held-out prompt is trained on."""
     texts = sorted({p.prompt.text for p in pairs})
     random.Random(seed).shuffle(texts)
@@ -109,6 +134,11 @@ class RewardConfig:
     learning_rate: float = 1e-4  # constant; the backbone is already trained
     seed: int = 0  # draws the batches
 
+    def __post_init__(self) -> None:
+        check_recipe(self, {
+            "steps": "int >= 1", "batch_size": "int >= 1", "learning_rate": "> 0", "seed": "int",
+        })  # fmt: skip
+
 
 @dataclass
 class RewardHistory:
@@ -119,28 +149,34 @@ class RewardHistory:
 
 
 @torch.no_grad()
-def pair_accuracy(reward_model: nn.Module, pairs: Sequence[Pair], tokenizer) -> float:
+def pair_accuracy(reward_model: nn.Module, pairs: Sequence[Preference], tokenizer) -> float:
     """Share of ``pairs`` whose chosen reply the model scores strictly higher."""
-    cid, cm, rid, rm = pair_tensors(pairs, tokenizer)
+    device = model_device(reward_model)
+    cid, cm, rid, rm = (t.to(device) for t in pair_tensors(pairs, tokenizer))
     reward_model.eval()
     return (reward_model(cid, cm) > reward_model(rid, rm)).float().mean().item()
 
 
 def train_reward_model(
-    chat_model: nn.Module, tokenizer, pairs: Sequence[Pair], config: RewardConfig | None = None
+    chat_model: nn.Module,
+    tokenizer,
+    pairs: Sequence[Preference],
+    config: RewardConfig | None = None,
 ) -> tuple[RewardModel, RewardHistory]:
     """A reward model on a copy of ``chat_model``, trained with :func:`bradley_terry_loss` on
     ``pairs`` (batches drawn with replacement by a generator seeded with ``config.seed``)."""
     config = config or RewardConfig()
-    model = RewardModel(copy.deepcopy(chat_model)).cpu()
-    cid, cm, rid, rm = pair_tensors(pairs, tokenizer)
+    model = RewardModel(copy.deepcopy(chat_model))  # on chat_model's device
+    device = model_device(chat_model)
+    cid, cm, rid, rm = (t.to(device) for t in pair_tensors(pairs, tokenizer))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     generator, history = make_generator(config.seed), RewardHistory()
     model.train()
     for _ in range(config.steps):
-        b = torch.randint(len(pairs), (config.batch_size,), generator=generator)  # (B,)
+        b = torch.randint(len(pairs), (config.batch_size,), generator=generator).to(device)  # (B,)
         r_c, r_r = model(cid[b], cm[b]), model(rid[b], rm[b])  # (B,), (B,)
         loss = bradley_terry_loss(r_c, r_r)
+        check_loss(loss, "reward model")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

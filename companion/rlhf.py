@@ -1,23 +1,22 @@
 """The chapter's pipeline and its shipped models: PPO-, DPO- and Constitutional-AI-aligned.
 
-Taught in ``06_rlhf.ipynb``. Each aligned model starts from the shipped chat model
-(:func:`companion.sft.load_chat_model`) and is shipped like it: a checkpoint in
-``companion/assets`` (safetensors + JSON), one load call, and a command that retrains it::
+Taught in ``06_rlhf.ipynb``. Each aligned model starts from the shipped chat model and is
+shipped like it: a checkpoint in ``companion/assets`` (safetensors + JSON), loaded with
+``companion.checkpoints.load_shipped("ppo")`` (or "dpo", "cai"), and a command that retrains it::
 
     python -m companion.rlhf ppo --out companion/assets/ppo_model
     python -m companion.rlhf dpo --out companion/assets/dpo_model
     python -m companion.rlhf cai --out companion/assets/cai_model
 
-Every command collects the same preference data (:func:`chapter_data`, seed 0, on the CPU) and
+Every command collects the same preference data (:func:`collect_chapter_data`, seed 0, on the
+CPU) and
 stores its figures in ``checkpoint.json``'s ``extra``: the four effects
 (:func:`companion.effects.measure_effects`), the training time, and for PPO the reward model's
 held-out accuracy, the log, and the two failure runs (no KL leash; a miscalibrated reward model
 from a rater who cannot check facts), and for DPO the same run without its NLL term (plain
-DPO); the weights of those extra runs are not kept. The runs are deterministic
-given the seeds; on another CPU float sums round differently, so the slow tests compare a rerun
-with the shipped figures within stated tolerances. With one thread (``OMP_NUM_THREADS=1``) on a
-2-core machine shared with other jobs, the shipped models took 2 min 22 s (PPO, with its reward
-model and the two failure runs), 39 s (DPO, with plain DPO) and 28 s (CAI) of wall time.
+DPO); the weights of those extra runs are not kept. The runs are deterministic given the
+seeds; on another CPU float sums round differently, so the slow tests compare a rerun with the
+shipped figures within stated tolerances (the measured times are in the README).
 
 Left out: training on a GPU, and hyperparameter searches (the recipes are below, as used).
 """
@@ -28,65 +27,78 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from companion.checkpoints import load_asset, read_asset_info, save_checkpoint
-from companion.data import load_course_tokenizer
+from companion.checkpoints import SHIPPED, load_shipped, save_checkpoint
 from companion.dpo import DPOConfig, train_dpo
 from companion.effects import measure_effects
-from companion.environment import DeviceLike
 from companion.ppo import PPOConfig, train_ppo
 from companion.preferences import (
     RULES,
+    Preference,
+    Prompt,
+    Sample,
     collect_candidates,
     label_pairs,
     make_prompts,
     sample_replies,
 )
 from companion.reward_model import RewardConfig, pair_accuracy, split_pairs, train_reward_model
-from companion.sft import load_chat_model
-from companion.world import build_world
+from companion.tokenizer import BPETokenizer
+from companion.world import World, build_world
 
-KINDS: dict[str, str] = {"ppo": "ppo_model", "dpo": "dpo_model", "cai": "cai_model"}
-COMMANDS: dict[str, str] = {k: f"python -m companion.rlhf {k} --out companion/assets/{v}"
-                            for k, v in KINDS.items()}  # fmt: skip
+ALIGNED: tuple[str, ...] = ("ppo", "dpo", "cai")  # the shipped aligned models
 NOISE = 0.1  # the rater's label noise
-REWARD = RewardConfig(steps=200)  # the reward model of the shipped runs
-PPO = PPOConfig(iterations=30, kl_coef=0.5, learning_rate=1e-4)  # the shipped PPO run
-NO_KL = PPOConfig(iterations=30, kl_coef=0.0, learning_rate=1e-4)  # the same without the leash
-DPO = DPOConfig(steps=60, learning_rate=5e-5, beta=0.5, nll_weight=2.0)  # shipped DPO and CAI
+SHIPPED_REWARD = RewardConfig(steps=200)  # the reward model of the shipped runs
+SHIPPED_PPO = PPOConfig(iterations=30, kl_coef=0.5, learning_rate=1e-4)
+NO_KL_PPO = PPOConfig(iterations=30, kl_coef=0.0, learning_rate=1e-4)  # the same, no leash
+SHIPPED_DPO = DPOConfig(steps=60, learning_rate=5e-5, beta=0.5, nll_weight=2.0)  # DPO and CAI
 PLAIN_DPO = DPOConfig(steps=60, learning_rate=5e-5, beta=0.5)  # the same without the NLL term
 CANNOT_CHECK_FACTS = {k: v for k, v in RULES.items() if k != "correct"}  # the miscalibrated rater
 
 
-def chapter_data(seed: int = 0):
-    """``(chat_model, tokenizer, world, prompts, candidates, pairs)``: the chat model on the CPU,
-    the train prompts, 4 sampled replies each (+ refusals), and the rater's noisy pairs."""
-    model, tokenizer = load_chat_model("cpu")
+@dataclass
+class ChapterData:
+    """What every aligned model is trained from: the chat model and the rater's preferences."""
+
+    chat_model: nn.Module  # the shipped chat model, on the CPU, eval mode
+    tokenizer: BPETokenizer  # the course tokenizer
+    world: World  # build_world(0)
+    prompts: list[Prompt]  # the train prompts (make_prompts(world, split="train"))
+    candidates: list[list[Sample]]  # 4 sampled replies per prompt, + the refusal for strangers
+    pairs: list[Preference]  # the rater's noisy preferences over the candidates
+
+
+def collect_chapter_data(seed: int = 0) -> ChapterData:
+    """The chat model on the CPU, the train prompts, 4 sampled replies each (+ refusals), and
+    the rater's noisy pairs (noise :data:`NOISE`)."""
+    model, tokenizer = load_shipped("chat", "cpu")
     world = build_world(0)
-    prompts, candidates = collect_candidates(model, tokenizer, world, seed=seed, device="cpu")
+    prompts, candidates = collect_candidates(model, tokenizer, world, seed=seed)
     pairs = label_pairs(world, prompts, candidates, noise=NOISE, seed=seed)
-    return model, tokenizer, world, prompts, candidates, pairs
+    return ChapterData(model, tokenizer, world, prompts, candidates, pairs)
 
 
-def samples_of(model: nn.Module, tokenizer, world, n: int = 8, seed: int = 7) -> list[list[str]]:
+def sample_conversations(
+    model: nn.Module, tokenizer, world: World, n: int = 8, seed: int = 7
+) -> list[list[str]]:
     """``[[question, reply], ...]``: replies at temperature 1 to ``n - 2`` evaluation fact
-    questions (every 20th) and two questions about strangers."""
+    questions (every 20th) and two questions about strangers, stored to show in the notebook."""
     prompts = make_prompts(world, split="eval")
     prompts = prompts[::20][: n - 2] + [p for p in prompts if p.kind == "unknown"][::5][:2]
-    replies = sample_replies(model, tokenizer, prompts, seed=seed, device="cpu")
+    replies = sample_replies(model, tokenizer, prompts, seed=seed)
     return [[p.text, r.text] for p, r in zip(prompts, replies, strict=True)]
 
 
 def _reward_model(chat, tokenizer, pairs):
     train, held = split_pairs(pairs)
     start = time.perf_counter()
-    reward_model, _ = train_reward_model(chat, tokenizer, train, REWARD)
+    reward_model, _ = train_reward_model(chat, tokenizer, train, SHIPPED_REWARD)
     return reward_model, {
         "reward_model_accuracy": pair_accuracy(reward_model, held, tokenizer),
         "reward_model_held_out_pairs": len(held),
@@ -99,9 +111,9 @@ def _ppo_run(chat, tokenizer, world, reward_model, config):
     policy, log = train_ppo(chat, tokenizer, reward_model, prompts, config)
     figures = {
         "ppo_seconds": round(log.seconds[-1], 1),
-        "effects": measure_effects(policy, tokenizer, world, device="cpu"),
+        "effects": measure_effects(policy, tokenizer, world),
         "log": asdict(log),
-        "samples": samples_of(policy, tokenizer, world),
+        "samples": sample_conversations(policy, tokenizer, world),
         "ppo_config": asdict(config),
     }
     return policy, figures
@@ -110,81 +122,55 @@ def _ppo_run(chat, tokenizer, world, reward_model, config):
 def train_aligned_model(kind: str, out_dir: str | Path) -> dict[str, Any]:
     """Train the ``kind`` ("ppo", "dpo" or "cai") model from the chat model, save it to
     ``out_dir``, and return its figures (also in the checkpoint's ``extra``)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; use one of {sorted(KINDS)}")
+    if kind not in ALIGNED:
+        raise ValueError(f"kind={kind!r}; use one of {list(ALIGNED)}")
     torch.manual_seed(0)  # nothing should draw from it; fixed all the same
-    chat, tokenizer, world, prompts, candidates, pairs = chapter_data()
-    figures: dict[str, Any] = {"command": COMMANDS[kind], "threads": torch.get_num_threads(),
+    data = collect_chapter_data()
+    chat, tokenizer, world, pairs = data.chat_model, data.tokenizer, data.world, data.pairs
+    figures: dict[str, Any] = {"command": SHIPPED[kind], "threads": torch.get_num_threads(),
                                "torch": torch.__version__, "pairs": len(pairs)}  # fmt: skip
     if kind == "ppo":
         reward_model, rm_figures = _reward_model(chat, tokenizer, pairs)
-        model, run = _ppo_run(chat, tokenizer, world, reward_model, PPO)
+        model, run = _ppo_run(chat, tokenizer, world, reward_model, SHIPPED_PPO)
         figures |= rm_figures | run
-        _, figures["no_kl"] = _ppo_run(chat, tokenizer, world, reward_model, NO_KL)
-        blind = label_pairs(world, prompts, candidates, noise=NOISE, rules=CANNOT_CHECK_FACTS)
+        _, figures["no_kl"] = _ppo_run(chat, tokenizer, world, reward_model, NO_KL_PPO)
+        blind = label_pairs(
+            world, data.prompts, data.candidates, noise=NOISE, rules=CANNOT_CHECK_FACTS
+        )
         blind_model, blind_figures = _reward_model(chat, tokenizer, blind)
-        _, run = _ppo_run(chat, tokenizer, world, blind_model, PPO)
+        _, run = _ppo_run(chat, tokenizer, world, blind_model, SHIPPED_PPO)
         figures["miscalibrated"] = blind_figures | run
     else:
         if kind == "cai":
             from companion.constitution import ai_pairs, make_judge
 
-            judge = make_judge(chat, tokenizer, prompts)
-            pairs = ai_pairs(judge, world, prompts, candidates, tokenizer)
+            judge = make_judge(chat, tokenizer, data.prompts)
+            pairs = ai_pairs(judge, world, data.prompts, data.candidates, tokenizer)
             figures["ai_pairs"] = len(pairs)
-        model, log = train_dpo(chat, tokenizer, pairs, DPO)
+        model, log = train_dpo(chat, tokenizer, pairs, SHIPPED_DPO)
         figures |= {
             "dpo_seconds": round(log.seconds[-1], 1),
-            "effects": measure_effects(model, tokenizer, world, device="cpu"),
+            "effects": measure_effects(model, tokenizer, world),
             "log": asdict(log),
-            "samples": samples_of(model, tokenizer, world),
-            "dpo_config": asdict(DPO),
+            "samples": sample_conversations(model, tokenizer, world),
+            "dpo_config": asdict(SHIPPED_DPO),
         }
         if kind == "dpo":
             plain, plain_log = train_dpo(chat, tokenizer, pairs, PLAIN_DPO)
             figures["plain"] = {
                 "dpo_seconds": round(plain_log.seconds[-1], 1),
-                "effects": measure_effects(plain, tokenizer, world, device="cpu"),
-                "samples": samples_of(plain, tokenizer, world),
+                "effects": measure_effects(plain, tokenizer, world),
+                "samples": sample_conversations(plain, tokenizer, world),
                 "dpo_config": asdict(PLAIN_DPO),
             }
     save_checkpoint(out_dir, model, extra=figures)
     return figures
 
 
-def load_aligned_model(kind: str, device: DeviceLike = None) -> tuple[nn.Module, Any]:
-    """The shipped ``kind`` model and its tokenizer: ``(GPT in eval mode, BPETokenizer)``."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; use one of {sorted(KINDS)}")
-    return load_asset(KINDS[kind], COMMANDS[kind], device), load_course_tokenizer()
-
-
-def load_ppo_model(device: DeviceLike = None) -> tuple[nn.Module, Any]:
-    """The PPO-aligned chat model (:func:`load_aligned_model` ``("ppo")``)."""
-    return load_aligned_model("ppo", device)
-
-
-def load_dpo_model(device: DeviceLike = None) -> tuple[nn.Module, Any]:
-    """The DPO-aligned chat model (:func:`load_aligned_model` ``("dpo")``)."""
-    return load_aligned_model("dpo", device)
-
-
-def load_cai_model(device: DeviceLike = None) -> tuple[nn.Module, Any]:
-    """The Constitutional-AI model: DPO on the judge's pairs (:func:`load_aligned_model`)."""
-    return load_aligned_model("cai", device)
-
-
-def read_aligned_model_info(kind: str) -> dict[str, Any]:
-    """The shipped ``kind`` model's ``checkpoint.json`` (its figures are in ``extra``)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; use one of {sorted(KINDS)}")
-    return read_asset_info(KINDS[kind], COMMANDS[kind])
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m companion.rlhf {ppo,dpo,cai} --out DIR``."""
     parser = argparse.ArgumentParser(prog="python -m companion.rlhf", description=__doc__)
-    parser.add_argument("kind", choices=sorted(KINDS))
+    parser.add_argument("kind", choices=ALIGNED)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     args = parser.parse_args(argv)
     figures = train_aligned_model(args.kind, args.out)

@@ -15,14 +15,11 @@ checkpoint (safetensors + JSON) written by::
 which starts from the shipped base model and fine-tunes it on the conversations of
 :mod:`companion.sft_data` (seed 0, on the CPU), then measures it (:func:`measure`) and stores the
 figures in ``checkpoint.json``. ``--ablation`` also trains the same recipe with the prompt
-tokens trained too (no mask) and stores that run's figures, not its weights. When the shipped
-model was written (torch 2.13, 2 threads) the two runs took 516 s and 574 s of training on a
-2-core machine shared with other jobs; with one thread (``OMP_NUM_THREADS=1``) the slow test's
-rerun of both, measurements included, took 2 minutes on the same machine: the model is too
-small for a second thread to help, and on a busy machine the threads wait for each other. A rerun on another
-CPU rounds float sums differently, so it is not promised bit for bit: a slow test reruns the
-command and compares the validation loss and the accuracies within stated tolerances.
-:func:`load_chat_model` loads the shipped model.
+tokens trained too (no mask) and stores that run's figures, not its weights (the measured times
+are in the README). A rerun on another CPU rounds float sums differently, so it is not promised
+bit for bit: a slow test reruns the command and compares the validation loss and the accuracies
+within stated tolerances. ``companion.checkpoints.load_shipped("chat")`` loads the shipped
+model.
 
 Left out: packing several conversations into one row, LoRA and other parameter-efficient
 methods, and training on a GPU for the shipped model (it would differ in the last digits).
@@ -33,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.base_model import load_base_model
+from companion.base_model import base_model_configs
 from companion.chat import END, render_chat, special_ids
-from companion.checkpoints import load_asset, read_asset_info, save_checkpoint
-from companion.data import load_course_tokenizer
+from companion.checkpoints import SHIPPED, load_shipped, save_checkpoint
 from companion.environment import DeviceLike, resolve_device
 from companion.model import IGNORE_INDEX
 from companion.pretraining import train
-from companion.train_config import History, TrainConfig
+from companion.train_config import History, TrainConfig, check_recipe
 
 Example = tuple[torch.Tensor, torch.Tensor]  # (ids (T,) int64, loss_mask (T,) bool)
-CHAT_MODEL_ASSET = "chat_model"  # directory inside companion/assets
-CHAT_MODEL_COMMAND = "python -m companion.sft --out companion/assets/chat_model --ablation"
 
 
 @dataclass
@@ -63,6 +57,12 @@ class SFTConfig:
     n_val: int = 400  # validation conversations, generated after the training ones
     data_seed: int = 0  # seeds split_world and generate_sft_conversations
     train_on_prompt: bool = False  # the ablation: train on every token, not only the replies
+
+    def __post_init__(self) -> None:
+        check_recipe(self, {
+            "n_train": "int >= 1", "n_val": "int >= 1", "data_seed": "int",
+            "train_on_prompt": "bool",
+        })  # fmt: skip
 
 
 def sft_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -168,20 +168,11 @@ def chat_model_configs() -> tuple[SFTConfig, TrainConfig]:
     >>> sft_config.n_train, train_config.steps, train_config.learning_rate
     (4000, 200, 0.0003)
     """
-    train_config = TrainConfig(
-        steps=200,
-        batch_size=16,
-        context_length=64,
-        learning_rate=3e-4,
-        min_learning_rate=3e-5,
-        warmup_steps=20,
-        weight_decay=0.0,
-        grad_clip=1.0,
-        eval_interval=20,
-        eval_batches=10,
-        seed=0,
-        device="cpu",
-    )
+    _, pretraining = base_model_configs()
+    train_config = replace(  # pretraining's recipe, changed where fine-tuning differs
+        pretraining, steps=200, batch_size=16, warmup_steps=20, eval_interval=20, eval_batches=10,
+        learning_rate=3e-4, min_learning_rate=3e-5, weight_decay=0.0,
+    )  # fmt: skip
     return SFTConfig(), train_config
 
 
@@ -228,14 +219,15 @@ def fine_tune(
     )
 
 
-def measure(model: nn.Module, tokenizer, *, device: DeviceLike = None) -> dict[str, float]:
+def measure(model: nn.Module, tokenizer) -> dict[str, float]:
     """The chapter's figures for a model, on the world's two sides (SFT and evaluation-only).
 
     ``compliance`` and ``accuracy_sft`` / ``accuracy_eval``: the fact questions asked through the
-    chat template (:func:`companion.evaluation.ask_chat_model`); ``completion_sft`` /
+    chat template (:func:`companion.questions.ask_chat_model`); ``completion_sft`` /
     ``completion_eval``: fact-completion accuracy of the same facts' prompts.
     """
-    from companion.evaluation import ask_chat_model, fact_completion_accuracy
+    from companion.evaluation import fact_completion_accuracy
+    from companion.questions import ask_chat_model
     from companion.sft_data import split_world
     from companion.world import build_world
 
@@ -243,10 +235,10 @@ def measure(model: nn.Module, tokenizer, *, device: DeviceLike = None) -> dict[s
     split = split_world(world, seed=SFTConfig().data_seed)
     figures: dict[str, float] = {}
     for side, facts in (("sft", split.sft_facts), ("eval", split.eval_facts)):
-        asked = ask_chat_model(model, tokenizer, world, facts, device=device)
+        asked = ask_chat_model(model, tokenizer, world, facts)
         figures[f"compliance_{side}"] = asked.compliance
         figures[f"accuracy_{side}"] = asked.accuracy
-        completed = fact_completion_accuracy(model, tokenizer, facts, device=device)
+        completed = fact_completion_accuracy(model, tokenizer, facts)
         figures[f"completion_{side}"] = completed.accuracy
     return figures
 
@@ -256,31 +248,31 @@ def train_chat_model(
 ) -> dict[str, Any]:
     """Fine-tune the shipped base model into the chat model and save it; returns its figures.
 
-    1. load the base model (:func:`companion.base_model.load_base_model`) on the CPU;
+    1. load the shipped base model (``load_shipped("base")``) on the CPU;
     2. :func:`fine_tune` with :func:`chat_model_configs`; 3. :func:`measure`; 4. with
     ``ablation``, the same from a fresh base model with ``train_on_prompt=True`` (figures
     only); 5. save the checkpoint with the figures in its ``extra``.
     """
     sft_config, train_config = chat_model_configs()
-    model, tokenizer = load_base_model(device=train_config.device)
+    model, tokenizer = load_shipped("base", train_config.device)
     history = fine_tune(model, tokenizer, sft_config, train_config, progress=progress)
     figures: dict[str, Any] = {
         "val_loss": history.val_loss[-1],
         "train_loss": history.train_loss[-1],
-        **measure(model, tokenizer, device=train_config.device),
+        **measure(model, tokenizer),
         "train_seconds": round(history.seconds[-1], 1),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "sft_config": asdict(sft_config),
-        "command": CHAT_MODEL_COMMAND,
+        "command": SHIPPED["chat"],
     }
     if ablation:
         unmasked = SFTConfig(**{**asdict(sft_config), "train_on_prompt": True})
-        other, _ = load_base_model(device=train_config.device)
+        other, _ = load_shipped("base", train_config.device)
         other_history = fine_tune(other, tokenizer, unmasked, train_config, progress=progress)
         figures["unmasked"] = {
             "val_loss": other_history.val_loss[-1],
-            **measure(other, tokenizer, device=train_config.device),
+            **measure(other, tokenizer),
             "train_seconds": round(other_history.seconds[-1], 1),
         }
     save_checkpoint(
@@ -288,22 +280,6 @@ def train_chat_model(
         extra=figures,
     )  # fmt: skip
     return figures
-
-
-def read_chat_model_info() -> dict[str, Any]:
-    """The shipped chat model's ``checkpoint.json``: configs, history and, in ``extra``, its
-    figures (and the unmasked ablation's)."""
-    return read_asset_info(CHAT_MODEL_ASSET, CHAT_MODEL_COMMAND)
-
-
-def load_chat_model(device: DeviceLike = None) -> tuple[nn.Module, Any]:
-    """The course chat model and its tokenizer: ``(GPT in eval mode, BPETokenizer)``.
-
-    >>> model, tokenizer = load_chat_model("cpu")
-    >>> model.training, model.config.context_length
-    (False, 64)
-    """
-    return load_asset(CHAT_MODEL_ASSET, CHAT_MODEL_COMMAND, device), load_course_tokenizer()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

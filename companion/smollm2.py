@@ -59,36 +59,82 @@ def smollm2_path() -> Path:
     )
 
 
+# The largest size of each kind that a model of the course could use (SmolLM2's family tops out
+# at 2,048 wide, 32 blocks, 32 heads, 8,192 context); a file asking for more is refused before
+# anything is allocated (a context_length of 10^9 would fill memory building the RoPE table).
+SIZE_LIMITS = {
+    "llama.context_length": 32_768,
+    "llama.block_count": 64,
+    "llama.embedding_length": 4_096,
+    "llama.attention.head_count": 64,
+    "llama.attention.head_count_kv": 64,
+    "llama.feed_forward_length": 16_384,
+    "tokenizer.ggml.tokens": 262_144,  # the vocabulary
+}
+
+
 def read_gguf(path: str | Path | None = None) -> GGUFReader:
-    """The parsed file (``gguf.GGUFReader``: metadata in ``.fields``, tensors in ``.tensors``)."""
+    """The parsed file (``gguf.GGUFReader``: metadata in ``.fields``, tensors in ``.tensors``).
+
+    A file that is not GGUF, or is truncated or damaged, gives a ``ValueError`` naming it.
+    """
     from gguf import GGUFReader
 
-    return GGUFReader(smollm2_path() if path is None else path)
+    path = smollm2_path() if path is None else Path(path)
+    try:
+        return GGUFReader(path)
+    except (ValueError, KeyError, IndexError, TypeError, OverflowError, EOFError) as err:
+        raise ValueError(
+            f"{path} cannot be read as a GGUF file ({type(err).__name__}: {err}); it is damaged, "
+            f"truncated or not GGUF: download or reinstall it (`{INSTALL}` for SmolLM2's)"
+        ) from None
 
 
 def metadata(reader: GGUFReader, key: str):
     """One metadata value, e.g. ``metadata(reader, "llama.block_count")`` → 30."""
     if key not in reader.fields:
         raise ValueError(f"the file has no metadata {key!r}; is it a llama-architecture GGUF?")
-    return reader.fields[key].contents()
+    try:
+        return reader.fields[key].contents()
+    except (ValueError, IndexError, TypeError, UnicodeDecodeError) as err:
+        raise ValueError(f"the file's metadata {key!r} is damaged ({err})") from None
+
+
+def _size(reader: GGUFReader, key: str) -> int:
+    """A size from the metadata, checked against :data:`SIZE_LIMITS` before it is used."""
+    value = len(metadata(reader, key)) if key == "tokenizer.ggml.tokens" else metadata(reader, key)
+    limit = SIZE_LIMITS[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise ValueError(
+            f"the file's {key} is {value!r}; a model of the course has between 1 and {limit:,}: "
+            "the file is damaged or holds a model too large for this course"
+        )
+    return value
+
+
+def _number(reader: GGUFReader, key: str) -> float:
+    """A positive, finite float from the metadata (RoPE's base, RMSNorm's epsilon)."""
+    value = metadata(reader, key)
+    if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"the file's {key} is {value!r}; it must be a finite number > 0")
+    return float(value)
 
 
 def smollm2_config(reader: GGUFReader) -> LlamaConfig:
     """The model's shape from the file's ``llama.*`` metadata, as the course's config."""
     if metadata(reader, "general.architecture") != "llama":
         raise ValueError("expected a llama-architecture GGUF file (SmolLM2 is one)")
-    key = lambda name: metadata(reader, f"llama.{name}")  # noqa: E731
-    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    key = lambda name: _size(reader, f"llama.{name}")  # noqa: E731
     return LlamaConfig(
-        vocab_size=n_vocab,
-        context_length=int(key("context_length")),
-        n_layer=int(key("block_count")),
-        n_head=int(key("attention.head_count")),
-        d_model=int(key("embedding_length")),
-        n_kv_head=int(key("attention.head_count_kv")),
-        d_ff=int(key("feed_forward_length")),
-        norm_eps=float(key("attention.layer_norm_rms_epsilon")),
-        rope_base=float(key("rope.freq_base")),
+        vocab_size=_size(reader, "tokenizer.ggml.tokens"),
+        context_length=key("context_length"),
+        n_layer=key("block_count"),
+        n_head=key("attention.head_count"),
+        d_model=key("embedding_length"),
+        n_kv_head=key("attention.head_count_kv"),
+        d_ff=key("feed_forward_length"),
+        norm_eps=_number(reader, "llama.attention.layer_norm_rms_epsilon"),
+        rope_base=_number(reader, "llama.rope.freq_base"),
         tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
     )
 
@@ -102,9 +148,23 @@ def smollm2_state_dict(reader: GGUFReader, config: LlamaConfig) -> dict[str, tor
     :func:`undo_rope_permutation`.
     """
     stored = {t.name: t for t in reader.tensors}
+    C, F, V = config.d_model, config.d_ff, config.vocab_size
+    kv = config.n_kv_head * (C // config.n_head)  # Hkv·D
+    shapes = {"token_embd": (V, C), "output": (V, C), "attn_k": (kv, C), "attn_v": (kv, C)}
+    shapes |= {"attn_q": (C, C), "attn_output": (C, C), "ffn_down": (C, F)}
+    shapes |= {"ffn_gate": (F, C), "ffn_up": (F, C)}  # the norms: (C,)
 
     def raw(name: str) -> torch.Tensor:  # dequantised when needed: one float32 copy in all
-        return dequantize(stored[name].data, stored[name].tensor_type.name)
+        if name not in stored:
+            raise ValueError(f"the file has no tensor {name!r}; it is damaged or not SmolLM2-like")
+        tensor = dequantize(stored[name].data, stored[name].tensor_type.name)
+        expected = shapes.get(name.split(".")[-2], (C,))
+        if tuple(tensor.shape) != expected:
+            raise ValueError(
+                f"the file's tensor {name!r} is {tuple(tensor.shape)}, but its metadata makes a "
+                f"model that needs {expected}; the file is damaged or inconsistent"
+            )
+        return tensor
 
     state = {"wte.weight": raw("token_embd.weight"), "ln_f.weight": raw("output_norm.weight")}
     if not config.tie_embeddings:
@@ -144,8 +204,12 @@ def _byte_alphabet() -> dict[str, int]:
 
 
 def _strings(reader: GGUFReader, key: str) -> list[str]:
+    metadata(reader, key)  # a clear error if the file lacks it
     field = reader.fields[key]
-    return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    try:
+        return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    except (UnicodeDecodeError, IndexError, TypeError) as err:
+        raise ValueError(f"the file's {key} is damaged ({err})") from None
 
 
 def smollm2_tokenizer(reader: GGUFReader) -> BPETokenizer:
@@ -157,14 +221,25 @@ def smollm2_tokenizer(reader: GGUFReader) -> BPETokenizer:
     if metadata(reader, "tokenizer.ggml.model") != "gpt2":
         raise ValueError("expected a byte-level BPE tokenizer (tokenizer.ggml.model = 'gpt2')")
     strings = _strings(reader, "tokenizer.ggml.tokens")
-    kinds = reader.fields["tokenizer.ggml.token_type"]
-    special = {s: i for i, s in enumerate(strings) if int(kinds.parts[kinds.data[i]][0]) == 3}
+    kinds = metadata(reader, "tokenizer.ggml.token_type")  # one int per token
+    if not isinstance(kinds, list) or len(kinds) != len(strings):
+        raise ValueError("the file's tokenizer.ggml.token_type does not give one type per token")
+    special = {s: i for i, s in enumerate(strings) if kinds[i] == 3}
     alphabet = _byte_alphabet()
-    vocab = [s.encode("utf-8") if s in special else bytes(alphabet[c] for c in s) for s in strings]
     ids = {s: i for i, s in enumerate(strings)}
-    merges = [
-        tuple(ids[p] for p in m.split(" ")) for m in _strings(reader, "tokenizer.ggml.merges")
-    ]
+    try:
+        vocab = [s.encode() if s in special else bytes(alphabet[c] for c in s) for s in strings]
+        merges = [
+            tuple(ids[p] for p in m.split(" ", 1))
+            for m in _strings(reader, "tokenizer.ggml.merges")
+        ]
+    except KeyError as err:
+        raise ValueError(
+            f"the file's tokenizer holds {err.args[0]!r}, which is neither a byte-level character "
+            "nor a token of its list; the file is damaged or its tokenizer is not GPT-2-style"
+        ) from None
+    if any(len(merge) != 2 for merge in merges):
+        raise ValueError("the file's tokenizer.ggml.merges must each be two tokens and a space")
     return BPETokenizer.from_vocab(
         vocab, merges, pattern=SMOLLM2_SPLIT_PATTERN, special_tokens=special
     )

@@ -102,6 +102,7 @@ class BPETokenizer:
         self.pattern = pattern
         self._regex = compile_pattern(pattern)
         self._cache: dict[str, list[int]] = {}
+        self._longest: int | None = None  # longest_token, computed when first asked
 
     @classmethod
     def from_vocab(
@@ -146,6 +147,7 @@ class BPETokenizer:
         tok._ranks = {t: i for t, i in index.items() if i not in special_ids}
         tok._special_bytes = {i: s.encode("utf-8") for s, i in tok._special.items()}
         tok.pattern, tok._regex, tok._cache = pattern, compile_pattern(pattern), {}
+        tok._longest = None
         return tok
 
     # ------------------------------------------------------------------ training and properties
@@ -209,6 +211,14 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         """Largest id + 1: the number of rows an embedding table for this tokenizer needs."""
         return max([len(self._vocab) - 1, *self._special.values()]) + 1
+
+    @property
+    def longest_token(self) -> int:
+        """Bytes in the longest ordinary token: a text of n bytes takes at least n / this many
+        tokens (how :func:`companion.chat.fit_to_context` refuses a long paste unencoded)."""
+        if self._longest is None:
+            self._longest = max(len(token) for token in self._vocab)
+        return self._longest
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one id stands for. ``load_cl100k().token_bytes(9906)`` is ``b'Hello'``."""

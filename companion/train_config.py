@@ -12,6 +12,7 @@ hyperparameter sweeps.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,58 @@ def _check_train_config(c: TrainConfig) -> None:
         raise ValueError(f"grad_clip={c.grad_clip} must be > 0, or None for no clipping")
     if c.device is not None:
         resolve_device(c.device)  # raises a ValueError for a device torch does not know
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The ranges a recipe's field can be given: the words of the message, and the test.
+RANGES: dict[str, Any] = {
+    "int": (_is_int, "an int"),
+    "int >= 0": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "int >= 1": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "> 0": (lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+    ">= 0": (lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    "(0, 1)": (lambda v: _is_real(v) and 0 < v < 1, "a number in (0, 1), ends excluded"),
+    "[0, 1]": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+}
+
+
+def check_recipe(recipe: Any, ranges: dict[str, str]) -> None:
+    """A ``ValueError`` naming the first field of ``recipe`` outside its range (a key of
+    :data:`RANGES`), so that a recipe is refused when it is built, not steps into training.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Recipe:
+    ...     clip: float = 0.2
+    >>> check_recipe(Recipe(clip=float("nan")), {"clip": "(0, 1)"})
+    Traceback (most recent call last):
+    ...
+    ValueError: Recipe.clip=nan must be a number in (0, 1), ends excluded
+    """
+    for name, allowed in ranges.items():
+        value = getattr(recipe, name)
+        test, words = RANGES[allowed]
+        if not test(value):
+            raise ValueError(f"{type(recipe).__name__}.{name}={value!r} must be {words}")
+
+
+def check_loss(loss: Any, step: str) -> None:
+    """A ``ValueError`` instead of a step on a loss that is NaN or infinite (the update would
+    write NaN into every weight). ``loss`` is a one-number tensor; ``step`` names the trainer."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise ValueError(
+            f"the {step} loss is {value}, so this step would write NaN into the model; nothing "
+            "was updated. Check the recipe's numbers and that every reply has tokens"
+        )
 
 
 @dataclass

@@ -296,5 +296,7 @@ def test_power_law_exponent_by_hand_and_timing_shape():
     assert power_law_exponent([2, 4, 8], [0.5 * 2**2, 0.5 * 4**2, 0.5 * 8**2]) == pytest.approx(2.0)
     seconds = time_attention([8, 16], n_head=1, head_size=4, attention="manual", repeats=1)
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    unmasked = time_attention([8], n_head=1, head_size=4, causal=False, repeats=1)
+    assert len(unmasked) == 1 and unmasked[0] > 0
     with pytest.raises(ValueError, match="'fused' or 'manual'"):
         time_attention([8], attention="flash")

@@ -66,6 +66,16 @@ def test_bpe_parts_respects_max_rank():
     assert bpe_parts(b"", ranks) == []
 
 
+def test_bpe_parts_joins_the_leftmost_of_equal_ranks_and_skips_stale_pairs():
+    ranks = {b"a": 0, b"aa": 1, b"aaaa": 2, b"b": 3, b"ab": 4}
+    assert bpe_parts(b"aaa", ranks) == [b"aa", b"a"]  # (0, 1) before (1, 2), which is then stale
+    assert bpe_parts(b"aaaaa", ranks) == [b"aaaa", b"a"]  # aa aa a, then aa + aa
+    assert bpe_parts(b"aab", ranks) == [b"aa", b"b"]  # aa (rank 1) before ab (rank 4)
+    assert bpe_parts(b"bab", ranks) == [b"b", b"ab"]
+    assert bpe_parts(b"a" * 9, ranks) == [b"aaaa", b"aaaa", b"a"]
+    assert bpe_parts(b"xa", ranks) == [b"x", b"a"]  # a byte outside the ranks stays alone
+
+
 @pytest.mark.parametrize("pattern", [GPT4_SPLIT_PATTERN, GPT2_SPLIT_PATTERN, None])
 @pytest.mark.parametrize("vocab_size", [260, 300, 400])
 def test_incremental_and_plain_trainers_learn_the_same_merges(pattern, vocab_size):

@@ -199,7 +199,7 @@ def test_without_stop_tokens_generation_is_unchanged(model: GPT):
     )
 
 
-@pytest.mark.parametrize("bad", [[23], [-1], ["7"], "7", [1.0], [True]])
+@pytest.mark.parametrize("bad", [[23], [-1], ["7"], [1.0], [True]])
 def test_bad_stop_tokens_name_the_id_range(model: GPT, bad):
     with pytest.raises(ValueError, match="must be token ids between 0 and 22"):
         generate(model, torch.tensor([[1]]), 2, stop_tokens=bad)
@@ -231,48 +231,64 @@ class Scripted(nn.Module):
 def test_chat_stops_at_end_and_strips_the_template_space():
     script = [*TOK.encode_ordinary(" Mira lives in Thornby."), END, 99, 99]
     model = Scripted(script)
-    reply = chat(model, TOK, as_messages("Where does Mira live?"), device="cpu")
+    reply = chat(model, TOK, as_messages("Where does Mira live?"))
     assert reply == "Mira lives in Thornby." and isinstance(reply, str)
     assert reply.finished and reply.n_tokens == len(script) - 2
 
 
 def test_chat_reports_the_length_limit():
     model = Scripted([*TOK.encode_ordinary(" Mira")] * 3)  # never writes <|end|>
-    reply = chat(model, TOK, as_messages("Hi"), max_new_tokens=5, device="cpu")
+    reply = chat(model, TOK, as_messages("Hi"), max_new_tokens=5)
     assert not reply.finished and reply.n_tokens == 5
 
 
 def test_chat_sends_only_whole_messages_that_leave_room_for_the_reply():
     model = Scripted([END], context_length=24)
     messages = as_messages("Where does Mira live?", "Mira lives in Thornby.", "What is her job?")
-    chat(model, TOK, messages, max_new_tokens=8, device="cpu")  # history budget 24 - 8 = 16
+    chat(model, TOK, messages, max_new_tokens=8)  # history budget 24 - 8 = 16
     kept, _ = render_chat(messages[1:], TOK, add_generation_prompt=True)  # 7 + 7 + 1 = 15 tokens
     assert model.seen[0] == kept.tolist()
-    chat(model, TOK, messages, max_new_tokens=10, device="cpu")  # budget 14: the last message
+    chat(model, TOK, messages, max_new_tokens=10)  # budget 14: the last message
     kept, _ = render_chat(messages[2:], TOK, add_generation_prompt=True)
     assert model.seen[1] == kept.tolist()
     with pytest.raises(ValueError, match="max_new_tokens=24 must be an int from 1 to 23"):
-        chat(model, TOK, messages, max_new_tokens=24, device="cpu")
+        chat(model, TOK, messages, max_new_tokens=24)
 
 
 def test_chat_many_batches_and_keeps_the_order():
     script = [*TOK.encode_ordinary(" Yes."), END]
     model = Scripted(script)
     talks = [as_messages("Hi"), as_messages("Where does Mira live?"), as_messages("Hello!")]
-    replies = chat_many(model, TOK, talks, device="cpu")
+    replies = chat_many(model, TOK, talks)
     assert replies == ["Yes."] * 3 and all(r.finished for r in replies)
 
 
 def test_ask_chat_model_scores_format_and_answers():
-    from companion.evaluation import ask_chat_model
+    from companion.questions import ask_chat_model
     from companion.world import build_world
 
     world = build_world(0)
     fact = next(f for f in world.facts if f.relation == "home_town")
     model = Scripted([*TOK.encode_ordinary(" " + fact.reply), END])
-    (answer,) = ask_chat_model(model, TOK, world, [fact], device="cpu").answers
+    (answer,) = ask_chat_model(model, TOK, world, [fact]).answers
     assert answer.reply == fact.reply and answer.finished and answer.correct and answer.compliant
     other = next(t for t in world.choices("home_town") if t != fact.answer)
     model = Scripted([*TOK.encode_ordinary(f" {fact.answer} or {other}?"), END])
-    (answer,) = ask_chat_model(model, TOK, world, [fact], device="cpu").answers
-    assert answer.finished and not answer.correct and not answer.compliant
+    (answer,) = ask_chat_model(model, TOK, world, [fact]).answers
+    # one line, stopped by the model: in format (a question mark is allowed), and a hedge: wrong
+    assert answer.finished and not answer.correct and answer.compliant
+    model = Scripted([*TOK.encode_ordinary(f" {fact.answer}.\nQ: Where?"), END])
+    (answer,) = ask_chat_model(model, TOK, world, [fact]).answers
+    assert answer.finished and answer.correct and not answer.compliant  # a second line
+
+
+def test_render_chat_checks_the_messages_once(monkeypatch):
+    import companion.chat
+
+    calls = []
+    check = companion.chat.check_messages
+    monkeypatch.setattr(
+        companion.chat, "check_messages", lambda *a, **k: calls.append(1) or check(*a, **k)
+    )
+    render_chat(as_messages("Hello!", "Hello.", "Goodbye!"), TOK, max_tokens=11)
+    assert len(calls) == 1

@@ -13,19 +13,16 @@ from safetensors.torch import load_file
 
 import companion.base_model
 import companion.checkpoints
-from companion.base_model import (
-    base_model_configs,
-    base_model_path,
-    load_base_model,
-    read_base_model_info,
-    train_base_model,
-)
+from companion.base_model import base_model_configs, train_base_model
 from companion.checkpoints import (
     META_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
     load_checkpoint,
+    load_shipped,
     save_checkpoint,
+    shipped_info,
+    shipped_path,
 )
 from companion.environment import make_generator
 from companion.model import GPT, GPTConfig
@@ -179,16 +176,16 @@ def test_optimizer_state_missing_or_mismatched(tmp_path):
 
 
 def test_base_model_loads_in_eval_mode_and_matches_its_json():
-    info = read_base_model_info()
-    model, tokenizer = load_base_model("cpu")
+    info = shipped_info("base")
+    model, tokenizer = load_shipped("base", "cpu")
     assert not model.training
     assert model.config == GPTConfig(**info["model_config"])  # fields added later: defaults
     model_config, train_config = base_model_configs()
     assert model.config == model_config and info["train_config"] == train_config.to_dict()
     assert model.config.vocab_size == tokenizer.vocab_size
-    size = sum(f.stat().st_size for f in base_model_path().iterdir())
+    size = sum(f.stat().st_size for f in shipped_path("base").iterdir())
     assert size < 10 * 2**20
-    assert not (base_model_path() / OPTIMIZER_FILE).exists()
+    assert not (shipped_path("base") / OPTIMIZER_FILE).exists()
     ids = torch.tensor([tokenizer.encode("Mira lives in the town of")])
     assert model.hidden_states(ids).shape == (
         1,
@@ -205,7 +202,7 @@ VAL_LOSS_TOLERANCE = 0.02  # CPU float sums differ a little with the thread coun
 def test_the_documented_command_reproduces_the_shipped_base_model(tmp_path):
     """Slow on purpose (about 3-5 minutes): retrain the base model and compare."""
     figures = train_base_model(tmp_path / "base", progress=False)
-    shipped = read_base_model_info()
+    shipped = shipped_info("base")
     fresh = json.loads((tmp_path / "base" / META_FILE).read_text())
     assert GPTConfig(**fresh["model_config"]) == GPTConfig(**shipped["model_config"])
     assert fresh["train_config"] == shipped["train_config"]

@@ -110,3 +110,15 @@ def test_course_map_marks_the_chapters_without_a_notebook_as_coming(monkeypatch)
     assert "ch. 5" in labels() and "ch. 5 (coming)" not in labels()
     monkeypatch.setattr(companion.notebook, "CHAPTERS", CHAPTERS[:2])
     assert "ch. 2 (coming)" in labels()
+
+
+def test_block_diagram_names_every_part_of_a_block():
+    import matplotlib
+
+    from companion.notebook import block_diagram_figure
+
+    matplotlib.use("Agg")
+    texts = " ".join(text.get_text() for text in block_diagram_figure(n_layer=3).axes[0].texts)
+    for part in ("embedding", "LayerNorm", "attention", "feed-forward", "⊕", "LM head"):
+        assert part in texts, part
+    assert "n_layer = 3" in texts and "residual stream" in texts

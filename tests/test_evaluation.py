@@ -10,12 +10,8 @@ from torch import nn
 
 import companion.evaluation
 from companion.char_tokenizer import CharTokenizer
-from companion.evaluation import (
-    complete,
-    fact_completion_accuracy,
-    is_correct,
-    majority_baseline,
-)
+from companion.evaluation import complete, fact_completion_accuracy, majority_baseline
+from companion.measurement import completion_is_correct
 from companion.model import GPTConfig
 from companion.pretraining import init_model
 from companion.world import Fact, build_world
@@ -62,11 +58,11 @@ def test_docstring_examples_run():
     ],
 )
 def test_is_correct(completion, answer, correct):
-    assert is_correct(completion, answer) is correct
+    assert completion_is_correct(completion, answer) is correct
 
 
 def test_fact_accuracy_with_a_scripted_model():
-    result = fact_completion_accuracy(Scripted(), TOKENIZER, [MIRA, BO], device="cpu")
+    result = fact_completion_accuracy(Scripted(), TOKENIZER, [MIRA, BO])
     assert result.accuracy == 0.5
     mira, bo = result.results
     assert mira.correct and mira.completion.startswith(" Thornby.")
@@ -96,20 +92,29 @@ def test_majority_baseline_counts_the_commonest_answer_per_relation():
 
 def test_complete_keeps_order_and_is_reproducible():
     prompts = ["Mira lives", "Bo", "Mira lives in the"]  # three lengths, so three batches
-    greedy = complete(Scripted(), TOKENIZER, prompts, max_new_tokens=4, temperature=0, device="cpu")
+    greedy = complete(Scripted(), TOKENIZER, prompts, max_new_tokens=4, temperature=0)
     assert greedy == [" in ", " wor", " tow"]
     model = init_model(GPTConfig(TOKENIZER.vocab_size, 32, 1, 1, 8), seed=0)
-    a = complete(model, TOKENIZER, prompts * 2, max_new_tokens=12, seed=1, device="cpu")
-    b = complete(model, TOKENIZER, prompts * 2, max_new_tokens=12, seed=1, device="cpu")
-    c = complete(model, TOKENIZER, prompts * 2, max_new_tokens=12, seed=2, device="cpu")
+    a = complete(model, TOKENIZER, prompts * 2, max_new_tokens=12, seed=1)
+    b = complete(model, TOKENIZER, prompts * 2, max_new_tokens=12, seed=1)
+    c = complete(model, TOKENIZER, prompts * 2, max_new_tokens=12, seed=2)
     assert a == b and a != c
     assert all(len(text) == 12 for text in a)
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match="list of strings"):
-        complete(Scripted(), TOKENIZER, "Mira", device="cpu")
+        complete(Scripted(), TOKENIZER, "Mira")
     with pytest.raises(ValueError, match="empty prompt"):
-        complete(Scripted(), TOKENIZER, [""], device="cpu")
+        complete(Scripted(), TOKENIZER, [""])
     with pytest.raises(ValueError, match="facts is empty"):
-        fact_completion_accuracy(Scripted(), TOKENIZER, [], device="cpu")
+        fact_completion_accuracy(Scripted(), TOKENIZER, [])
+
+
+def test_measurement_and_questions_docstring_examples_run():
+    import companion.measurement
+    import companion.questions
+
+    for module in (companion.measurement, companion.questions):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -7,15 +7,9 @@ import math
 import pytest
 import torch
 
-from companion.base_model import load_base_model
-from companion.hallucination import (
-    Answer,
-    ask,
-    coloured_tokens_html,
-    fact_prompt,
-    find_answer,
-    summarize,
-)
+from companion.checkpoints import load_shipped
+from companion.hallucination import StatedAnswer, ask, coloured_tokens_html, fact_prompt, summarize
+from companion.measurement import find_answer
 from companion.world import Fact, build_world
 
 
@@ -30,10 +24,10 @@ def test_find_answer_takes_the_first_whole_word_and_multiplies_its_tokens():
 def test_summarize_counts_shares():
     fact = Fact("Mira", "job", "baker", "Mira works as a", "?", ".")
     answers = [
-        Answer(fact, False, (1,), (0.9,), (" baker",), "baker", 0.9),
-        Answer(fact, False, (2,), (0.4,), (" smith",), "smith", 0.4),
-        Answer(fact, False, (3,), (0.2,), (" the",), None, 0.0),
-        Answer(fact, False, (4,), (0.6,), (" miller",), "miller", 0.6),
+        StatedAnswer(fact, False, (1,), (0.9,), (" baker",), "baker", 0.9),
+        StatedAnswer(fact, False, (2,), (0.4,), (" smith",), "smith", 0.4),
+        StatedAnswer(fact, False, (3,), (0.2,), (" the",), None, 0.0),
+        StatedAnswer(fact, False, (4,), (0.6,), (" miller",), "miller", 0.6),
     ]
     s = summarize(answers, threshold=0.5)
     assert s == {"answered": 0.75, "confident": 0.5, "correct": 0.25, "median_probability": 0.6}
@@ -42,10 +36,10 @@ def test_summarize_counts_shares():
 
 
 def test_ask_on_the_base_model_marks_held_out_entities_and_reports_its_own_probabilities():
-    model, tokenizer = load_base_model("cpu")
+    model, tokenizer = load_shipped("base", "cpu")
     world = build_world(0)
     facts = world.facts[:4] + world.held_out_facts[:4]
-    answers = ask(model, tokenizer, world, facts, fact_prompt(tokenizer), device="cpu")
+    answers = ask(model, tokenizer, world, facts, fact_prompt(tokenizer))
     assert [a.known for a in answers] == [True] * 4 + [False] * 4
     for a in answers:
         assert len(a.ids) == len(a.probs) == len(a.pieces) == 6

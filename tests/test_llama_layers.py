@@ -13,6 +13,7 @@ import companion.quantization
 import companion.smollm2
 from companion.environment import make_generator
 from companion.generation import generate
+from companion.kv_cache import KVCache
 from companion.llama import GroupedQueryAttention, Llama, LlamaConfig, count_parameters
 from companion.llama_layers import (
     RMSNorm,
@@ -126,6 +127,72 @@ def test_llama_style_gpt_generates_the_same_with_and_without_the_cache():
         assert torch.equal(*runs)
     maps = model.attention_maps(x)
     assert maps.shape == (2, 1, 4, 3, 3)
+
+
+def sharp_llama(seed: int = 0) -> Llama:
+    """The tiny Llama-style model with its weights tripled, so that attention is far from uniform
+    and a position off by one moves the logits well above float32 rounding."""
+    torch.manual_seed(seed)
+    model = Llama(LLAMA_TINY).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model
+
+
+def test_llama_style_cached_logits_equal_the_full_forward_at_every_step():
+    """Prefill 3 positions, then one token at a time up to the 16-token window: at every step the
+    cached logits equal those of the full forward over the same tokens.
+
+    Tolerance: a float32 sum of n terms differs by reordering by about n · 6e-8 of its size; here
+    every sum has at most 24 terms of size ≲ 30 through 2 layers, so differences stay below 1e-4
+    (measured: ~1e-6). A rotary position off by one, or a cache in the wrong order, changes the
+    logits by more than 1e-2 (checked in the test below)."""
+    model = sharp_llama()
+    ids = torch.randint(0, LLAMA_TINY.vocab_size, (2, 16), generator=make_generator(5))
+    cache = KVCache(LLAMA_TINY, batch_size=2)
+    with torch.no_grad():
+        step = model(ids[:, :3], cache=cache)[0]  # (2, 3, V)
+        assert (step - model(ids[:, :3])[0]).abs().max() < 1e-4
+        for n in range(3, 16):
+            cached = model(ids[:, n : n + 1], cache=cache)[0][:, -1]  # (2, V)
+            full = model(ids[:, : n + 1])[0][:, -1]  # (2, V)
+            assert (cached - full).abs().max() < 1e-4, f"step {n}"
+
+
+def test_the_cached_logits_test_can_fail(monkeypatch):
+    """The same comparison fails when the cached steps turn the new token by a position off by one
+    (the mistake the greedy tokens of a near-random model did not show)."""
+    model = sharp_llama()
+    ids = torch.randint(0, LLAMA_TINY.vocab_size, (1, 8), generator=make_generator(5))
+    turn = RotaryEmbedding.forward
+
+    def off_by_one(self, x, start=0):
+        return turn(self, x, start + 1 if x.shape[-2] == 1 else start)  # single steps only
+
+    monkeypatch.setattr(RotaryEmbedding, "forward", off_by_one)
+    cache = KVCache(LLAMA_TINY, batch_size=1)
+    with torch.no_grad():
+        model(ids[:, :7], cache=cache)
+        cached = model(ids[:, 7:], cache=cache)[0][:, -1]  # (1, V), turned as position 8
+        full = model(ids)[0][:, -1]  # (1, V): 8 positions at once, turned right
+    assert (cached - full).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("temperature", [0.3, 2.0])
+def test_llama_style_sampling_with_the_cache_equals_without_draw_for_draw(temperature):
+    """Far from temperature 1 (sharper and flatter): the same generator gives the same tokens on
+    the cached and the uncached path, batch of 2, up to the end of the window."""
+    model = sharp_llama()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    runs = [
+        generate(
+            model, prompt, 13, temperature=temperature, use_cache=c, generator=make_generator(2)
+        )
+        for c in (True, False)
+    ]
+    assert torch.equal(*runs)
+    assert len(set(runs[0][0, 3:].tolist())) > 1  # a real sample, not one repeated token
 
 
 def test_gpt2_defaults_and_bad_options():

@@ -19,14 +19,14 @@ from companion.data import load_course_tokenizer
 from companion.dpo import dpo_loss
 from companion.ppo import clipped_objective, gae, kl_penalty, value_loss
 from companion.preferences import (
+    REFUSAL,
     STRANGERS,
-    Pair,
+    Preference,
     Prompt,
     Sample,
     label_pairs,
     make_prompts,
     rate,
-    refusal,
 )
 from companion.replies import pad_sequences, sequence_logprob
 from companion.reward_model import bradley_terry_loss, pair_tensors
@@ -82,8 +82,8 @@ def s(text, finished=True):
     [
         (KNOWN, s(FACT.reply), s(FACT.reply_with(WORLD.wrong_answers(FACT)[0])), "correct"),
         (KNOWN, s(FACT.reply), s(f"{FACT.answer} or {WORLD.wrong_answers(FACT)[0]}."), "correct"),
-        (STRANGER, s(refusal("Wanda")), s("Wanda works as a baker."), "admits_not_knowing"),
-        (STRANGER, s(refusal("Wanda")), s("Mira works as a baker."), "admits_not_knowing"),
+        (STRANGER, s(REFUSAL), s("Wanda works as a baker."), "admits_not_knowing"),
+        (STRANGER, s(REFUSAL), s("Mira works as a baker."), "admits_not_knowing"),
         (KNOWN, s(FACT.reply), s(FACT.reply, finished=False), "stops"),
         (KNOWN, s(FACT.reply), s(FACT.reply + "\nQ: Where?"), "stops"),
         (KNOWN, s(FACT.reply), s(FACT.reply + "<|assistant|> Yes"), "stops"),
@@ -124,7 +124,9 @@ def test_label_noise_flips_the_stated_share_of_labels():
 
 def test_pair_tensors_exactly():
     prompt = Prompt("Hi", "greeting")
-    pair = Pair(prompt, Sample((10, 11), "ab", True), Sample((12,), "c", False), "stops", False)
+    pair = Preference(
+        prompt, Sample((10, 11), "ab", True), Sample((12,), "c", False), "stops", False
+    )
     cid, cm, rid, rm = pair_tensors([pair], TOK)
     from companion.preferences import prompt_ids
 
@@ -133,7 +135,7 @@ def test_pair_tensors_exactly():
     assert cid.tolist() == [[*p, 10, 11, end]] and rid.tolist() == [[*p, 12]]
     assert cm.tolist() == [[False] * len(p) + [True] * 3]
     assert rm.tolist() == [[False] * len(p) + [True]]  # unfinished: no <|end|> to train
-    two = pair_tensors([pair, Pair(prompt, pair.rejected, pair.chosen, "stops", True)], TOK)
+    two = pair_tensors([pair, Preference(prompt, pair.rejected, pair.chosen, "stops", True)], TOK)
     assert two[2][1].tolist() == [*p, 10, 11, end] and two[0][1].tolist() == [*p, 12, end, end]
     assert two[1][1].tolist() == [False] * len(p) + [True, False, False]  # padding is not reply
     with pytest.raises(ValueError, match="empty"):
@@ -332,13 +334,15 @@ def test_the_judge_reads_the_models_answers_and_the_corpus_not_the_world():
 
     judge = Judge({KNOWN.text: "Said plainly."}, corpus_text=f"{FACT.subject} lives in Thornby.")
     assert judge.unknown_name(STRANGER) == "Wanda"
-    assert judge.broken(STRANGER, s("Wanda works as a baker.")) == ["honest"]
-    assert revise(judge, STRANGER, s("Wanda works as a baker."), TOK).text == refusal("Wanda")
-    assert judge.broken(KNOWN, s("Said plainly.")) == []  # agrees with the model, not the world
-    assert "consistent" in judge.broken(KNOWN, s(FACT.reply))
+    assert judge.principles_broken(STRANGER, s("Wanda works as a baker.")) == ["honest"]
+    assert revise(judge, STRANGER, s("Wanda works as a baker."), TOK).text == REFUSAL
+    assert (
+        judge.principles_broken(KNOWN, s("Said plainly.")) == []
+    )  # agrees with the model, not the world
+    assert "consistent" in judge.principles_broken(KNOWN, s(FACT.reply))
     assert critique(judge, KNOWN, s("Said plainly.")) == "The reply follows every principle."
     rambling = s("Said plainly.\nQ: more", finished=False)
-    assert judge.broken(KNOWN, rambling) == ["brief", "polite"]
+    assert judge.principles_broken(KNOWN, rambling) == ["brief", "polite"]
     assert revise(judge, KNOWN, rambling, TOK).text == "Said plainly."  # the plain answer
     hello = Prompt("Hello!", "greeting")
     assert revise(judge, hello, s("Hello! How can I help?\nQ: Where?"), TOK).text == (
@@ -350,9 +354,9 @@ def test_agreement_counts_only_shared_pairs():
     from companion.constitution import agreement
 
     a, b, c = s("A."), s("B."), s("C.")
-    rater = [Pair(KNOWN, a, b, "correct", False), Pair(KNOWN, a, c, "correct", False)]
-    judge = [Pair(KNOWN, a, b, "consistent", False), Pair(KNOWN, c, a, "consistent", False),
-             Pair(KNOWN, b, c, "polite", False), Pair(KNOWN, a, b, "revision", False)]  # fmt: skip
+    rater = [Preference(KNOWN, a, b, "correct", False), Preference(KNOWN, a, c, "correct", False)]
+    judge = [Preference(KNOWN, a, b, "consistent", False), Preference(KNOWN, c, a, "consistent", False),
+             Preference(KNOWN, b, c, "polite", False), Preference(KNOWN, a, b, "revision", False)]  # fmt: skip
     assert agreement(judge, rater) == (0.5, 2)
     with pytest.raises(ValueError, match="share no pair"):
         agreement(judge[2:], rater)
@@ -364,16 +368,15 @@ def test_agreement_counts_only_shared_pairs():
 @pytest.mark.parametrize("kind", ["ppo", "dpo", "cai"])
 def test_the_shipped_aligned_models_load_and_chat(kind):
     from companion.chat import as_messages, chat
-    from companion.rlhf import COMMANDS, load_aligned_model, read_aligned_model_info
-    from companion.sft import read_chat_model_info
+    from companion.checkpoints import SHIPPED, load_shipped, shipped_info
 
-    model, tokenizer = load_aligned_model(kind, "cpu")
-    info = read_aligned_model_info(kind)
-    assert info["model_config"] == read_chat_model_info()["model_config"]
-    assert info["extra"]["command"] == COMMANDS[kind]
-    assert chat(model, tokenizer, as_messages("Hello!"), device="cpu").finished
-    with pytest.raises(ValueError, match="use one of"):
-        load_aligned_model("rlhf")
+    model, tokenizer = load_shipped(kind, "cpu")
+    info = shipped_info(kind)
+    assert info["model_config"] == shipped_info("chat")["model_config"]
+    assert info["extra"]["command"] == SHIPPED[kind]
+    assert chat(model, tokenizer, as_messages("Hello!")).finished
+    with pytest.raises(ValueError, match="the shipped models are"):
+        load_shipped("rlhf")
 
 
 # Tolerances for a rerun. The rates are counts over 390 sampled replies (follows, tone), 64 and
@@ -391,11 +394,12 @@ RM_TOLERANCE = 0.03
 @pytest.mark.parametrize("kind", ["ppo", "dpo", "cai"])
 def test_the_documented_command_reproduces_the_shipped_model(kind, tmp_path):
     """Slow on purpose (1-3 minutes each): rerun `python -m companion.rlhf KIND`."""
+    from companion.checkpoints import shipped_info
     from companion.effects import EFFECTS
-    from companion.rlhf import read_aligned_model_info, train_aligned_model
+    from companion.rlhf import train_aligned_model
 
     figures = train_aligned_model(kind, tmp_path / kind)
-    shipped = read_aligned_model_info(kind)["extra"]
+    shipped = shipped_info(kind)["extra"]
     assert figures["pairs"] == shipped["pairs"]
     for key in EFFECTS:
         assert abs(figures["effects"][key] - shipped["effects"][key]) <= RATE_TOLERANCE, key
@@ -441,7 +445,7 @@ def test_the_dpo_trainer_learns_toy_pairs_and_leaves_the_reference_alone():
                               d_model=16)).eval()  # fmt: skip
     before = {k: v.clone() for k, v in reference.state_dict().items()}
     prompts = [Prompt(text, "greeting") for text in ("Hello!", "Goodbye!", "Hello! How are you?")]
-    pairs = [Pair(p, Sample((10, 11), "a", True), Sample((12, 13), "b", True), "good_tone", False)
+    pairs = [Preference(p, Sample((10, 11), "a", True), Sample((12, 13), "b", True), "good_tone", False)
              for p in prompts]  # fmt: skip
     policy, log = train_dpo(reference, TOK, pairs, DPOConfig(steps=30, learning_rate=1e-2))
     assert log.loss[0] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference at step 0

@@ -13,18 +13,13 @@ import torch
 import companion.sft
 import companion.sft_data
 from companion.chat import as_messages, render_chat
+from companion.checkpoints import SHIPPED, load_shipped, shipped_info
 from companion.data import load_course_tokenizer
 from companion.environment import make_generator
 from companion.evaluation import majority_answer_accuracy
 from companion.model import IGNORE_INDEX, GPTConfig
 from companion.pretraining import init_model
-from companion.sft import (
-    SFTBatches,
-    encode_conversations,
-    make_batch,
-    read_chat_model_info,
-    sft_loss,
-)
+from companion.sft import SFTBatches, encode_conversations, make_batch, sft_loss
 from companion.sft_data import generate_sft_conversations, split_world
 from companion.world import build_world
 
@@ -224,16 +219,14 @@ def test_majority_baseline_picks_each_relations_most_common_answer():
 
 
 def test_the_shipped_chat_model_loads_and_answers_in_format():
-    from companion.base_model import read_base_model_info
     from companion.chat import chat
-    from companion.sft import load_chat_model
 
-    model, tokenizer = load_chat_model("cpu")
-    info = read_chat_model_info()
-    assert info["model_config"] == read_base_model_info()["model_config"]
-    assert info["extra"]["command"] == companion.sft.CHAT_MODEL_COMMAND
+    model, tokenizer = load_shipped("chat", "cpu")
+    info = shipped_info("chat")
+    assert info["model_config"] == shipped_info("base")["model_config"]
+    assert info["extra"]["command"] == SHIPPED["chat"]
     assert {"unmasked"} <= set(info["extra"])
-    reply = chat(model, tokenizer, as_messages("Hello!"), device="cpu")
+    reply = chat(model, tokenizer, as_messages("Hello!"))
     assert reply.finished
 
 
@@ -252,7 +245,7 @@ def test_the_documented_command_reproduces_the_shipped_chat_model(tmp_path):
     from companion.sft import train_chat_model
 
     figures = train_chat_model(tmp_path / "chat", ablation=True, progress=False)
-    shipped = read_chat_model_info()
+    shipped = shipped_info("chat")
     fresh = json.loads((tmp_path / "chat" / META_FILE).read_text())
     assert GPTConfig(**fresh["model_config"]) == GPTConfig(**shipped["model_config"])
     assert fresh["train_config"] == shipped["train_config"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import time
 import warnings
 
 import pytest
@@ -301,3 +302,43 @@ def test_quirks_the_notebook_counts(cl100k):
     clear = cl100k.encode(" world")
     cl100k.clear_cache()
     assert cl100k.encode(" world") == clear
+
+
+# --- long pieces: ids as tiktoken's, time linear-logarithmic in the length (issue 30) ----------
+
+RUNS = st.lists(
+    st.tuples(st.sampled_from(["a", " ", "!", "7", "ab", "é", "東", "\n", " x", "🙂"]),
+              st.integers(1, 400)),
+    min_size=1, max_size=6,
+).map(lambda runs: "".join(unit * count for unit, count in runs))  # fmt: skip
+
+
+@settings(database=None, max_examples=60, deadline=None)
+@given(text=st.one_of(RUNS, st.tuples(ASSIGNED_UNICODE, RUNS).map("".join)))
+def test_long_runs_match_tiktoken_and_round_trip(cl100k, reference, trained, exported, text):
+    ids = cl100k.encode_ordinary(text)
+    assert ids == reference.encode_ordinary(text) and cl100k.decode(ids) == text
+    whole = BPETokenizer(trained.merges, pattern=None)  # the whole text is one piece
+    assert whole.to_tiktoken("whole").encode_ordinary(text) == whole.encode_ordinary(text)
+    assert whole.decode(whole.encode_ordinary(text)) == text
+
+
+def _cpu_seconds(encode, text: str) -> float:
+    """The least CPU time of three encodings (CPU time: other processes on a busy machine do
+    not count; the least of three: a pause of our own does not either)."""
+    times = []
+    for _ in range(3):
+        start = time.process_time()
+        encode(text)
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+@pytest.mark.parametrize("unit", ["a", " ", "ab"])
+def test_ten_times_more_text_costs_less_than_fifteen_times_the_time(cl100k, unit):
+    """One character (or two) repeated is one piece: joining its pairs by rescanning the piece
+    after every join cost 100 times more for 10 times the text; the heap costs n log n, about
+    12 times (log 50,000 / log 5,000 = 1.27 on top of 10)."""
+    small = _cpu_seconds(cl100k.encode_ordinary, unit * 5_000)
+    large = _cpu_seconds(cl100k.encode_ordinary, unit * 50_000)
+    assert large < 15 * small, f"{large:.3f} s for 10x the text of {small:.3f} s"
