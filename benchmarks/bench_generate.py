@@ -4,7 +4,8 @@
 Run: ``python benchmarks/bench_generate.py [--lengths 64 128 256 512] [--repeats 3]
 [--max-uncached-length 512] [--device cpu]``. The model is GPT-2 small's shape (12 blocks of width 768, context 1024,
 V = 50,257) with random weights: a ``transformers`` ``GPT2LMHeadModel`` made from a seed, copied
-into companion's ``GPT`` with ``GPT.from_hf_gpt2``. Greedy decoding, batch 1, an 8-token prompt,
+into companion's ``GPT`` with ``GPT.from_hf_gpt2`` (with the cache: wrapped in
+``CachedGPT``). Greedy decoding, batch 1, an 8-token prompt,
 exactly ``n`` new tokens (no stop token). Each cell is the median of ``--repeats`` runs
 (medians, because the machine may be shared; the three are run in turn, repeat by repeat, so a
 busy spell slows each of them). Without the cache, step k runs the whole sequence
@@ -25,7 +26,7 @@ import torch
 
 from companion.environment import make_generator, resolve_device
 from companion.generation import generate
-from companion.kv_cache import bytes_per_token
+from companion.kv_cache import CachedGPT, bytes_per_token
 from companion.model import GPT
 
 PROMPT_LENGTH = 8
@@ -60,8 +61,10 @@ def main() -> None:
     print(f"model: GPT-2 small shape, random weights, {sum(p.numel() for p in ours.parameters()):,}"
           f" parameters; prompt {PROMPT_LENGTH} tokens; greedy; batch 1")  # fmt: skip
 
+    cached_model = CachedGPT(ours)  # chapter 7's cache around the same weights
+
     def ours_run(n: int, use_cache: bool) -> torch.Tensor:
-        return generate(ours, prompt, n, temperature=0, use_cache=use_cache)
+        return generate(cached_model if use_cache else ours, prompt, n, temperature=0)
 
     def hf_run(n: int) -> torch.Tensor:
         with torch.no_grad():

@@ -7,26 +7,19 @@ What is here:
 
 * :func:`scaled_dot_product_attention`: ``softmax(q kᵀ / √D) v`` written out, returning the
   attention weights alongside the output (PyTorch's fused kernel does not give them back).
-* :func:`causal_mask`: which keys each query may see. When keys outnumber queries (S > T, as
-  with a cache of earlier keys), the queries are the *last* T positions, so the mask is aligned
-  bottom-right: query t sees keys ``0 … S - T + t``.
+* :func:`causal_mask`: which keys each query may see. When keys outnumber queries (S > T), the
+  queries are the *last* T positions, so the mask is aligned bottom-right: query t sees keys
+  ``0 … S - T + t``.
 * :class:`MultiHeadAttention`: project to queries, keys and values, run H heads in parallel,
   concatenate, project back. ``forward`` calls PyTorch's fused kernel
   (``torch.nn.functional.scaled_dot_product_attention``); ``forward_with_weights`` calls the
   from-scratch function and returns the weights too (for plots); ``forward_per_head`` is the
   naive loop over heads, for teaching.
 
-With a KV cache (:mod:`companion.kv_cache`, taught in ``07_inference.ipynb``), ``forward(x, cache)``
-runs only the T new positions: their keys and values are appended to the cache and the queries
-attend over all S stored positions (S > T), with the bottom-right :func:`causal_mask`.
-
-Two options come from Llama-style models (``08_real_model.ipynb``): **grouped-query attention**
-(``n_kv_head`` < ``n_head``: each group of ``n_head / n_kv_head`` query heads shares one key and
-value head, so the projections and the KV cache hold fewer keys and values) and **rotary position
-embeddings** (``rotary``: queries and keys are turned by an angle that grows with their position,
-:mod:`companion.llama_layers`).
-
-What is left out: cross-attention from a second sequence.
+Later chapters build on this module without changing it: the KV cache
+(:mod:`companion.kv_cache`, ``07_inference.ipynb``) runs attention over stored keys, and
+Llama-style grouped-query attention with rotary positions (:mod:`companion.llama`,
+``08_real_model.ipynb``) is a subclass. What is left out: cross-attention from a second sequence.
 """
 
 from __future__ import annotations
@@ -36,9 +29,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from companion.kv_cache import LayerCache
-from companion.llama_layers import RotaryEmbedding
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -123,10 +113,7 @@ class MultiHeadAttention(nn.Module):
 
     ``forward(x)`` maps x (B, T, C) to (B, T, C) with the fused kernel; nothing is kept on the
     module. Parameters: ``qkv`` (C → 3C, queries, keys and values stacked in that order) and
-    ``proj`` (C → C, the output projection). With ``n_kv_head`` key/value heads (grouped-query
-    attention) ``qkv`` is C → C + 2·n_kv_head·D and query head h reads key/value head
-    ``h // (n_head / n_kv_head)``. With ``rotary`` (a :class:`RotaryEmbedding` shared by the
-    layers) queries and keys are turned by their positions before attention.
+    ``proj`` (C → C, the output projection).
 
     >>> mha = MultiHeadAttention(d_model=8, n_head=2)
     >>> out, weights = mha.forward_with_weights(torch.zeros(1, 5, 8))
@@ -136,8 +123,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(
         self, d_model: int, n_head: int, *, causal: bool = True, bias: bool = True,
-        dropout: float = 0.0, n_kv_head: int | None = None,
-        rotary: RotaryEmbedding | None = None,
+        dropout: float = 0.0,
     ) -> None:  # fmt: skip
         super().__init__()
         if n_head < 1 or d_model % n_head != 0:
@@ -145,71 +131,38 @@ class MultiHeadAttention(nn.Module):
                 f"d_model={d_model} must be a positive multiple of n_head={n_head} (each head "
                 f"gets d_model / n_head channels); choose e.g. d_model={max(n_head, 1) * 64}"
             )
-        n_kv_head = n_head if n_kv_head is None else n_kv_head
-        if n_kv_head < 1 or n_head % n_kv_head != 0:
-            raise ValueError(
-                f"n_kv_head={n_kv_head} must divide n_head={n_head}: each key/value head serves "
-                f"an equal group of query heads; choose a divisor of {n_head}"
-            )
-        self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, d_model // n_head
-        self.causal, self.dropout, self.rotary = causal, dropout, rotary
-        kv_width = 2 * n_kv_head * self.head_size  # keys and values: n_kv_head heads of D each
-        self.qkv = nn.Linear(d_model, d_model + kv_width, bias=bias)  # queries, keys, values
+        self.n_head, self.head_size = n_head, d_model // n_head
+        self.causal, self.dropout = causal, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # queries, keys, values
         self.proj = nn.Linear(d_model, d_model, bias=bias)  # mixes the concatenated heads
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        """(B, T, C) → (B, T, C), with PyTorch's fused attention kernel.
-
-        With a ``cache`` (causal attention only), x holds the T *new* positions: their keys and
-        values join the S - T stored ones and each query sees every stored key up to its own
-        position. PyTorch's ``is_causal=True`` aligns its mask top-left (query t sees keys
-        0 … t), which is wrong once S > T, so those steps pass :func:`causal_mask` (T, S)
-        explicitly; a single new token (T = 1) may see all S keys and needs no mask.
-        """
-        q, k, v = self._split_heads(x, 0 if cache is None else cache.length)  # (B, H|Hkv, T, D)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) → (B, T, C), with PyTorch's fused attention kernel."""
+        q, k, v = self.split_heads(x)  # 3 × (B, H, T, D)
         p = self.dropout if self.training else 0.0
-        if cache is None or cache.length == 0:  # no past: the same call with or without a cache
-            if cache is not None:
-                cache.append(k, v)
-            k, v = self._share_kv(k), self._share_kv(v)  # (B, H, T, D)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
-        else:
-            k, v = cache.append(k, v)  # 2 × (B, Hkv, S, D): the stored positions and the new ones
-            k, v = self._share_kv(k), self._share_kv(v)  # (B, H, S, D)
-            T, S = q.shape[2], k.shape[2]
-            mask = causal_mask(T, S, device=q.device) if T > 1 else None  # (T, S) or all keys
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return self._merge_heads(y)  # (B, H, T, D) -> (B, T, C)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
+        return self.merge_heads(y)  # (B, H, T, D) -> (B, T, C)
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The same with the from-scratch attention: ``(out (B, T, C), weights (B, H, T, T))``."""
-        q, k, v = self._split_heads(x)  # (B, H, T, D), 2 × (B, Hkv, T, D)
-        k, v = self._share_kv(k), self._share_kv(v)  # (B, H, T, D)
+        q, k, v = self.split_heads(x)  # 3 × (B, H, T, D)
         p = self.dropout if self.training else 0.0
         y, weights = scaled_dot_product_attention(q, k, v, causal=self.causal, dropout_p=p)
-        return self._merge_heads(y), weights  # (B, T, C), (B, H, T, T)
+        return self.merge_heads(y), weights  # (B, T, C), (B, H, T, T)
 
-    def _split_heads(
-        self, x: torch.Tensor, start: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries (B, H, T, D), keys and values (B, Hkv, T, D) of x at positions ``start`` …"""
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C), each (B, H, T, D)."""
         B, T, C = x.shape
-        H, Hkv, D = self.n_head, self.n_kv_head, self.head_size
-        q, k, v = self.qkv(x).split([C, Hkv * D, Hkv * D], dim=-1)  # (B, T, C + 2·Hkv·D) split
+        H, D = self.n_head, self.head_size
+        q, k, v = self.qkv(x).split(C, dim=-1)  # (B, T, 3C) -> 3 × (B, T, C)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
-        if self.rotary is not None:  # turn queries and keys by their positions
-            q, k = self.rotary(q, start), self.rotary(k, start)
+        k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         return q, k, v
 
-    def _share_kv(self, kv: torch.Tensor) -> torch.Tensor:
-        """(B, Hkv, S, D) → (B, H, S, D): each key/value head repeated for its group of queries."""
-        group = self.n_head // self.n_kv_head
-        return kv if group == 1 else kv.repeat_interleave(group, dim=1)
-
-    def _merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs (B, H, T, D), concatenated and projected back: (B, T, C)."""
         B, H, T, D = y.shape
         y = y.transpose(1, 2).contiguous().view(B, T, H * D)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.proj(y))  # (B, T, C) @ (C, C) -> (B, T, C)
@@ -218,22 +171,17 @@ class MultiHeadAttention(nn.Module):
         """The naive version: one head at a time, in a Python loop; returns ``(out, weights)``.
 
         Same parameters and same result as :meth:`forward_with_weights` (without dropout).
-        Head h uses rows ``h·D : (h+1)·D`` of the query projection and those of its key/value
-        head g = h // (H / Hkv) in the key and value projections.
+        Head h uses rows ``h·D : (h+1)·D`` of each of the query, key and value projections.
         """
         C, D = x.shape[-1], self.head_size
-        W, b = self.qkv.weight, self.qkv.bias  # (C + 2·Hkv·D, C), (C + 2·Hkv·D,)
-        kv = self.n_kv_head * D  # rows of the key (and of the value) projection
+        W, b = self.qkv.weight, self.qkv.bias  # (3C, C), (3C,)
         heads, maps = [], []
         for h in range(self.n_head):
-            g = h // (self.n_head // self.n_kv_head)  # its key/value head
-            starts = (h * D, C + g * D, C + kv + g * D)  # its query, key and value rows
+            starts = (h * D, C + h * D, 2 * C + h * D)  # its query, key and value rows
             rows = [start + i for start in starts for i in range(D)]
             w_h = W[rows]  # (3D, C): this head's query, key and value rows
             b_h = None if b is None else b[rows]  # (3D,)
             q, k, v = F.linear(x, w_h, b_h).split(D, dim=-1)  # 3 × (B, T, D)
-            if self.rotary is not None:
-                q, k = self.rotary(q), self.rotary(k)
             y_h, a_h = scaled_dot_product_attention(q, k, v, causal=self.causal)  # (B, T, D)
             heads.append(y_h)
             maps.append(a_h)  # (B, T, T)

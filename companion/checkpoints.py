@@ -298,7 +298,7 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, saved: d
         group["betas"] = tuple(group["betas"])  # JSON gave a list back
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     for param, param_state in optimizer.state.items():  # saved row by row: back to the param's
-        for name, value in param_state.items():  # strides (GPT.store_weights_transposed), so the
+        for name, value in param_state.items():  # strides (kv_cache.stored_transposed), so the
             if isinstance(value, torch.Tensor) and value.shape == param.shape:  # update is exact
                 param_state[name] = torch.empty_like(param).copy_(value)
 

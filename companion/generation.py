@@ -9,10 +9,13 @@ vocabulary: B batch, T time, V vocabulary.
 * :func:`stream`: yields each new token (B, 1) as soon as it is chosen (what a chat UI shows);
   :func:`generate` collects the stream into one tensor.
 
-With ``use_cache=True`` (the default, for companion's ``GPT``) the prompt runs through the model
-once and each later step runs one token against the stored keys and values
-(:mod:`companion.kv_cache`); the tokens are the same as without the cache (tested, including
-past the context window). Stop tokens end a row when the model writes one (e.g. ``<|end|>``).
+Each step asks the model for the next token's logits given every id so far. By default the model
+reads the last ``context_length`` ids afresh at each step. A model that knows a faster way offers
+it as a ``decoder(batch_size, max_length)`` method returning that step function: chapter 3's
+``GPT`` skips its input checks (``generate`` made them once), chapter 7's
+:class:`companion.kv_cache.CachedGPT` runs the prompt once and then one token per step against
+stored keys and values; the tokens are the same either way (tested, including past the context
+window). Stop tokens end a row when the model writes one (e.g. ``<|end|>``).
 
 :func:`generate_many` runs prompts of different lengths in batches of equal length (no
 padding), on the model's own device, and on request gives each new token's probability. Left
@@ -29,8 +32,7 @@ import torch
 from torch import nn
 
 from companion.environment import make_generator, model_device
-from companion.kv_cache import KVCache
-from companion.model import GPT
+from companion.model import check_token_ids
 
 
 def _check_sampling(V: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -94,6 +96,11 @@ def next_token_probs(
     tensor([[0.7310, 0.2690, 0.0000, 0.0000]])
     """
     _check_logits(logits, temperature, top_k, top_p)
+    return _probs(logits, temperature, top_k, top_p)
+
+
+def _probs(logits, temperature, top_k, top_p) -> torch.Tensor:
+    """:func:`next_token_probs` on arguments already checked (the decoding loop's, each step)."""
     if temperature == 0:
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
         return torch.zeros_like(logits).scatter_(-1, best, 1.0)  # (B, V), one-hot
@@ -142,10 +149,15 @@ def sample_next(
     >>> sample_next(torch.tensor([[0.1, 3.0, -1.0]]), top_k=1)  # only one candidate is left
     tensor([[1]])
     """
+    _check_logits(logits, temperature, top_k, top_p)
+    return _sample(logits, temperature, top_k, top_p, generator)
+
+
+def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+    """:func:`sample_next` on arguments already checked (the decoding loop's, each step)."""
     if temperature == 0:  # greedy: the largest logit; top-k and top-p cannot change it
-        _check_logits(logits, temperature, top_k, top_p)
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    probs = _probs(logits, temperature, top_k, top_p)
     cdf = probs.cumsum(dim=-1)  # (B, V): running totals, the last one is ≈ 1
     total = cdf[:, -1:]  # (B, 1)
     if not bool(total.isfinite().all()):  # NaN or +inf among the logits, or a row all -inf
@@ -202,6 +214,8 @@ def stream(
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
         got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise ValueError(f"idx must be (B, T), got {got}; use idx[None] for one sequence")
+    if idx.dtype != torch.long:
+        raise ValueError(f"idx must hold int64 token ids, got {idx.dtype}; use torch.tensor([ids])")
     L, V = model.config.context_length, model.config.vocab_size
     if idx.shape[1] == 0:
         raise ValueError("the prompt is empty (T=0); give at least one token, e.g. <|endoftext|>")
@@ -210,6 +224,7 @@ def stream(
             f"the prompt has {idx.shape[1]} tokens but the model reads at most context_length="
             f"{L}; keep the last {L} (idx[:, -{L}:]) or shorten it"
         )
+    check_token_ids(idx, V, "idx")
     _check_sampling(V, temperature, top_k, top_p)
     _check_stop_tokens(stop_tokens, V)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -217,38 +232,31 @@ def stream(
             f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
             "make one with companion.environment.make_generator(seed)"
         )
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    cache = use_cache and isinstance(model, GPT)  # other modules (test doubles) run uncached
-    return _steps(model, idx, max_new_tokens, sampling, stop_tokens, cache, generator)
+    sampling = (temperature, top_k, top_p, generator)
+    B, max_length = idx.shape[0], min(L, idx.shape[1] + max_new_tokens)
+    if use_cache and hasattr(model, "decoder"):  # the model's own step function
+        next_logits = model.decoder(B, max_length)
+    else:  # the plain step: the model on the last L ids
+        next_logits = lambda ids: model(ids[:, -L:])[0][:, -1]  # noqa: E731
+    return _steps(model, idx, max_new_tokens, next_logits, sampling, stop_tokens)
 
 
 @torch.no_grad()  # torch re-enters no_grad at each resume, so the caller's code is unaffected
-def _steps(model, idx, max_new_tokens, sampling, stop_tokens, use_cache, generator):
+def _steps(model, idx, max_new_tokens, next_logits, sampling, stop_tokens):
     """The loop behind :func:`stream`, in numbered steps (arguments already checked)."""
-    L = model.config.context_length
-    B, T = idx.shape
-    cache = None
-    if use_cache:
-        param = next(model.parameters())
-        cache = KVCache(
-            model.config, B, max_length=min(L, T + max_new_tokens), device=idx.device,
-            dtype=param.dtype,
-        )  # fmt: skip
+    B = idx.shape[0]
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=idx.dtype, device=idx.device)  # (S,)
     stopped = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)  # (B, 1)
     was_training = model.training
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            # 1. Logits for the next position. With the cache: the tokens it has not seen
-            #    (the whole prompt first, then one). Without it, or once the sequence no longer
-            #    fits the window: the last L tokens, in full.
-            if cache is not None and idx.shape[1] <= cache.max_length:
-                logits, _ = model(idx[:, cache.length :], cache=cache)  # (B, T_new, V)
-            else:
-                logits, _ = model(idx[:, -L:])  # (B, ≤ L, V)
+            # 1. Logits (B, V) for the next position, given every id so far: the model reads
+            #    the last context_length of them (or, with a decoder that keeps a cache, only
+            #    the ones it has not seen).
+            logits = next_logits(idx)  # (B, V)
             # 2. Choose one token per row.
-            next_id = sample_next(logits[:, -1], generator=generator, **sampling)  # (B, 1)
+            next_id = _sample(logits, *sampling)  # (B, 1)
             # 3. A row that has stopped repeats its stop token.
             if len(stops):
                 next_id = torch.where(stopped, idx[:, -1:], next_id)  # (B, 1)
@@ -282,18 +290,19 @@ def generate(
     * ``stop_tokens``: ids that end a row (kept in the output, e.g. ``<|end|>``). Once a row has
       written one, its later positions repeat that id, and generation ends early as soon as every
       row has stopped.
-    * ``use_cache``: prefill the prompt once, then run one token per step against the stored
-      keys and values. The tokens are the same as with ``use_cache=False``.
+    * ``use_cache``: run the model's own step function (its ``decoder`` method, if it has one:
+      chapter 7's KV cache prefills the prompt once, then runs one token per step against the
+      stored keys and values). ``False`` calls the model on the window at each step. The tokens
+      are the same either way.
     * The prompt must hold 1 to ``context_length`` tokens (a ``ValueError`` otherwise: cutting a
       prompt silently would hide the loss of its beginning).
 
     **Past the context window.** The position embeddings end at ``context_length`` (L). Once
     the sequence is longer than L, each step reads only its last L tokens, at positions 0 … L - 1
-    (a sliding window: the oldest tokens are forgotten, as in chapter 3). Every stored key and
-    value was computed at another position and saw tokens that have left the window, so the cache
-    cannot be reused: from then on, with or without ``use_cache``, each step runs the whole window
-    afresh (the same computation both ways, so the outputs stay identical, and the cache stops
-    saving time).
+    (a sliding window: the oldest tokens are forgotten). A KV cache (chapter 7) cannot be reused
+    then: every stored key and value was computed at another position and saw tokens that have
+    left the window, so from then on each step runs the whole window afresh (the same
+    computation with or without the cache, so the outputs stay identical).
 
     The model is put in eval mode (no dropout) while generating and back in its mode afterwards.
 

@@ -16,6 +16,11 @@ The buffers are allocated once, ``max_length`` positions long, and filled from t
 step copies one position per layer instead of re-concatenating the past. Memory: two tensors per
 layer of ``max_length · C`` numbers each, i.e. :func:`bytes_per_token` per position and sequence.
 
+:class:`CachedGPT` is chapter 3's GPT with the cache: the same modules and parameters (held, not
+copied), a ``forward(idx, cache=cache)`` that runs only the new tokens, and the ``decoder`` step
+function :func:`companion.generation.generate` uses. Nothing in chapter 3's code changes:
+:func:`attend_with_cache` runs a block's own attention projections over the stored keys.
+
 With grouped-query attention (``n_kv_head`` < ``n_head``, ``08_real_model.ipynb``) the buffers hold
 only the ``n_kv_head`` key/value heads. Left out: paged or shared caches across requests,
 quantised caches, and sliding-window attention
@@ -25,7 +30,14 @@ happens past the context window).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.attention import MultiHeadAttention, causal_mask
+from companion.model import GPT
 
 
 class LayerCache:
@@ -84,11 +96,13 @@ class KVCache:
     """The cache of a whole model: one :class:`LayerCache` per block, and where the next token
     goes (``length``, which is also its position embedding's index).
 
-    Made by :func:`companion.generation.generate`; pass it to ``GPT.forward(idx, cache=cache)``
-    to run only the new tokens ``idx`` (B, T) after the ``cache.length`` stored ones.
+    Made by a model's ``decoder`` when :func:`companion.generation.generate` runs it; pass it to
+    ``CachedGPT.forward(idx, cache=cache)`` to run only the new tokens ``idx`` (B, T) after the
+    ``cache.length`` stored ones.
 
-    >>> from companion.model import GPT, GPTConfig
-    >>> model = GPT(GPTConfig(vocab_size=11, context_length=8, n_layer=2, n_head=2, d_model=16))
+    >>> from companion.model import GPTConfig
+    >>> model = CachedGPT(GPT(GPTConfig(vocab_size=11, context_length=8, n_layer=2, n_head=2,
+    ...                                 d_model=16)))
     >>> cache = KVCache(model.config, batch_size=1)
     >>> _ = model(torch.tensor([[1, 2, 3]]), cache=cache)  # prefill: positions 0, 1, 2
     >>> _ = model(torch.tensor([[4]]), cache=cache)  # decode: position 3 only
@@ -105,6 +119,7 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        self.context_length = config.context_length
         self.max_length = config.context_length if max_length is None else max_length
         if not 1 <= self.max_length <= config.context_length:
             raise ValueError(
@@ -125,6 +140,16 @@ class KVCache:
         """Positions stored so far (every layer holds the same number)."""
         return self.layers[0].length
 
+    def check_room(self, T: int) -> None:
+        """A ``ValueError`` unless T more positions fit after the stored ones."""
+        if self.length + T > self.max_length:
+            raise ValueError(
+                f"the cache holds {self.length} positions and has room for {self.max_length}; "
+                f"{T} more do not fit. Start again without the cache on the last "
+                f"{self.context_length} tokens (what companion.generation.generate does past "
+                "the window)"
+            )
+
     def reset(self) -> None:
         """Forget every stored position (the buffers are kept for reuse)."""
         for layer in self.layers:
@@ -136,6 +161,131 @@ class KVCache:
             (layer.keys[:, :, : layer.length].nelement() * 2) * layer.keys.element_size()
             for layer in self.layers
         )
+
+
+def attend_with_cache(attn: MultiHeadAttention, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+    """``attn``'s causal self-attention for the T new positions x (B, T, C), after the stored ones.
+
+    The new keys and values join the S - T stored ones and each query sees every stored key up to
+    its own position. PyTorch's ``is_causal=True`` aligns its mask top-left (query t sees keys
+    0 … t), which is wrong once S > T, so those steps pass :func:`companion.attention.causal_mask`
+    (T, S) explicitly; a single new token (T = 1) may see all S keys and needs no mask. With an
+    empty cache (the prompt), the call is :meth:`MultiHeadAttention.forward`'s own.
+    """
+    q, k, v = attn.split_heads(x)  # 3 × (B, H, T, D)
+    if cache.length == 0:  # no past: the same call as without a cache
+        cache.append(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        k, v = cache.append(k, v)  # 2 × (B, H, S, D): the stored positions and the new ones
+        T, S = q.shape[2], k.shape[2]
+        mask = causal_mask(T, S, device=q.device) if T > 1 else None  # (T, S) or all keys
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.merge_heads(y)  # (B, H, T, D) -> (B, T, C)
+
+
+def stored_transposed(weight: torch.Tensor) -> torch.Tensor:
+    """The same (out, in) matrix, stored column by column: strides (1, out), as (in, out) in
+    memory, the layout of GPT-2's own code and Hugging Face's Conv1D.
+
+    A decoding step multiplies one vector (1, in) by every weight, and common CPU BLAS libraries
+    run that product about a quarter faster from this layout (measured by
+    ``benchmarks/bench_generate.py``). Shape and values are unchanged.
+
+    >>> stored_transposed(torch.zeros(3, 2)).stride()
+    (1, 3)
+    """
+    return weight.t().contiguous().t()
+
+
+def cached_decoder(
+    logits: Callable[[torch.Tensor, KVCache | None], torch.Tensor],
+    config,
+    batch_size: int,
+    max_length: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The step function of a cached model (its ``decoder``): every id so far (B, T) → the next
+    token's logits (B, V), running only the ids the cache has not seen.
+
+    ``logits(idx, cache)`` is the model's unchecked forward, (B, T, V). The first step runs the
+    whole prompt (prefill), each later step one token. Once the sequence no longer fits the
+    window (more than ``max_length`` ids), every stored key and value sits at the wrong position,
+    so each step runs the last ``context_length`` ids afresh, without the cache: the same call as
+    the plain loop, so the tokens stay the same (:func:`companion.generation.generate`).
+    """
+    cache = KVCache(config, batch_size, max_length=max_length, device=device, dtype=dtype)
+    L = config.context_length
+
+    def next_logits(idx: torch.Tensor) -> torch.Tensor:
+        if idx.shape[1] <= cache.max_length:
+            return logits(idx[:, cache.length :], cache)[:, -1]  # (B, T_new, V) -> (B, V)
+        return logits(idx[:, -L:], None)[:, -1]  # (B, L, V) -> (B, V)
+
+    return next_logits
+
+
+class CachedGPT(nn.Module):
+    """Chapter 3's GPT with a KV cache: ``forward(idx, cache=cache)`` runs only the new tokens.
+
+    ``model`` is held, not copied: the parameters are the GPT's own. Its blocks' linear weights
+    are given the layout decoding runs fastest from (:func:`stored_transposed`; same shapes and
+    values). Without a cache, ``forward`` is the GPT's.
+
+    >>> from companion.model import GPTConfig
+    >>> gpt = GPT(GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=2, d_model=16))
+    >>> cached = CachedGPT(gpt)
+    >>> cached.model is gpt, cached.model.wte.weight is gpt.wte.weight
+    (True, True)
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        for module in model.blocks.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data = stored_transposed(module.weight.data)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Without a cache, ``GPT.forward``. With one, ``idx`` (B, T) holds only the new tokens,
+        at positions ``cache.length`` … ``cache.length + T - 1``; their keys and values are added
+        to the cache and the result is ``(logits (B, T, V), None)`` (no targets then)."""
+        if cache is None:
+            return self.model(idx, targets)
+        if targets is not None:
+            raise ValueError("targets need the whole sequence: call the model without a cache")
+        self.model._check_input(idx)
+        cache.check_room(idx.shape[1])
+        return self.logits(idx, cache), None
+
+    def logits(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """The forward pass, unchecked: ids (B, T) → logits (B, T, V), with or without a cache."""
+        gpt = self.model
+        if cache is None:
+            return gpt.lm_head(gpt.hidden_states(idx))  # (B, T, V)
+        x = gpt.drop(gpt.embed(idx, cache.length))  # (B, T, C) at positions length …
+        for block, layer in zip(gpt.blocks, cache.layers, strict=True):
+            x = x + attend_with_cache(block.attn, block.ln1(x), layer)  # (B, T, C)
+            x = x + block.mlp(block.ln2(x))  # (B, T, C)
+        return gpt.lm_head(gpt.ln_f(x))  # (B, T, C) @ (C, V) -> (B, T, V)
+
+    def decoder(self, batch_size: int, max_length: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The cached step function for :func:`companion.generation.generate` (see
+        :func:`cached_decoder`): a prefill, then one token per step."""
+        weight = self.model.wte.weight
+        return cached_decoder(
+            self.logits, self.config, batch_size, max_length, device=weight.device,
+            dtype=weight.dtype,
+        )  # fmt: skip
 
 
 def bytes_per_token(config, *, dtype: torch.dtype = torch.float32) -> int:

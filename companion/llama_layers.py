@@ -1,18 +1,17 @@
 """What changed since GPT-2: RMSNorm, rotary position embeddings and the SwiGLU feed-forward.
 
 Taught in ``08_real_model.ipynb`` (section 2). Llama-style models (Llama, Mistral, Qwen,
-SmolLM2) keep GPT-2's pre-norm block and change four of its parts, each an option of
-:class:`companion.model.GPTConfig`:
+SmolLM2) keep GPT-2's pre-norm block and change four of its parts; :mod:`companion.llama` builds
+the model from these pieces:
 
-* **RMSNorm** (``norm="rmsnorm"``): divide by the root mean square, scale; no mean subtracted,
-  no bias. :class:`RMSNorm`.
-* **Rotary position embeddings** (``position="rope"``): no position table added to the tokens;
-  instead each query and key is rotated by an angle proportional to its position, so their dot
-  product depends on the *distance* between positions. :class:`RotaryEmbedding`, :func:`apply_rope`.
-* **SwiGLU** (``activation="swiglu"``): ``down(silu(gate(x)) * up(x))``, a gated feed-forward
-  layer. :func:`swiglu`.
+* **RMSNorm**: divide by the root mean square, scale; no mean subtracted, no bias.
+  :class:`RMSNorm`.
+* **Rotary position embeddings**: no position table added to the tokens; instead each query and
+  key is rotated by an angle proportional to its position, so their dot product depends on the
+  *distance* between positions. :class:`RotaryEmbedding`, :func:`apply_rope`.
+* **SwiGLU**: ``down(silu(gate(x)) * up(x))``, a gated feed-forward layer. :func:`swiglu`.
 * **Grouped-query attention** (``n_kv_head`` < ``n_head``): several query heads share one key
-  and value head, so the KV cache shrinks. It lives in :class:`companion.attention.MultiHeadAttention`.
+  and value head, so the KV cache shrinks. :class:`companion.llama.GroupedQueryAttention`.
 
 Shape vocabulary: B batch, T time, C channels, H heads, D head size. Left out: RoPE scaling for
 longer contexts (NTK, YaRN), sliding-window attention, mixture-of-experts feed-forward layers.

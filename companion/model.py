@@ -12,24 +12,16 @@ its weight with the token embedding. :meth:`GPT.from_hf_gpt2` copies the weights
 Attention maps come from :meth:`GPT.attention_maps`, which walks the blocks with the
 from-scratch attention; the forward pass itself always uses PyTorch's fused kernel.
 
-With a :class:`companion.kv_cache.KVCache`, ``model(idx, cache=cache)`` runs only the new tokens
-``idx`` after the ``cache.length`` stored ones (``07_inference.ipynb``); without one, nothing
-changes.
-
-The options of Llama-style models (``08_real_model.ipynb``, :mod:`companion.llama_layers`) are
-fields of :class:`GPTConfig`: ``norm="rmsnorm"``, ``position="rope"``, ``activation="swiglu"``
-with ``d_ff``, ``n_kv_head`` for grouped-query attention, ``bias=False``; the defaults are
-GPT-2's. SmolLM2-135M is ``GPTConfig(49152, 8192, 30, 9, 576, bias=False, activation="swiglu",
-d_ff=1536, n_kv_head=3, norm="rmsnorm", position="rope", rope_base=100000.0)``
-(:mod:`companion.smollm2` loads it).
-
-Left out: weight decay groups and the optimiser
+Later chapters build on this module without changing it: the KV cache
+(:mod:`companion.kv_cache`, ``07_inference.ipynb``) and the Llama-style model
+(:mod:`companion.llama`, ``08_real_model.ipynb``). Left out: weight decay groups and the optimiser
 (the training loop builds those), mixed precision, and any download: weights come from you.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,12 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.attention import MultiHeadAttention
-from companion.kv_cache import KVCache, LayerCache
-from companion.llama_layers import RMSNorm, RotaryEmbedding, swiglu
 
-ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "swiglu")
-NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
-POSITIONS: tuple[str, ...] = ("learned", "rope")
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh")
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (SFT masks prompts so)
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon, also torch's default
 
@@ -58,14 +46,7 @@ class GPTConfig:
     d_model: int  # C: width of every token's vector (the residual stream)
     dropout: float = 0.0  # dropout probability during training (embeddings, attention, MLP)
     bias: bool = True  # whether Linear and LayerNorm layers have a bias (GPT-2: True)
-    activation: str = "gelu"  # "gelu" (exact), "gelu_tanh" (GPT-2's) or "swiglu" (gated, Llama's)
-    d_ff: int | None = None  # feed-forward hidden width; None: 4 · d_model (GPT-2)
-    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
-    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama's: no mean, no bias)
-    norm_eps: float = LAYER_NORM_EPS  # added to the variance (mean square) in every norm
-    position: str = "learned"  # "learned" (a position table, GPT-2) or "rope" (rotary)
-    rope_base: float = 10000.0  # with RoPE: channel pair i turns by position · base^(-2i/D)
-    tie_embeddings: bool = True  # the LM head shares the token embedding's (V, C) weight
+    activation: str = "gelu"  # "gelu" (exact) or "gelu_tanh" (GPT-2's tanh approximation)
 
     def __post_init__(self) -> None:
         _check_gpt_config(self)
@@ -91,23 +72,6 @@ def _check_gpt_config(c: GPTConfig) -> None:
         raise ValueError(f"dropout={c.dropout} must be in [0, 1); use 0.0 to switch it off")
     if c.activation not in ACTIVATIONS:
         raise ValueError(f"activation={c.activation!r} must be one of {ACTIVATIONS}")
-    if c.norm not in NORMS or c.position not in POSITIONS:
-        raise ValueError(
-            f"norm={c.norm!r} must be one of {NORMS} and position={c.position!r} one of {POSITIONS}"
-        )
-    if c.d_ff is not None and (not isinstance(c.d_ff, int) or c.d_ff < 1):
-        raise ValueError(f"d_ff={c.d_ff!r} must be a positive int, or None for 4 · d_model")
-    kv = c.n_head if c.n_kv_head is None else c.n_kv_head
-    if not isinstance(kv, int) or kv < 1 or c.n_head % kv != 0:
-        raise ValueError(
-            f"n_kv_head={c.n_kv_head!r} must divide n_head={c.n_head} (each key/value head serves "
-            "an equal group of query heads), or be None for one per query head"
-        )
-    if c.position == "rope" and (c.d_model // c.n_head) % 2:
-        raise ValueError(
-            f"RoPE turns channels in pairs, so the head size d_model / n_head = "
-            f"{c.d_model // c.n_head} must be even; change d_model or n_head"
-        )
 
 
 def check_token_ids(
@@ -137,67 +101,38 @@ def check_token_ids(
         )
 
 
-def stored_transposed(weight: torch.Tensor) -> torch.Tensor:
-    """The same (out, in) matrix, stored column by column: strides (1, out), as (in, out) in
-    memory (see :meth:`GPT.store_weights_transposed`).
-
-    >>> stored_transposed(torch.zeros(3, 2)).stride()
-    (1, 3)
-    """
-    return weight.t().contiguous().t()
-
-
 class MLP(nn.Module):
-    """The feed-forward layer, applied to each token alone: C → F, GELU, F → C (F = 4C for GPT-2).
-
-    With ``activation="swiglu"``, ``fc`` makes two F-wide halves, a gate and a value ("up"),
-    stacked like the attention's queries, keys and values: ``proj(silu(gate) * up)``.
+    """The feed-forward layer, applied to each token alone: C → 4C, GELU, 4C → C.
     (B, T, C) → (B, T, C).
     """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         C = config.d_model
-        F_ = 4 * C if config.d_ff is None else config.d_ff  # hidden width
-        self.gated = config.activation == "swiglu"
-        self.fc = nn.Linear(C, 2 * F_ if self.gated else F_, bias=config.bias)
+        self.fc = nn.Linear(C, 4 * C, bias=config.bias)  # (C, 4C)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
-        self.proj = nn.Linear(F_, C, bias=config.bias)
+        self.proj = nn.Linear(4 * C, C, bias=config.bias)  # (4C, C)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            gate, up = self.fc(x).chunk(2, dim=-1)  # (B, T, C) @ (C, 2F) -> 2 × (B, T, F)
-            h = swiglu(gate, up)  # (B, T, F)
-        else:
-            h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, C) @ (C, F) -> (B, T, F)
-        return self.dropout(self.proj(h))  # (B, T, F) @ (F, C) -> (B, T, C)
-
-
-def make_norm(config: GPTConfig) -> nn.Module:
-    """The normalisation the config asks for: GPT-2's LayerNorm or Llama's RMSNorm, width C."""
-    if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, eps=config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+        h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, C) @ (C, 4C) -> (B, T, 4C)
+        return self.dropout(self.proj(h))  # (B, T, 4C) @ (4C, C) -> (B, T, C)
 
 
 class Block(nn.Module):
     """One pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
 
-    def __init__(self, config: GPTConfig, rotary: RotaryEmbedding | None = None) -> None:
+    def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         C = config.d_model
-        self.ln1 = make_norm(config)
-        self.attn = MultiHeadAttention(
-            C, config.n_head, bias=config.bias, dropout=config.dropout,
-            n_kv_head=config.n_kv_head, rotary=rotary,
-        )  # fmt: skip
-        self.ln2 = make_norm(config)
+        self.ln1 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.attn = MultiHeadAttention(C, config.n_head, bias=config.bias, dropout=config.dropout)
+        self.ln2 = nn.LayerNorm(C, eps=LAYER_NORM_EPS, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        """(B, T, C) → (B, T, C); ``cache``: this block's keys and values of earlier positions."""
-        x = x + self.attn(self.ln1(x), cache)  # (B, T, C): attention writes into the stream
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) → (B, T, C)."""
+        x = x + self.attn(self.ln1(x))  # (B, T, C): attention writes into the stream
         x = x + self.mlp(self.ln2(x))  # (B, T, C): so does the feed-forward layer
         return x
 
@@ -217,20 +152,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)  # token embedding (V, C)
-        self.wpe, rotary = None, None
-        if config.position == "learned":
-            self.wpe = nn.Embedding(config.context_length, config.d_model)  # positions (T_max, C)
-        else:  # one table of RoPE angles, shared by every layer's attention
-            D = config.d_model // config.n_head
-            rotary = RotaryEmbedding(D, config.context_length, base=config.rope_base)
+        self.wpe = nn.Embedding(config.context_length, config.d_model)  # positions (T_max, C)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, rotary) for _ in range(config.n_layer))
-        self.ln_f = make_norm(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS, bias=config.bias)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.wte.weight  # tied: one (V, C) matrix reads and writes
+        self.lm_head.weight = self.wte.weight  # tied: one (V, C) matrix reads and writes
         self._init_weights()
-        self.store_weights_transposed()
 
     def _init_weights(self) -> None:
         """GPT-2's init: N(0, 0.02) everywhere, residual projections N(0, 0.02 / √(2·n_layer))."""
@@ -244,37 +172,16 @@ class GPT(nn.Module):
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
-    def store_weights_transposed(self) -> None:
-        """Keep each block's linear weights (out, in) in shape and value, but stored in memory
-        column by column, as (in, out): the layout of GPT-2's own code and Hugging Face's Conv1D.
-
-        Generating a token multiplies one vector (1, in) by every weight, and common CPU BLAS
-        libraries run that product about a quarter faster from this layout (measured by
-        ``benchmarks/bench_generate.py``). Only the strides change: ``load_state_dict`` copies
-        into these tensors and keeps them; checkpoints are written contiguous. Called by
-        ``__init__``; weights assigned later (``load_state_dict(assign=True)``) should pass
-        through :func:`stored_transposed` first.
-        """
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.data = stored_transposed(module.weight.data)
-
     def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        *,
-        cache: KVCache | None = None,
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token ids (B, T) → ``(logits (B, T, V), loss or None)``.
 
         ``loss`` is the mean cross-entropy of ``targets`` (B, T) under the logits, skipping
         positions whose target is ``IGNORE_INDEX`` (-100); it is ``None`` without targets.
-        With a ``cache``, ``idx`` holds only the new tokens, at positions ``cache.length`` …
-        ``cache.length + T - 1``; their keys and values are added to the cache.
         """
-        self._check_input(idx, targets, cache)
-        logits = self.lm_head(self.hidden_states(idx, cache))  # (B, T, C) @ (C, V) -> (B, T, V)
+        self._check_input(idx, targets)
+        logits = self.lm_head(self.hidden_states(idx))  # (B, T, C) @ (C, V) -> (B, T, V)
         if targets is None:
             return logits, None
         V = self.config.vocab_size
@@ -283,24 +190,37 @@ class GPT(nn.Module):
         )  # (B·T, V) vs (B·T,) -> scalar
         return logits, loss
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """The final LayerNorm's output (B, T, C): what the LM head (or a value head) reads."""
-        start = 0 if cache is None else cache.length  # position of idx's first token
-        x = self.drop(self.embed(idx, start))  # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])  # (B, T, C)
+        x = self.drop(self.embed(idx))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)  # (B, T, C)
         return self.ln_f(x)  # (B, T, C)
 
     def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Token + position embedding (B, T, C), before dropout: the start of the residual stream.
 
-        The tokens sit at positions ``start`` … ``start + T - 1`` (``start`` > 0 after a cache).
-        With RoPE there is no position table: positions enter in attention instead.
+        The tokens sit at positions ``start`` … ``start + T - 1`` (0 … T - 1 unless the tokens
+        before them were already run, as with chapter 7's cache).
         """
-        if self.wpe is None:
-            return self.wte(idx)  # (B, T, C)
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)  # (T,)
         return self.wte(idx) + self.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
+
+    def decoder(self, batch_size: int, max_length: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The step function :func:`companion.generation.generate` runs at each new token.
+
+        It maps every id so far (B, T) to the next token's logits (B, V), reading the last
+        ``context_length`` ids (the window). ``generate`` checks its input once, so the step
+        skips :meth:`forward`'s checks. ``batch_size`` and ``max_length`` (the longest sequence
+        it will see) are unused here; a model that keeps state between steps (chapter 7's
+        cache) sizes it with them.
+        """
+        L = self.config.context_length
+
+        def next_logits(idx: torch.Tensor) -> torch.Tensor:
+            return self.lm_head(self.hidden_states(idx[:, -L:]))[:, -1]  # (B, ≤ L, V) -> (B, V)
+
+        return next_logits
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
@@ -319,12 +239,7 @@ class GPT(nn.Module):
             maps.append(weights)
         return torch.stack(maps)  # n_layer × (B, H, T, T) -> (n_layer, B, H, T, T)
 
-    def _check_input(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> None:
+    def _check_input(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         """A clear ``ValueError`` for ids the model cannot read, checked once per call."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx)
@@ -341,12 +256,6 @@ class GPT(nn.Module):
                 f"position embedding beyond that. Keep the last {limit} tokens: idx[:, -{limit}:]"
             )
         check_token_ids(idx, self.config.vocab_size, "idx")
-        if cache is not None and cache.length + length > cache.max_length:
-            raise ValueError(
-                f"the cache holds {cache.length} positions and has room for {cache.max_length}; "
-                f"{length} more do not fit. Start again without the cache on the last "
-                f"{limit} tokens (what companion.generation.generate does past the window)"
-            )
         if targets is not None:
             if targets.shape != idx.shape:
                 raise ValueError(
@@ -426,22 +335,16 @@ def parameter_breakdown(config: GPTConfig) -> dict[str, int]:
     """
     V, T, L, C = config.vocab_size, config.context_length, config.n_layer, config.d_model
     b = 1 if config.bias else 0
-    kv = (config.n_kv_head or config.n_head) * (C // config.n_head)  # key (= value) width
-    F_ = 4 * C if config.d_ff is None else config.d_ff  # feed-forward hidden width
-    attention = C * (C + 2 * kv) + b * (C + 2 * kv) + C * C + b * C  # qkv and proj (C, C)
-    n_in = 2 * F_ if config.activation == "swiglu" else F_  # SwiGLU: a gate and an up half
-    feed_forward = C * n_in + b * n_in + F_ * C + b * C  # fc (C, n_in) and proj (F, C)
-    norm = C + b * C if config.norm == "layernorm" else C  # weight (and bias); RMSNorm: weight
-    counts = {
+    attention = C * 3 * C + b * 3 * C + C * C + b * C  # qkv (C, 3C) and proj (C, C)
+    feed_forward = C * 4 * C + b * 4 * C + 4 * C * C + b * C  # fc (C, 4C) and proj (4C, C)
+    norm = C + b * C  # LayerNorm: a weight (and a bias) per channel
+    return {
         "token embedding (= LM head)": V * C,
-        "position embedding": T * C if config.position == "learned" else 0,  # RoPE: none
+        "position embedding": T * C,
         "attention": L * attention,
         "feed-forward": L * feed_forward,
         "layer norms": (2 * L + 1) * norm,
     }
-    if not config.tie_embeddings:
-        counts["LM head"] = V * C
-    return counts
 
 
 def count_parameters(config: GPTConfig) -> int:

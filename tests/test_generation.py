@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from companion.attention import causal_mask
 from companion.environment import make_generator
 from companion.generation import generate, next_token_probs, sample_next, stream
-from companion.kv_cache import KVCache, bytes_per_token
+from companion.kv_cache import CachedGPT, KVCache, bytes_per_token
 from companion.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=23, context_length=6, n_layer=2, n_head=2, d_model=16)
 
 
 @pytest.fixture
-def model() -> GPT:
+def model() -> CachedGPT:
     torch.manual_seed(0)
-    return GPT(CONFIG).eval()
+    return CachedGPT(GPT(CONFIG)).eval()
 
 
 PROMPT = torch.tensor([[1, 2, 3], [4, 5, 6]])
@@ -215,7 +215,7 @@ def test_cache_refuses_positions_past_its_room(model: GPT):
 def test_cache_memory_per_token():
     assert bytes_per_token(CONFIG) == 2 * 2 * 16 * 4  # keys and values, 2 layers, C = 16, float32
     cache = KVCache(CONFIG, batch_size=3)
-    GPT(CONFIG)(torch.zeros(3, 4, dtype=torch.long), cache=cache)
+    CachedGPT(GPT(CONFIG))(torch.zeros(3, 4, dtype=torch.long), cache=cache)
     assert cache.nbytes() == 3 * 4 * bytes_per_token(CONFIG)
 
 

@@ -11,10 +11,10 @@ import torch
 import companion.llama_layers
 import companion.quantization
 import companion.smollm2
-from companion.attention import MultiHeadAttention
 from companion.environment import make_generator
 from companion.generation import generate
 from companion.kv_cache import KVCache
+from companion.llama import GroupedQueryAttention, Llama, LlamaConfig, count_parameters
 from companion.llama_layers import (
     RMSNorm,
     RotaryEmbedding,
@@ -22,17 +22,17 @@ from companion.llama_layers import (
     swiglu,
     undo_rope_permutation,
 )
-from companion.model import GPT, GPTConfig, count_parameters
+from companion.model import GPTConfig
+from companion.model import count_parameters as count_gpt_parameters
 
-LLAMA_TINY = GPTConfig(
-    vocab_size=13, context_length=16, n_layer=2, n_head=4, d_model=16, bias=False,
-    activation="swiglu", d_ff=24, n_kv_head=2, norm="rmsnorm", position="rope", rope_base=100.0,
-    tie_embeddings=False,
+LLAMA_TINY = LlamaConfig(
+    vocab_size=13, context_length=16, n_layer=2, n_head=4, d_model=16, d_ff=24, n_kv_head=2,
+    rope_base=100.0, tie_embeddings=False,
 )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "module", [companion.llama_layers, companion.quantization, companion.smollm2]
+    "module", [companion.llama_layers, companion.llama, companion.quantization, companion.smollm2]
 )
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
@@ -93,7 +93,7 @@ def test_swiglu_by_hand():
 def test_grouped_query_attention_equals_the_per_head_loop_and_shares_heads():
     torch.manual_seed(0)
     rope = RotaryEmbedding(4, 8, base=100.0)
-    mha = MultiHeadAttention(16, 4, n_kv_head=2, bias=False, rotary=rope)
+    mha = GroupedQueryAttention(16, 4, n_kv_head=2, rotary=rope)
     assert mha.qkv.weight.shape == (16 + 2 * 2 * 4, 16)  # queries C, keys and values 2 heads
     x = torch.randn(2, 5, 16)
     fused = mha(x)
@@ -102,7 +102,7 @@ def test_grouped_query_attention_equals_the_per_head_loop_and_shares_heads():
     assert torch.allclose(fused, naive, atol=1e-5) and torch.allclose(fused, scratch, atol=1e-5)
     assert torch.allclose(weights, scratch_weights, atol=1e-6)
     # with one key/value head per query head and the keys copied, GQA is plain multi-head
-    full = MultiHeadAttention(16, 4, bias=False, rotary=rope)
+    full = GroupedQueryAttention(16, 4, n_kv_head=4, rotary=rope)
     with torch.no_grad():
         q, k, v = mha.qkv.weight.split([16, 8, 8])
         repeat = lambda w: w.reshape(2, 4, 16).repeat_interleave(2, dim=0).reshape(16, 16)  # noqa: E731
@@ -110,12 +110,12 @@ def test_grouped_query_attention_equals_the_per_head_loop_and_shares_heads():
         full.proj.weight.copy_(mha.proj.weight)
     assert torch.allclose(full(x), fused, atol=1e-6)
     with pytest.raises(ValueError, match="must divide"):
-        MultiHeadAttention(16, 4, n_kv_head=3)
+        GroupedQueryAttention(16, 4, n_kv_head=3, rotary=rope)
 
 
 def test_llama_style_gpt_generates_the_same_with_and_without_the_cache():
     torch.manual_seed(0)
-    model = GPT(LLAMA_TINY).eval()
+    model = Llama(LLAMA_TINY).eval()
     assert model.wpe is None and model.lm_head.weight is not model.wte.weight
     assert count_parameters(LLAMA_TINY) == sum(p.numel() for p in model.parameters())
     x = torch.tensor([[1, 2, 3]])
@@ -129,11 +129,11 @@ def test_llama_style_gpt_generates_the_same_with_and_without_the_cache():
     assert maps.shape == (2, 1, 4, 3, 3)
 
 
-def sharp_llama(seed: int = 0) -> GPT:
+def sharp_llama(seed: int = 0) -> Llama:
     """The tiny Llama-style model with its weights tripled, so that attention is far from uniform
     and a position off by one moves the logits well above float32 rounding."""
     torch.manual_seed(seed)
-    model = GPT(LLAMA_TINY).eval()
+    model = Llama(LLAMA_TINY).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(3.0)
@@ -197,13 +197,14 @@ def test_llama_style_sampling_with_the_cache_equals_without_draw_for_draw(temper
 
 def test_gpt2_defaults_and_bad_options():
     gpt2 = GPTConfig(50257, 1024, 12, 12, 768)
-    assert count_parameters(gpt2) == 124439808  # unchanged by the new options
+    assert count_gpt_parameters(gpt2) == 124439808  # unchanged by the Llama model
+    with pytest.raises(TypeError, match="norm"):
+        GPTConfig(50257, 1024, 12, 12, 768, norm="rmsnorm")  # chapter 3's GPT has no such option
     for bad, match in (
-        ({"norm": "batchnorm"}, "norm="),
         ({"n_kv_head": 5}, "n_kv_head=5 must divide"),
         ({"d_ff": 0}, "d_ff=0"),
-        ({"position": "rope", "n_head": 4, "d_model": 12}, "even"),
+        ({"n_head": 4, "d_model": 12}, "even"),
     ):
         with pytest.raises(ValueError, match=match):
-            GPTConfig(**{"vocab_size": 5, "context_length": 4, "n_layer": 1, "n_head": 2,
-                         "d_model": 8, **bad})  # fmt: skip
+            LlamaConfig(**{"vocab_size": 5, "context_length": 4, "n_layer": 1, "n_head": 2,
+                           "d_model": 8, "n_kv_head": 1, "d_ff": 4, **bad})  # fmt: skip
