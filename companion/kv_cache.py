@@ -164,24 +164,48 @@ class KVCache:
 
 
 def attend_with_cache(attn: MultiHeadAttention, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-    """``attn``'s causal self-attention for the T new positions x (B, T, C), after the stored ones.
-
-    The new keys and values join the S - T stored ones and each query sees every stored key up to
-    its own position. PyTorch's ``is_causal=True`` aligns its mask top-left (query t sees keys
-    0 … t), which is wrong once S > T, so those steps pass :func:`companion.attention.causal_mask`
-    (T, S) explicitly; a single new token (T = 1) may see all S keys and needs no mask. With an
-    empty cache (the prompt), the call is :meth:`MultiHeadAttention.forward`'s own.
-    """
+    """``attn``'s causal self-attention for the T new positions x (B, T, C), after the stored ones
+    (:func:`attend_new` on its own projections)."""
     q, k, v = attn.split_heads(x)  # 3 × (B, H, T, D)
-    if cache.length == 0:  # no past: the same call as without a cache
+    return attn.merge_heads(attend_new(q, k, v, cache))  # (B, H, T, D) -> (B, T, C)
+
+
+def attend_new(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache: LayerCache,
+    share: Callable[[torch.Tensor], torch.Tensor] = lambda kv: kv,
+) -> torch.Tensor:
+    """Causal attention of T new queries q (B, H, T, D) over the stored keys and values and the
+    new ones k, v (B, Hkv, T, D), which join the cache; returns (B, H, T, D). ``share`` turns
+    (B, Hkv, S, D) into (B, H, S, D) (grouped-query attention; by default Hkv = H, nothing to do).
+
+    The new positions see every stored key and, among themselves, the earlier ones. PyTorch's
+    ``is_causal=True`` aligns its mask top-left (query t sees keys 0 … t), which is wrong once
+    S > T, so those steps pass :func:`companion.attention.causal_mask` (T, S) explicitly; a single
+    new token (T = 1) may see all S keys and needs no mask. With an empty cache (the prompt), the
+    call is the one without a cache.
+    """
+    if cache.length == 0:  # no past: attend over the new keys themselves, as without a cache
         cache.append(k, v)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
-        k, v = cache.append(k, v)  # 2 × (B, H, S, D): the stored positions and the new ones
-        T, S = q.shape[2], k.shape[2]
-        mask = causal_mask(T, S, device=q.device) if T > 1 else None  # (T, S) or all keys
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return attn.merge_heads(y)  # (B, H, T, D) -> (B, T, C)
+        k, v = cache.append(k, v)  # 2 × (B, Hkv, S, D): the stored positions and the new ones
+    k, v = share(k), share(v)  # (B, H, S, D)
+    T, S = q.shape[2], k.shape[2]
+    if T == S:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    mask = causal_mask(T, S, device=q.device) if T > 1 else None  # (T, S) or all keys
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def check_cached_input(model: nn.Module, idx: torch.Tensor, targets, cache: KVCache) -> None:
+    """The checks of a cached forward: no targets, ids the model can read (its own
+    ``_check_input``), and room in the cache for them."""
+    if targets is not None:
+        raise ValueError("targets need the whole sequence: call the model without a cache")
+    model._check_input(idx)
+    cache.check_room(idx.shape[1])
 
 
 def stored_transposed(weight: torch.Tensor) -> torch.Tensor:
@@ -261,10 +285,7 @@ class CachedGPT(nn.Module):
         to the cache and the result is ``(logits (B, T, V), None)`` (no targets then)."""
         if cache is None:
             return self.model(idx, targets)
-        if targets is not None:
-            raise ValueError("targets need the whole sequence: call the model without a cache")
-        self.model._check_input(idx)
-        cache.check_room(idx.shape[1])
+        check_cached_input(self.model, idx, targets, cache)
         return self.logits(idx, cache), None
 
     def logits(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention
-from companion.kv_cache import KVCache, LayerCache, cached_decoder
+from companion.attention import MultiHeadAttention, scaled_dot_product_attention
+from companion.kv_cache import KVCache, LayerCache, attend_new, cached_decoder, check_cached_input
 from companion.llama_layers import RMSNorm, RotaryEmbedding, swiglu
 from companion.model import GPT
 
@@ -105,20 +105,13 @@ class GroupedQueryAttention(MultiHeadAttention):
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """(B, T, C) → (B, T, C) with the fused kernel; with a ``cache``, x holds the T new
-        positions and attends over the stored ones too (as
-        :func:`companion.kv_cache.attend_with_cache` does for chapter 3's attention)."""
+        positions and attends over the stored ones too (:func:`companion.kv_cache.attend_new`, the
+        step chapter 7's cache runs for chapter 3's attention)."""
         q, k, v = self.split_heads(x, 0 if cache is None else cache.length)  # (B, H|Hkv, T, D)
-        if cache is None or cache.length == 0:  # no past: the same call with or without a cache
-            if cache is not None:
-                cache.append(k, v)
-            k, v = self.share_kv(k), self.share_kv(v)  # (B, H, T, D)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            k, v = cache.append(k, v)  # 2 × (B, Hkv, S, D)
-            k, v = self.share_kv(k), self.share_kv(v)  # (B, H, S, D)
-            T, S = q.shape[2], k.shape[2]
-            mask = causal_mask(T, S, device=q.device) if T > 1 else None  # (T, S) or all keys
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if cache is not None:
+            return self.merge_heads(attend_new(q, k, v, cache, self.share_kv))  # (B, T, C)
+        k, v = self.share_kv(k), self.share_kv(v)  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.merge_heads(y)  # (B, H, T, D) -> (B, T, C)
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,10 +240,7 @@ class Llama(GPT):
         positions ``cache.length`` …, and the result is ``(logits (B, T, V), None)``."""
         if cache is None:
             return super().forward(idx, targets)
-        if targets is not None:
-            raise ValueError("targets need the whole sequence: call the model without a cache")
-        self._check_input(idx)
-        cache.check_room(idx.shape[1])
+        check_cached_input(self, idx, targets, cache)
         return self.lm_head(self.hidden_states(idx, cache)), None
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
