@@ -26,8 +26,10 @@ Left out: confidence intervals (the counts are printed beside the rates in the n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from companion.measurement import in_format, says_do_not_know
-from companion.preferences import good_tone, make_prompts, sample_replies
+from companion.preferences import Prompt, Sample, good_tone, make_prompts, sample_replies
 from companion.questions import ask_chat_model
 from companion.world import World
 
@@ -41,25 +43,53 @@ EFFECTS: tuple[str, ...] = (
 )
 
 
-def measure_effects(
+def _check_n_samples(n_samples) -> None:
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise ValueError(f"n_samples={n_samples!r} must be an int >= 1")
+
+
+def eval_samples(
     model, tokenizer, world: World, *, n_samples: int = 2, seed: int = 1000
+) -> list[tuple[Prompt, Sample]]:  # fmt: skip
+    """The replies :func:`measure_effects` rates: ``n_samples`` per evaluation prompt at
+    temperature 1, seeds ``seed``, ``seed + 1``, ... (all prompts at one seed, then the next),
+    each paired with its prompt. Sample once and pass them to :func:`measure_effects` and to
+    anything else that reads the same replies (the rater's verdicts in chapter 6).
+    """
+    _check_n_samples(n_samples)
+    prompts = make_prompts(world, split="eval")
+    return [
+        (p, s)
+        for k in range(n_samples)
+        for p, s in zip(
+            prompts, sample_replies(model, tokenizer, prompts, seed=seed + k), strict=True
+        )
+    ]
+
+
+def measure_effects(
+    model, tokenizer, world: World, *, n_samples: int = 2, seed: int = 1000,
+    samples: Sequence[tuple[Prompt, Sample]] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """The six rates of :data:`EFFECTS` (the four effects, with ``invents_seen`` and
     ``refuses_known`` beside them), plus ``n_replies``, ``n_strangers`` and ``n_strangers_seen``
     (how many replies each sampled rate counts; ``accuracy`` counts the 160 fact questions).
 
     ``n_samples`` replies per evaluation prompt at temperature 1, seeds ``seed``, ``seed + 1``, ...
-    (the default seeds differ from the preference data's).
+    (the default seeds differ from the preference data's). ``samples``: that model's replies,
+    already drawn by :func:`eval_samples` with the same ``n_samples`` and ``seed``, to rate
+    instead of sampling them again.
     """
+    _check_n_samples(n_samples)
     prompts = make_prompts(world, split="eval")
-    samples = [
-        (p, s)
-        for k in range(n_samples)
-        for p, s in zip(
-            prompts, sample_replies(model, tokenizer, prompts, seed=seed + k),
-            strict=True,
+    if samples is None:
+        samples = eval_samples(model, tokenizer, world, n_samples=n_samples, seed=seed)
+    elif [p for p, _ in samples] != prompts * n_samples:
+        raise ValueError(
+            f"samples must be eval_samples(model, tokenizer, world, n_samples={n_samples}): "
+            f"{len(prompts)} evaluation prompts {n_samples} time(s) in order, got "
+            f"{len(samples)} pairs that differ; sample them with eval_samples"
         )
-    ]  # fmt: skip
     strangers = [s for p, s in samples if p.kind == "unknown"]
     seen = [p for p in make_prompts(world, split="train") if p.kind == "unknown"]
     seen_replies = [

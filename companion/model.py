@@ -218,7 +218,7 @@ class GPT(nn.Module):
         L = self.config.context_length
 
         def next_logits(idx: torch.Tensor) -> torch.Tensor:
-            return self.lm_head(self.hidden_states(idx[:, -L:]))[:, -1]  # (B, ≤ L, V) -> (B, V)
+            return self.lm_head(self.hidden_states(idx[:, -L:])[:, -1])  # (B, C) @ (C, V) -> (B, V)
 
         return next_logits
 

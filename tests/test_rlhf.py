@@ -456,3 +456,20 @@ def test_the_dpo_trainer_learns_toy_pairs_and_leaves_the_reference_alone():
         assert (sequence_logprob(policy, cid, cm) > sequence_logprob(policy, rid, rm)).all()
     with pytest.raises(ValueError, match="empty"):
         train_dpo(reference, TOK, [], DPOConfig())
+
+
+def test_measure_effects_rates_the_samples_it_is_given_as_if_it_drew_them():
+    from companion.checkpoints import load_shipped
+    from companion.effects import eval_samples, measure_effects
+
+    chat_model, tokenizer = load_shipped("chat", "cpu")
+    world = build_world(0)
+    drawn = eval_samples(chat_model, tokenizer, world, n_samples=1, seed=7)
+    given = measure_effects(chat_model, tokenizer, world, n_samples=1, samples=drawn)
+    assert given == measure_effects(chat_model, tokenizer, world, n_samples=1, seed=7)
+    # Samples of other prompts, or of the wrong count, are refused rather than rated.
+    for wrong in (drawn[1:], drawn[::-1], drawn * 2):
+        with pytest.raises(ValueError, match="eval_samples"):
+            measure_effects(chat_model, tokenizer, world, n_samples=1, samples=wrong)
+    with pytest.raises(ValueError, match="n_samples"):
+        eval_samples(chat_model, tokenizer, world, n_samples=0)
