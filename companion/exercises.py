@@ -139,6 +139,12 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
         hint = case.hint
         if received is None:
             hint = "your function returned None: did you forget `return`?"
+        elif (
+            isinstance(expected, torch.Tensor)
+            and isinstance(received, torch.Tensor)
+            and received.shape != expected.shape
+        ):
+            hint = f"the shape should be {tuple(expected.shape)}, not {tuple(received.shape)}"
         elif exercise.diagnose and exercise.diagnose(expected, received):
             hint = exercise.diagnose(expected, received)
         for wrong, mistake in exercise.mistakes:

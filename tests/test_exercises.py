@@ -230,6 +230,7 @@ def test_layer_norm(capsys):
         (unbiased, "unbiased=False"),
         (eps_outside, "eps goes inside the square root"),
         (no_affine, "multiply by weight and add bias"),
+        (lambda x, w, b, eps: layer_norm(x, w, b, eps).mean(-1), "should be (2, 5, 8), not (2, 5)"),
     ]:
         passed, out = verdict(capsys, ex.check_layer_norm, wrong)
         assert not passed and hint in out, out
