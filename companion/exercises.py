@@ -125,8 +125,13 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
     for case in exercise.cases:
         try:
             received = function(*copy.deepcopy(case.args))
-        except NotImplementedError:
-            print(f"{exercise.name}: {NOT_ATTEMPTED} (replace `raise NotImplementedError`)")
+        except NotImplementedError as error:
+            stub = _raised_in(error)
+            if stub is getattr(function, "__code__", None):
+                print(f"{exercise.name}: {NOT_ATTEMPTED} (replace `raise NotImplementedError`)")
+            else:  # the learner's function calls another stub, e.g. an earlier exercise's
+                print(f"{exercise.name}: your function calls {stub.co_name}, which is still a "
+                      "stub: do that exercise first (or write this one without it)")  # fmt: skip
             return False
         except Exception as error:  # the learner's bug is feedback, not a crashed cell
             print(f"{exercise.name}: failed on {_inputs(exercise, case)}")
@@ -134,7 +139,7 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
             print(f"  hint: {case.hint}")
             return False
         expected = exercise.reference(*copy.deepcopy(case.args))
-        if same(expected, received):
+        if _holds(same, expected, received):
             continue
         hint = case.hint
         if received is None:
@@ -145,11 +150,11 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
             and received.shape != expected.shape
         ):
             hint = f"the shape should be {tuple(expected.shape)}, not {tuple(received.shape)}"
-        elif exercise.diagnose and exercise.diagnose(expected, received):
+        elif exercise.diagnose and _holds(exercise.diagnose, expected, received):
             hint = exercise.diagnose(expected, received)
         for wrong, mistake in exercise.mistakes:
             try:
-                if same(wrong(*copy.deepcopy(case.args)), received):
+                if _holds(same, wrong(*copy.deepcopy(case.args)), received):
                     hint = mistake
                     break
             except Exception:  # a wrong variant that cannot run on this case tells nothing
@@ -161,6 +166,23 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
         return False
     print(f"{exercise.name}: passed ({len(exercise.cases)} cases)")
     return True
+
+
+def _holds(test: Callable[[Any, Any], Any], expected: Any, received: Any) -> Any:
+    """``test(expected, received)``, False where it cannot compare them (a tensor received
+    where a list was expected makes ``==`` ambiguous, for instance)."""
+    try:
+        return test(expected, received) or False
+    except Exception:
+        return False
+
+
+def _raised_in(error: BaseException):
+    """The code object of the function that raised ``error`` (the innermost frame)."""
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code
 
 
 def _inputs(exercise: Exercise, case: Case) -> str:

@@ -362,6 +362,20 @@ CHECKERS = [
 ]
 
 
+def test_a_stub_called_by_an_answer_is_named(capsys):
+    def uses_stub(q, k, v, causal):
+        stub(q.shape[-2])  # an earlier exercise's stub, still to do
+        return attention(q, k, v, causal)
+
+    passed, out = verdict(capsys, ex.check_attention, uses_stub)
+    assert not passed and "your function calls stub, which is still a stub" in out
+
+
+def test_an_answer_of_the_wrong_type_fails_without_raising(capsys):
+    passed, out = verdict(capsys, ex.check_merge, lambda ids, pair, new_id: torch.tensor(ids))
+    assert not passed and "received: tensor" in out
+
+
 def test_every_checker_is_tested():
     names = {name for name in dir(ex) if name.startswith("check_")}
     assert names == {checker.__name__ for checker, _ in CHECKERS}
