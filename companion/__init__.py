@@ -24,6 +24,7 @@ Read the modules in course order; each one names the notebook that teaches it.
     base_model          the shipped base model: its recipe, command and loader  (04_pretraining)
     measurement         a reply scored (right, in format, declining), chs. 4-8  (04_pretraining)
     evaluation          fact completion and the majority baselines              (04_pretraining)
+    exercises           checkers for the exercises of chapters 1-4              (04_pretraining)
     chat                the chat template, the context window, chat()           (05_sft)
     questions           questions asked to the base and chat model, scored      (05_sft)
     sft_data            conversations about half of the world                   (05_sft)

@@ -26,6 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))  # one per chapter with exercises
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
@@ -137,9 +138,33 @@ def test_book_lists_every_chapter_in_order():
     same order (with test_notebooks_are_named_in_course_order), the start page as the root."""
     toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
     assert toc["root"] == "notebooks/00_start_here"
-    pages = [toc["root"]] + [entry["file"] for entry in toc.get("chapters", [])]
+    entries = toc.get("chapters", [])
+    pages = [toc["root"]] + [e["file"] for e in entries if e["file"].startswith("notebooks/")]
     assert pages == [f"notebooks/{stem}" for stem, _, _ in CHAPTERS], "book/_toc.yml is out of date"
     assert pages == [f"notebooks/{path.stem}" for path in NOTEBOOKS]
+
+
+def test_book_shows_the_solutions_and_the_teachers_guide():
+    """Each chapter's solutions notebook is a page under that chapter; the teacher's guide is a
+    page of its own, after the chapters; every page the toc names exists."""
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
+    entries = toc["chapters"]
+    under = {e["file"]: [s["file"] for s in e.get("sections", [])] for e in entries}
+    for path in SOLUTIONS:
+        chapter = "notebooks/" + path.stem.removesuffix("_solutions")
+        assert under.get(chapter) == [f"solutions/{path.stem}"], f"{path.name}: not in the toc"
+    assert entries[-1]["file"] == "TEACHING"
+    for page in [toc["root"], *under, *(s for sections in under.values() for s in sections)]:
+        assert any((ROOT / f"{page}{suffix}").exists() for suffix in (".ipynb", ".md")), page
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solutions_are_stored_clean_and_start_with_the_bootstrap_cell(path: Path):
+    """Like the chapters: no outputs, the python3 kernel, and the cell that installs the package
+    on Colab first, so a solutions notebook opened alone runs."""
+    test_notebook_is_stored_without_outputs(path)
+    test_notebook_names_the_python3_kernel(path)
+    test_notebook_starts_with_the_bootstrap_cell(path)
 
 
 def test_package_docstring_lists_every_module():

@@ -1,0 +1,831 @@
+"""Checkers for the exercises at the end of chapters 1-4: instant feedback on a learner's function.
+
+Each ``check_<what>(your_function)`` calls the learner's function on hand-picked edge cases and
+on seeded random cases, compares every result with the package's own tested reference
+(:mod:`companion.bpe`, :mod:`companion.attention`, :mod:`companion.model`,
+:mod:`companion.optimizer` ...), prints a short verdict and returns True when all cases pass,
+False otherwise. A verdict names the first failing input, the expected and the received output,
+and a hint: the mistake when the received output matches a typical wrong answer, else what that
+case tests. An exception raised by the learner's function is reported, never raised.
+
+**The stub convention.** An exercise's stub is a function whose body is
+``raise NotImplementedError``; its checker prints "not attempted yet" and returns False, so a
+notebook full of untouched stubs still runs from top to bottom.
+
+**Tolerances.** Integer answers (ids, counts) must be equal. Tensors are compared with
+:func:`torch.testing.assert_close`'s float32 defaults (rtol 1.3e-6, atol 1e-5): a by-hand
+float32 computation that does the same operations in another order differs from the reference by
+a few units of float32 rounding (2^-23 ≈ 1.2e-7 relative) per operation, well inside them, while
+every typical mistake changes the result by far more. Python floats (float64) use
+``math.isclose(rel_tol=1e-9)``.
+
+Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``04_pretraining.ipynb``;
+the reference solutions are in ``solutions/``. Left out: exercises for chapters 5-8.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from companion.attention import causal_mask, scaled_dot_product_attention
+from companion.bpe import _best, get_stats, merge
+from companion.environment import make_generator
+from companion.model import GPTConfig, count_parameters, parameter_breakdown
+from companion.optimizer import learning_rate_at
+from companion.tokenizer import BPETokenizer
+from companion.train_config import TrainConfig
+
+NOT_ATTEMPTED = "not attempted yet"
+
+
+@dataclass
+class Case:
+    """One input to try: the arguments, and what it tests (the hint printed if it fails)."""
+
+    args: tuple
+    hint: str
+
+
+@dataclass
+class Exercise:
+    """What a checker needs: how the learner's function is called, the reference, the cases."""
+
+    name: str  # the checker's name, e.g. "check_merge"
+    call: str  # how the notebook calls the learner's function, e.g. "merge(ids, pair, new_id)"
+    reference: Callable[..., Any]
+    cases: list[Case]
+    # typical wrong answers: (wrong function, what it gets wrong); a received output equal to a
+    # wrong function's output gets that hint instead of the case's
+    mistakes: list[tuple[Callable[..., Any], str]] = field(default_factory=list)
+    same: Callable[[Any, Any], bool] | None = None  # equality of outputs (default: ==)
+    # a hint from the received output alone (e.g. the right numbers in the wrong dtype), or None
+    diagnose: Callable[[Any, Any], str | None] | None = None
+
+
+def _same_tensors(expected: Any, received: Any) -> bool:
+    """Tensors (or tuples of tensors) equal up to float32 rounding, shapes and dtypes alike."""
+    if isinstance(expected, tuple):
+        return (
+            isinstance(received, tuple | list)
+            and len(received) == len(expected)
+            and all(_same_tensors(e, r) for e, r in zip(expected, received, strict=True))
+        )
+    if not isinstance(received, torch.Tensor) or received.shape != expected.shape:
+        return False
+    try:
+        torch.testing.assert_close(received.detach(), expected, check_dtype=False)
+    except AssertionError:
+        return False
+    return True
+
+
+def _same_floats(expected: Any, received: Any) -> bool:
+    return isinstance(received, int | float) and math.isclose(received, expected, rel_tol=1e-9)
+
+
+def _show(value: Any) -> str:
+    """A short printable form: tensors with their shape, long values cut."""
+    if isinstance(value, torch.Tensor):
+        text = f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}:\n{value}"
+    elif isinstance(value, tuple) and any(isinstance(v, torch.Tensor) for v in value):
+        return "(" + ",\n ".join(_show(v) for v in value) + ")"
+    else:
+        text = repr(value)
+    return text if len(text) < 600 else text[:600] + " ..."
+
+
+def _call_error(function: Any, exercise: Exercise) -> str | None:
+    """Why ``function`` cannot be called as the exercise calls it, or None."""
+    if not callable(function):
+        return f"expected a function, got {type(function).__name__}: pass the function itself"
+    try:
+        inspect.signature(function).bind(*exercise.cases[0].args)
+    except TypeError:
+        return f"your function cannot be called as {exercise.call}: give it those arguments"
+    except ValueError:  # a builtin without a signature: let the call decide
+        pass
+    return None
+
+
+def _verdict(exercise: Exercise, function: Any) -> bool:
+    """Run every case; print "passed" or the first failure with its hint. Never raises."""
+    problem = _call_error(function, exercise)
+    if problem:
+        print(f"{exercise.name}: cannot check: {problem}")
+        return False
+    same = exercise.same or (lambda expected, received: expected == received)
+    for case in exercise.cases:
+        try:
+            received = function(*copy.deepcopy(case.args))
+        except NotImplementedError as error:
+            stub = _raised_in(error)
+            if stub is getattr(function, "__code__", None):
+                print(f"{exercise.name}: {NOT_ATTEMPTED} (replace `raise NotImplementedError`)")
+            else:  # the learner's function calls another stub, e.g. an earlier exercise's
+                print(f"{exercise.name}: your function calls {stub.co_name}, which is still a "
+                      "stub: do that exercise first (or write this one without it)")  # fmt: skip
+            return False
+        except Exception as error:  # the learner's bug is feedback, not a crashed cell
+            print(f"{exercise.name}: failed on {_inputs(exercise, case)}")
+            print(f"  your function raised {type(error).__name__}: {error}")
+            print(f"  hint: {case.hint}")
+            return False
+        expected = exercise.reference(*copy.deepcopy(case.args))
+        if _holds(same, expected, received):
+            continue
+        hint = case.hint
+        if received is None:
+            hint = "your function returned None: did you forget `return`?"
+        elif (
+            isinstance(expected, torch.Tensor)
+            and isinstance(received, torch.Tensor)
+            and received.shape != expected.shape
+        ):
+            hint = f"the shape should be {tuple(expected.shape)}, not {tuple(received.shape)}"
+        elif exercise.diagnose and _holds(exercise.diagnose, expected, received):
+            hint = exercise.diagnose(expected, received)
+        for wrong, mistake in exercise.mistakes:
+            try:
+                if _holds(same, wrong(*copy.deepcopy(case.args)), received):
+                    hint = mistake
+                    break
+            except Exception:  # a wrong variant that cannot run on this case tells nothing
+                continue
+        print(f"{exercise.name}: failed on {_inputs(exercise, case)}")
+        print(f"  expected: {_show(expected)}")
+        print(f"  received: {_show(received)}")
+        print(f"  hint: {hint}")
+        return False
+    print(f"{exercise.name}: passed ({len(exercise.cases)} cases)")
+    return True
+
+
+def _holds(test: Callable[[Any, Any], Any], expected: Any, received: Any) -> Any:
+    """``test(expected, received)``, False where it cannot compare them (a tensor received
+    where a list was expected makes ``==`` ambiguous, for instance)."""
+    try:
+        return test(expected, received) or False
+    except Exception:
+        return False
+
+
+def _raised_in(error: BaseException):
+    """The code object of the function that raised ``error`` (the innermost frame)."""
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code
+
+
+def _inputs(exercise: Exercise, case: Case) -> str:
+    names = exercise.call[exercise.call.index("(") + 1 : -1].split(", ")
+    shown = [f"{n}={_show(a) if not isinstance(a, torch.Tensor) else tuple(a.shape)}"
+             for n, a in zip(names, case.args, strict=False)]  # fmt: skip
+    return f"{exercise.call.split('(')[0]}({', '.join(shown)})"
+
+
+# Chapter 1: tokenization ---------------------------------------------------------------------
+
+
+def _merge_no_skip(ids, pair, new_id):  # after a merge, the pair's second id is kept
+    out, i = [], 0
+    while i < len(ids):
+        out.append(new_id if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair else ids[i])
+        i += 1
+    return out
+
+
+def _merge_drops_last(ids, pair, new_id):  # the loop stops one early and loses the last id
+    out, i = [], 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def check_merge(your_merge: Callable) -> bool:
+    """``merge(ids, pair, new_id)``: every occurrence of ``pair``, left to right, becomes
+    ``new_id`` (reference: :func:`companion.bpe.merge`)."""
+    g = make_generator(0)
+    cases = [
+        Case((list(b"aaabdaaabac"), (97, 97), 256), "the textbook string: 'aa' occurs twice"),
+        Case(([1, 2, 3, 1, 2], (1, 2), 4), "the pair at the start and at the very end"),
+        Case(([5, 5, 5], (5, 5), 6), "overlapping occurrences: the leftmost wins, [6, 5]"),
+        Case(([7, 8, 9], (1, 2), 10), "no occurrence: the ids come back unchanged"),
+        Case(([], (1, 2), 3), "an empty list"),
+        Case(([3], (3, 3), 4), "a single id has no pair"),
+    ]
+    for _ in range(20):
+        ids = torch.randint(0, 3, (int(torch.randint(2, 30, (), generator=g)),), generator=g)
+        pair = tuple(torch.randint(0, 3, (2,), generator=g).tolist())
+        cases.append(Case((ids.tolist(), pair, 256), "a random list of ids 0..2"))
+    mistakes = [
+        (_merge_drops_last, "the last id went missing: check the loop's end (off by one)"),
+        (_merge_no_skip, "after a merge, skip both ids of the pair (i += 2)"),
+    ]
+    return _verdict(
+        Exercise("check_merge", "merge(ids, pair, new_id)", merge, cases, mistakes), your_merge
+    )
+
+
+def _bpe_step_reference(ids, new_id):
+    pair = _best(get_stats(ids))
+    return pair, merge(ids, pair, new_id)
+
+
+def _bpe_step_max_only(ids, new_id):  # max() keeps the first pair seen among equal counts
+    counts = get_stats(ids)
+    pair = max(counts, key=counts.get)
+    return pair, merge(ids, pair, new_id)
+
+
+def _bpe_step_largest_tie(ids, new_id):  # ties broken towards the largest pair
+    counts = get_stats(ids)
+    pair = max(counts, key=lambda p: (counts[p], p))
+    return pair, merge(ids, pair, new_id)
+
+
+def check_bpe_step(your_bpe_step: Callable) -> bool:
+    """``bpe_step(ids, new_id) -> (pair, new_ids)``: one step of BPE training, the most frequent
+    pair (ties: the smallest pair) merged into ``new_id`` (reference: :mod:`companion.bpe`)."""
+    g = make_generator(1)
+    cases = [
+        Case((list(b"aaabdaaabac"), 256), "the textbook string: 'aa' is the most frequent pair"),
+        Case(([3, 1, 2, 3, 1, 2], 256), "a tie between (3, 1) and (1, 2): the smaller pair wins"),
+        Case(([9, 9, 1, 2], 256), "every pair once: the smallest pair (1, 2) wins"),
+        Case(([5, 5, 5, 5], 256), "(5, 5) is counted 3 times, then merged twice"),
+    ]
+    for _ in range(20):
+        ids = torch.randint(0, 4, (int(torch.randint(2, 40, (), generator=g)),), generator=g)
+        cases.append(Case((ids.tolist(), 300), "a random list of ids 0..3"))
+    mistakes = [
+        (_bpe_step_max_only, "equal counts: break the tie towards the smallest pair, as "
+                             "max(counts, key=lambda p: (counts[p], -p[0], -p[1])) does"),
+        (_bpe_step_largest_tie, "equal counts: the smallest pair wins, not the largest"),
+    ]  # fmt: skip
+    exercise = Exercise(
+        "check_bpe_step", "bpe_step(ids, new_id)", _bpe_step_reference, cases, mistakes
+    )
+    return _verdict(exercise, your_bpe_step)
+
+
+def check_vocab_experiment(your_count: Callable, train_text: str, sample: str) -> bool:
+    """``tokens_with_vocab(vocab_size) -> int``: the number of tokens of ``sample`` for a BPE
+    tokenizer trained on ``train_text`` with that vocabulary size (reference:
+    :class:`companion.tokenizer.BPETokenizer`). Prints the counts for the learner to explain."""
+
+    def reference(vocab_size: int) -> int:
+        return len(BPETokenizer.train(train_text, vocab_size).encode(sample))
+
+    def merges_not_size(vocab_size):  # trained with vocab_size merges: 256 too many ids
+        return reference(vocab_size + 256)
+
+    sizes = (256, 300, 512, 768)
+    cases = [Case((256,), "vocab_size counts the 256 byte ids: 256 means no merges at all")]
+    cases += [Case((v,), f"a vocabulary of {v} ids") for v in sizes[1:]]
+    mistakes = [
+        (merges_not_size, "vocab_size is the whole vocabulary, 256 bytes + the merges"),
+        (lambda v: len(sample.encode("utf-8")), "count the tokens of the trained tokenizer"),
+        (lambda v: len(BPETokenizer.train(sample, v).encode(sample)),
+         "train on train_text, then count the tokens of sample"),
+    ]  # fmt: skip
+    exercise = Exercise(
+        "check_vocab_experiment", "tokens_with_vocab(vocab_size)", reference, cases, mistakes
+    )
+    passed = _verdict(exercise, your_count)
+    if passed:
+        for v in sizes:
+            print(f"  vocab_size {v:>4}: {reference(v):>5} tokens for {len(sample)} characters")
+    return passed
+
+
+# Chapter 2: attention ------------------------------------------------------------------------
+
+
+def check_causal_mask(your_mask: Callable) -> bool:
+    """``causal_mask(T)``: a (T, T) bool tensor, True where query t may look at key s
+    (reference: :func:`companion.attention.causal_mask`)."""
+    cases = [
+        Case((1,), "one token sees itself"),
+        Case((3,), "query t sees keys 0..t, itself included: the lower triangle"),
+    ]
+    cases += [Case((T,), "a larger T") for T in (2, 5, 16)]
+    mistakes = [
+        (lambda T: torch.ones(T, T, dtype=torch.bool).triu(), "the mask is the wrong way round: "
+         "query t (row t) may see keys s <= t, the lower triangle (tril)"),
+        (lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1), "off by one: a token may also "
+         "look at itself, keep the diagonal"),
+        (lambda T: ~torch.ones(T, T, dtype=torch.bool).tril(), "inverted: True marks what a "
+         "query MAY see"),
+    ]  # fmt: skip
+
+    def same(expected, received):
+        return (
+            isinstance(received, torch.Tensor)
+            and received.dtype == torch.bool
+            and torch.equal(received, expected)
+        )
+
+    def diagnose(expected, received):
+        if (
+            isinstance(received, torch.Tensor)
+            and received.dtype != torch.bool
+            and received.shape == expected.shape
+            and torch.equal(received.bool(), expected)
+        ):
+            return "the right pattern, but return a bool tensor (dtype=torch.bool)"
+        return None
+
+    exercise = Exercise(
+        "check_causal_mask", "causal_mask(T)", causal_mask, cases, mistakes, same, diagnose
+    )
+    return _verdict(exercise, your_mask)
+
+
+def _attention_reference(q, k, v, causal):
+    return scaled_dot_product_attention(q, k, v, causal=causal)
+
+
+def _attention_variant(scale_power: float = 0.5, dim: int = -1, flip: bool = False):
+    def attention(q, k, v, causal):
+        scores = q @ k.transpose(-2, -1) / q.shape[-1] ** scale_power  # (..., T, S)
+        if causal:
+            allowed = causal_mask(q.shape[-2], k.shape[-2])
+            scores = scores.masked_fill(allowed if flip else ~allowed, float("-inf"))
+        weights = scores.softmax(dim=dim)
+        return weights @ v, weights
+
+    return attention
+
+
+def check_attention(your_attention: Callable) -> bool:
+    """``attention(q, k, v, causal) -> (out, weights)``: ``softmax(q kᵀ / √D) v`` with an
+    optional causal mask (reference: :func:`companion.attention.scaled_dot_product_attention`)."""
+    g = make_generator(2)
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # the chapter's three tokens
+    cases = [
+        Case((x, x, x, False), "the chapter's three tokens, queries = keys = values"),
+        Case((x, x, x, True), "the three tokens with the causal mask"),
+    ]
+    for causal in (False, True, True, False):
+        q, k, v = (torch.randn(2, 5, 8, generator=g) for _ in range(3))  # (B, T, D)
+        cases.append(Case((q, k, v, causal), f"random (B, T, D) = (2, 5, 8), causal={causal}"))
+    q, k, v = (torch.randn(2, 3, 6, 16, generator=g) for _ in range(3))  # (B, H, T, D)
+    cases.append(Case((q, k, v, True), "four dimensions (B, H, T, D): use the last two"))
+    mistakes = [
+        (_attention_variant(scale_power=0.0), "divide the scores by √D (missing scaling)"),
+        (_attention_variant(scale_power=1.0), "divide the scores by √D, not by D"),
+        (_attention_variant(dim=-2), "softmax over the wrong axis: each row (a query's weights "
+                                     "over the keys, dim=-1) must sum to 1"),
+        (_attention_variant(flip=True), "the mask is the wrong way round: hide the keys AFTER "
+                                        "each query"),
+    ]  # fmt: skip
+    exercise = Exercise(
+        "check_attention", "attention(q, k, v, causal)", _attention_reference, cases, mistakes,
+        _same_tensors,
+    )  # fmt: skip
+    return _verdict(exercise, your_attention)
+
+
+def _top_weight(D: int, n_keys: int, factor: float) -> float:
+    """Mean largest weight of 2,000 random queries over n_keys keys, scores q·k · factor / √D."""
+    q = torch.randn(2000, 1, D, generator=make_generator(1000 + D))  # (N, 1, D)
+    k = torch.randn(2000, n_keys, D, generator=make_generator(2000 + D))  # (N, S, D)
+    _, w = scaled_dot_product_attention(q * factor, k, k)  # (N, 1, S)
+    return w.amax(dim=-1).mean().item()
+
+
+def _top_weight_reference(D: int, n_keys: int, scaled: bool) -> float:
+    return _top_weight(D, n_keys, 1.0 if scaled else math.sqrt(D))  # unscaled: q·k itself
+
+
+def check_top_weight(your_top_weight: Callable) -> bool:
+    """``top_weight(D, n_keys, scaled) -> float``: the mean largest attention weight of 2,000
+    random queries over ``n_keys`` random keys (entries N(0, 1)), scores divided by √D or not.
+
+    Tolerance: a mean of 2,000 numbers in [0, 1] has a standard error of at most
+    0.5 / √2000 ≈ 0.011, and the learner's random draws differ from the checker's, so two
+    estimates differ by a standard error of at most 0.016; 0.05 is three of them."""
+    cases = [
+        Case((D, n, s), f"D={D}, {n} keys, {'scaled' if s else 'unscaled'}")
+        for D in (4, 64, 256) for n in (4, 16, 64) for s in (True, False)
+    ]  # fmt: skip
+
+    def close(expected, received):
+        return isinstance(received, int | float) and abs(received - expected) < 0.05
+
+    def over_queries(D, n_keys, scaled):  # softmax over the single query: every weight is 1
+        return 1.0
+
+    def by_d(D, n_keys, scaled):  # divided by D instead of √D when scaled
+        return _top_weight(D, n_keys, 1 / math.sqrt(D) if scaled else math.sqrt(D))
+
+    mistakes = [
+        (over_queries, "softmax over the keys (dim=-1): each query's weights over the keys "
+                       "sum to 1, and the largest is then below 1"),
+        (by_d, "scaled means divided by √D, not by D"),
+    ]  # fmt: skip
+    exercise = Exercise(
+        "check_top_weight", "top_weight(D, n_keys, scaled)", _top_weight_reference, cases,
+        mistakes, close,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_top_weight)
+    if passed:
+        print(f"  {'D':>5} {'keys':>5} {'unscaled':>9} {'scaled':>7} {'uniform':>8}")
+        for D in (4, 64, 256):
+            for n in (4, 16, 64):
+                top = [_top_weight_reference(D, n, s) for s in (False, True)]
+                print(f"  {D:>5} {n:>5} {top[0]:>9.3f} {top[1]:>7.3f} {1 / n:>8.3f}")
+    return passed
+
+
+# Chapter 3: the transformer ------------------------------------------------------------------
+
+
+def check_parameter_count(your_count: Callable) -> bool:
+    """``parameter_count(config) -> int``: the parameters of ``GPT(config)`` by formula, the
+    tied LM head counted once (reference: :func:`companion.model.count_parameters`)."""
+    configs = [
+        (GPTConfig(10, 4, 1, 1, 2), "the docstring's tiny model: check each term by hand"),
+        (GPTConfig(1000, 32, 2, 4, 64), "the chapter's small model"),
+        (GPTConfig(50257, 1024, 12, 12, 768), "GPT-2 small: 124,439,808"),
+        (GPTConfig(1000, 32, 2, 4, 64, bias=False), "bias=False: no biases in Linear or LayerNorm"),
+        (GPTConfig(768, 64, 4, 4, 128), "the course's base model"),
+    ]  # fmt: skip
+    cases = [Case((config,), hint) for config, hint in configs]
+
+    def untied(c):  # the LM head counted as a second V × C matrix
+        return count_parameters(c) + c.vocab_size * c.d_model
+
+    def no_final_norm(c):  # the LayerNorm after the last block forgotten
+        return count_parameters(c) - c.d_model * (2 if c.bias else 1)
+
+    def always_bias(c):  # biases counted even when bias=False
+        return count_parameters(GPTConfig(**{**c.to_dict(), "bias": True}))
+
+    def no_positions(c):
+        return count_parameters(c) - c.context_length * c.d_model
+
+    mistakes = [
+        (untied, "the LM head shares the token embedding's matrix (tied): count it once"),
+        (no_final_norm, "one more LayerNorm after the last block (2·L + 1 in all)"),
+        (always_bias, "with bias=False the Linear and LayerNorm layers have no biases"),
+        (no_positions, "the position embedding: context_length × C parameters"),
+    ]
+    exercise = Exercise(
+        "check_parameter_count", "parameter_count(config)", count_parameters, cases, mistakes
+    )
+    return _verdict(exercise, your_count)
+
+
+def _layer_norm_reference(x, weight, bias, eps):
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)  # what nn.LayerNorm computes
+
+
+def check_layer_norm(your_layer_norm: Callable) -> bool:
+    """``layer_norm(x, weight, bias, eps)``: each token's C numbers to mean 0 and variance 1,
+    then scaled and shifted (reference: :func:`torch.nn.functional.layer_norm`, which the
+    model's ``nn.LayerNorm`` calls)."""
+    g = make_generator(3)
+    C = 8
+    ones, zeros = torch.ones(C), torch.zeros(C)
+    x = torch.randn(2, 5, C, generator=g)  # (B, T, C)
+    w, b = torch.randn(C, generator=g), torch.randn(C, generator=g)
+    cases = [
+        Case((x, ones, zeros, 1e-5), "weight 1 and bias 0: every row gets mean 0, variance 1"),
+        Case((x, w, b, 1e-5), "a learned weight and bias: scale, then shift, per channel"),
+        Case((1e-3 * x, ones, zeros, 1e-5), "rows of tiny variance (1e-6, below eps): eps "
+                                                "inside the square root matters"),
+        Case((torch.randn(4, C, generator=g), w, b, 1e-5), "2-D input (T, C): the last axis"),
+        Case((torch.randn(2, 3, 4, 16, generator=g), torch.ones(16), torch.zeros(16), 1e-5),
+             "4-D input: normalise over the last axis only"),
+    ]  # fmt: skip
+
+    def unbiased(x, weight, bias, eps):  # torch's var() divides by C - 1 by default
+        mean = x.mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(x.var(-1, keepdim=True) + eps) * weight + bias
+
+    def eps_outside(x, weight, bias, eps):
+        mean = x.mean(-1, keepdim=True)
+        std = x.var(-1, keepdim=True, unbiased=False).sqrt()
+        return (x - mean) / (std + eps) * weight + bias
+
+    def no_affine(x, weight, bias, eps):
+        return F.layer_norm(x, x.shape[-1:], None, None, eps)
+
+    def wrong_axis(x, weight, bias, eps):
+        mean = x.mean(0, keepdim=True)
+        return (x - mean) / torch.sqrt(x.var(0, keepdim=True, unbiased=False) + eps) * weight + bias
+
+    mistakes = [
+        (unbiased, "the variance divides by C, not C - 1: x.var(dim=-1, unbiased=False)"),
+        (eps_outside, "eps goes inside the square root: √(var + eps)"),
+        (no_affine, "after normalising, multiply by weight and add bias"),
+        (wrong_axis, "normalise each token over its channels, the last axis (dim=-1)"),
+    ]
+    exercise = Exercise(
+        "check_layer_norm", "layer_norm(x, weight, bias, eps)", _layer_norm_reference, cases,
+        mistakes, _same_tensors,
+    )  # fmt: skip
+    return _verdict(exercise, your_layer_norm)
+
+
+def _embedding_share_reference(n_layer: int, d_model: int) -> float:
+    config = GPTConfig(vocab_size=1000, context_length=32, n_layer=n_layer, n_head=4,
+                       d_model=d_model)  # fmt: skip
+    return parameter_breakdown(config)["token embedding (= LM head)"] / count_parameters(config)
+
+
+def check_embedding_share(your_share: Callable) -> bool:
+    """``embedding_share(n_layer, d_model) -> float``: the token embedding's share of all the
+    parameters of the chapter's small model (V 1,000, context 32, 4 heads) at another depth or
+    width (reference: :func:`companion.model.parameter_breakdown`). Prints a table to explain."""
+    settings = [(2, 64), (2, 16), (2, 256), (2, 1024), (8, 64), (32, 64)]
+    cases = [Case(s, f"n_layer={s[0]}, d_model={s[1]}") for s in settings]
+
+    def config(n_layer, d_model):
+        return GPTConfig(1000, 32, n_layer, 4, d_model)
+
+    def twice(n_layer, d_model):  # the tied head counted again, in the share and in the total
+        c = config(n_layer, d_model)
+        return 2 * c.vocab_size * d_model / (count_parameters(c) + c.vocab_size * d_model)
+
+    def with_positions(n_layer, d_model):
+        c = config(n_layer, d_model)
+        return (c.vocab_size + c.context_length) * d_model / count_parameters(c)
+
+    def of_the_rest(n_layer, d_model):
+        c = config(n_layer, d_model)
+        return c.vocab_size * d_model / (count_parameters(c) - c.vocab_size * d_model)
+
+    mistakes = [
+        (twice, "the LM head is the token embedding (tied): count it once"),
+        (with_positions, "only the token embedding, not the position embedding"),
+        (of_the_rest, "divide by all the parameters, the embedding's own included"),
+    ]
+    exercise = Exercise(
+        "check_embedding_share", "embedding_share(n_layer, d_model)", _embedding_share_reference,
+        cases, mistakes, _same_floats,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_share)
+    if passed:
+        for n_layer, d_model in settings:
+            c = config(n_layer, d_model)
+            print(f"  n_layer {n_layer:>2}, d_model {d_model:>4}: {count_parameters(c):>11,} "
+                  f"parameters, embedding {_embedding_share_reference(n_layer, d_model):.1%}")  # fmt: skip
+    return passed
+
+
+# Chapter 4: pretraining ----------------------------------------------------------------------
+
+
+def _cross_entropy_reference(logits, targets):
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten())  # as GPT.forward computes it
+
+
+def check_cross_entropy(your_cross_entropy: Callable) -> bool:
+    """``cross_entropy(logits, targets) -> scalar tensor``: minus the log-probability of each
+    target, averaged over every position; logits (B, T, V), targets (B, T) (reference:
+    :func:`torch.nn.functional.cross_entropy`, as :meth:`companion.model.GPT.forward` calls it)."""
+    g = make_generator(4)
+    V = 11
+    cases = [
+        Case((torch.zeros(1, 1, V), torch.tensor([[3]])), "equal logits: the loss is ln V"),
+        Case((torch.tensor([[[0.0, 2.0, 1.0], [1.0, 0.0, 0.0]]]), torch.tensor([[1, 2]])),
+             "two positions, three tokens: average their two losses"),
+        Case((torch.randn(2, 5, V, generator=g), torch.randint(0, V, (2, 5), generator=g)),
+             "random logits (B, T, V) = (2, 5, 11)"),
+        Case((torch.randn(4, 3, 7, generator=g), torch.randint(0, 7, (4, 3), generator=g)),
+             "B larger than T: average over all B · T positions"),
+        Case((100 * torch.randn(2, 4, V, generator=g), torch.randint(0, V, (2, 4), generator=g)),
+             "large logits: softmax then log overflows or underflows; log_softmax does not"),
+    ]  # fmt: skip
+
+    def summed(logits, targets):
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="sum")
+
+    def wrong_axis(logits, targets):
+        return -logits.log_softmax(dim=1).gather(-1, targets[..., None]).mean()
+
+    def plus(logits, targets):
+        return logits.log_softmax(-1).gather(-1, targets[..., None]).mean()
+
+    def no_log(logits, targets):
+        return -logits.softmax(-1).gather(-1, targets[..., None]).mean()
+
+    mistakes = [
+        (summed, "average over the positions (mean), do not sum: the loss must not grow with "
+                 "B · T"),
+        (wrong_axis, "log_softmax over the vocabulary, the last axis (dim=-1)"),
+        (plus, "the loss is MINUS the log-probability (a positive number)"),
+        (no_log, "the loss uses the log of the probability"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if isinstance(received, torch.Tensor) and not torch.isfinite(received).all():
+            return "not finite: softmax().log() fails on large logits; use log_softmax"
+        if isinstance(received, torch.Tensor) and received.shape != expected.shape:
+            return "return one number (a 0-dimensional tensor): the mean over all positions"
+        return None
+
+    exercise = Exercise(
+        "check_cross_entropy", "cross_entropy(logits, targets)", _cross_entropy_reference, cases,
+        mistakes, _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_cross_entropy)
+
+
+def check_learning_rate(your_learning_rate: Callable) -> bool:
+    """``learning_rate(step, config) -> float``: linear warm-up, then cosine decay to
+    ``min_learning_rate`` (reference: :func:`companion.optimizer.learning_rate_at`)."""
+    doc = TrainConfig(steps=110, learning_rate=1.0, min_learning_rate=0.1, warmup_steps=10)
+    chapter = TrainConfig(steps=1200, warmup_steps=100, learning_rate=3e-3, min_learning_rate=3e-4)
+    early = TrainConfig(steps=100, warmup_steps=5, decay_steps=50, learning_rate=1.0,
+                        min_learning_rate=0.0)  # fmt: skip
+    flat = TrainConfig(steps=5, warmup_steps=0, learning_rate=3e-3, min_learning_rate=3e-3)
+    cases = [Case((s, doc), "the first step of warm-up: lr · 1 / warmup_steps, not 0")
+             for s in (0,)]  # fmt: skip
+    cases += [Case((s, doc), "the end of the warm-up reaches the peak") for s in (4, 9)]
+    cases += [Case((s, doc), "the cosine: from lr at warmup_steps to min_lr at steps")
+              for s in (10, 35, 60, 109)]  # fmt: skip
+    cases += [Case((s, doc), "after the decay: min_learning_rate") for s in (110, 200)]
+    cases += [Case((s, chapter), "the chapter's schedule") for s in (0, 99, 100, 650, 1199)]
+    cases += [Case((s, early), "decay_steps set: the cosine ends there, not at steps")
+              for s in (20, 49, 50, 99)]  # fmt: skip
+    cases += [Case((s, flat), "no warm-up, min = max: a constant rate") for s in (0, 4)]
+
+    def off_by_one(step, c):
+        return c.learning_rate * step / c.warmup_steps if step < c.warmup_steps else (
+            learning_rate_at(step, c))  # fmt: skip
+
+    def from_zero(step, c):  # the cosine's progress counted from step 0, not from warm-up
+        end = c.steps if c.decay_steps is None else c.decay_steps
+        if step < c.warmup_steps:
+            return learning_rate_at(step, c)
+        if step >= end:
+            return c.min_learning_rate
+        p = step / end
+        lr, low = c.learning_rate, c.min_learning_rate
+        return low + (lr - low) * 0.5 * (1 + math.cos(math.pi * p))
+
+    def ignores_decay_steps(step, c):
+        return learning_rate_at(step, TrainConfig(**{**c.to_dict(), "decay_steps": None}))
+
+    def no_floor(step, c):  # the cosine decays to 0, not to min_learning_rate
+        return learning_rate_at(step, TrainConfig(**{**c.to_dict(), "min_learning_rate": 0.0}))
+
+    mistakes = [
+        (off_by_one, "warm-up is lr · (step + 1) / warmup_steps: step 0 already trains"),
+        (from_zero, "the cosine's progress runs from warmup_steps (0) to the end (1)"),
+        (ignores_decay_steps, "when decay_steps is set, the cosine ends there (else at steps)"),
+        (no_floor, "the cosine decays to min_learning_rate, not to 0"),
+    ]
+    exercise = Exercise(
+        "check_learning_rate", "learning_rate(step, config)", learning_rate_at, cases, mistakes,
+        _same_floats,
+    )  # fmt: skip
+    return _verdict(exercise, your_learning_rate)
+
+
+def _adamw_reference(param, grad, m, v, t, lr, weight_decay):
+    """One step of torch.optim.AdamW (the optimiser make_optimizer builds), from the state
+    (m, v) left by step t - 1, with the course's betas (0.9, 0.95) and eps 1e-8."""
+    p = param.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([p], lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
+    p.grad = grad.clone()
+    opt.state[p] = {"step": torch.tensor(float(t - 1)), "exp_avg": m.clone(),
+                    "exp_avg_sq": v.clone()}  # fmt: skip
+    opt.step()
+    state = opt.state[p]
+    return p.detach(), state["exp_avg"], state["exp_avg_sq"]
+
+
+def _adamw_variant(correct: bool = True, coupled: bool = False, eps: float = 1e-8):
+    def step(param, grad, m, v, t, lr, weight_decay):
+        if coupled:  # Adam with L2: the decay goes through the gradient (not AdamW)
+            grad = grad + weight_decay * param
+        else:
+            param = param * (1 - lr * weight_decay)
+        m = 0.9 * m + 0.1 * grad
+        v = 0.95 * v + 0.05 * grad**2
+        m_hat = m / (1 - 0.9**t) if correct else m
+        v_hat = v / (1 - 0.95**t) if correct else v
+        return param - lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+    return step
+
+
+def check_adamw_step(your_step: Callable) -> bool:
+    """``adamw_step(param, grad, m, v, t, lr, weight_decay) -> (param, m, v)``: one AdamW update
+    at step t (1, 2, ...) with betas (0.9, 0.95) and eps 1e-8 (reference:
+    :class:`torch.optim.AdamW`, which :func:`companion.optimizer.make_optimizer` builds)."""
+    g = make_generator(5)
+
+    def state(n, t):  # a plausible state after t - 1 steps: v at least m² (1 - β2^(t-1))
+        m = 0.01 * torch.randn(n, generator=g) if t > 1 else torch.zeros(n)
+        v = (m**2 + 1e-4 * torch.rand(n, generator=g)) if t > 1 else torch.zeros(n)
+        return m, v
+
+    cases = []
+    for t, hint in [(1, "the first step: m and v start at 0, the bias correction matters most"),
+                    (2, "the second step"), (10, "step 10"), (1000, "a late step: the bias "
+                    "correction is almost 1")]:  # fmt: skip
+        param, grad = torch.randn(6, generator=g), 0.1 * torch.randn(6, generator=g)
+        cases.append(Case((param, grad, *state(6, t), t, 1e-2, 0.1), hint))
+    m, v = state(4, 3)
+    cases.append(Case((torch.randn(4, generator=g), torch.randn(4, generator=g), m, v, 3, 1e-2,
+                       0.0), "weight_decay 0: plain Adam"))  # fmt: skip
+    cases.append(Case((torch.randn(3, 4, generator=g), torch.zeros(3, 4), torch.zeros(3, 4),
+                       torch.zeros(3, 4), 1, 1e-2, 0.1), "a zero gradient: eps keeps 0 / 0 away, "
+                      "and only the decay moves the weights"))  # fmt: skip
+    mistakes = [
+        (_adamw_variant(correct=False), "divide m by 1 - 0.9^t and v by 1 - 0.95^t (bias "
+                                        "correction), or the first steps are far too small"),
+        (_adamw_variant(coupled=True), "AdamW decays the weights directly, param · (1 - lr · "
+                                       "weight_decay), not through the gradient (that is Adam "
+                                       "with L2)"),
+        (_adamw_variant(eps=0.0), "add eps to √v̂ before dividing"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if not (isinstance(received, tuple | list) and len(received) == 3):
+            return "return three tensors: (param, m, v), the new weights and the new state"
+        tensors = [r for r in received if isinstance(r, torch.Tensor)]
+        if not all(torch.isfinite(r).all() for r in tensors):
+            return "not finite: at t = 1 divide by 1 - β^t (not β^(t-1)), and add eps"
+        return None
+
+    exercise = Exercise(
+        "check_adamw_step", "adamw_step(param, grad, m, v, t, lr, weight_decay)",
+        _adamw_reference, cases, mistakes, _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_step)
+
+
+def learning_rate_experiment_configs(vocab_size: int, learning_rate: float):
+    """The recipe of chapter 4's learning-rate experiment: a tiny GPT, 60 steps of ``train``.
+
+    >>> model, train = learning_rate_experiment_configs(768, 3e-3)
+    >>> model.d_model, train.steps, train.learning_rate
+    (32, 60, 0.003)
+    """
+    model = GPTConfig(vocab_size=vocab_size, context_length=32, n_layer=2, n_head=2, d_model=32)
+    train = TrainConfig(steps=60, batch_size=8, context_length=32, learning_rate=learning_rate,
+                        min_learning_rate=learning_rate / 10, warmup_steps=6, eval_interval=60,
+                        eval_batches=4, seed=0, device="cpu")  # fmt: skip
+    return model, train
+
+
+def check_learning_rate_experiment(your_run: Callable, train_tokens, val_tokens) -> bool:
+    """``final_val_loss(learning_rate) -> float``: train a model of
+    :func:`learning_rate_experiment_configs` (``init_model(..., seed=0)``, then ``train``) and
+    return its last validation loss. Prints the losses by learning rate, to explain.
+
+    Tolerance 1e-4 relative: the same recipe run by the same calls differs only by float32
+    rounding, which chapter 4 measured far below 1e-4 over five steps of a hand-written loop."""
+    from companion.data import load_course_tokenizer
+    from companion.pretraining import init_model, train
+
+    vocab_size = load_course_tokenizer().vocab_size
+    runs: dict[float, Any] = {}
+
+    def history(learning_rate):
+        if learning_rate not in runs:
+            model_config, train_config = learning_rate_experiment_configs(vocab_size, learning_rate)
+            model = init_model(model_config, seed=0, device="cpu")
+            runs[learning_rate] = train(model, train_tokens, val_tokens, train_config,
+                                        progress=False)  # fmt: skip
+        return runs[learning_rate]
+
+    rates = (3e-4, 3e-3, 3e-2)
+    cases = [Case((lr,), f"learning rate {lr:g}") for lr in rates]
+    mistakes = [
+        (lambda lr: history(lr).train_loss[-1], "return the validation loss, not the train loss"),
+        (lambda lr: history(3e-3).val_loss[-1], "pass learning_rate to the recipe: every rate "
+                                                "gave the same loss"),
+    ]  # fmt: skip
+
+    def close(expected, received):
+        return isinstance(received, int | float) and math.isclose(received, expected, rel_tol=1e-4)
+
+    exercise = Exercise(
+        "check_learning_rate_experiment", "final_val_loss(learning_rate)",
+        lambda lr: history(lr).val_loss[-1], cases, mistakes, close,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_run)
+    if passed:
+        for lr in rates:
+            print(f"  learning rate {lr:<7g}: validation loss {history(lr).val_loss[-1]:.3f}")
+    return passed

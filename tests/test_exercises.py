@@ -1,0 +1,399 @@
+"""The exercise checkers (companion.exercises) can pass and can fail: for each checker a correct
+answer written as a learner would passes, the untouched stub says "not attempted yet", and typical
+wrong answers fail with a hint that names the mistake."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from companion import exercises as ex
+from companion.bpe import get_stats
+from companion.corpus import generate_corpus
+from companion.data import encode_corpus, train_val_split
+from companion.model import GPTConfig
+from companion.pretraining import init_model, train
+from companion.tokenizer import BPETokenizer
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def verdict(capsys, checker, answer, *more) -> tuple[bool, str]:
+    result = checker(answer, *more)
+    return result, capsys.readouterr().out
+
+
+# Chapter 1 ------------------------------------------------------------------------------------
+
+
+def merge(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def merge_keeps_second(ids, pair, new_id):  # forgets to skip the pair's second id
+    out = []
+    for i, a in enumerate(ids):
+        out.append(new_id if i + 1 < len(ids) and (a, ids[i + 1]) == pair else a)
+    return out
+
+
+def merge_drops_last(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def bpe_step(ids, new_id):
+    counts = get_stats(ids)
+    pair = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
+    return pair, merge(ids, pair, new_id)
+
+
+def bpe_step_plain_max(ids, new_id):
+    counts = get_stats(ids)
+    pair = max(counts, key=counts.get)
+    return pair, merge(ids, pair, new_id)
+
+
+def bpe_step_no_merge(ids, new_id):
+    counts = get_stats(ids)
+    return max(counts, key=lambda p: (counts[p], -p[0], -p[1])), ids
+
+
+TRAIN_TEXT = generate_corpus(seed=0)[:20_000]  # enough text for 768 ids
+SAMPLE = generate_corpus(seed=0)[30_000:31_000]
+
+
+def tokens_with_vocab(vocab_size):
+    return len(BPETokenizer.train(TRAIN_TEXT, vocab_size).encode(SAMPLE))
+
+
+def test_merge(capsys):
+    assert verdict(capsys, ex.check_merge, merge) == (True, "check_merge: passed (26 cases)\n")
+    passed, out = verdict(capsys, ex.check_merge, merge_drops_last)
+    assert not passed and "last id went missing" in out
+    passed, out = verdict(capsys, ex.check_merge, merge_keeps_second)
+    assert not passed and "skip both ids of the pair" in out
+
+
+def test_bpe_step(capsys):
+    assert verdict(capsys, ex.check_bpe_step, bpe_step)[0]
+    passed, out = verdict(capsys, ex.check_bpe_step, bpe_step_plain_max)
+    assert not passed and "break the tie towards the smallest pair" in out
+    passed, out = verdict(capsys, ex.check_bpe_step, bpe_step_no_merge)
+    assert not passed and "the textbook string" in out
+
+
+def test_vocab_experiment(capsys):
+    passed, out = verdict(capsys, ex.check_vocab_experiment, tokens_with_vocab, TRAIN_TEXT, SAMPLE)
+    assert passed and "vocab_size  768" in out
+
+    def merges_not_size(v):
+        return tokens_with_vocab(v + 256)
+
+    passed, out = verdict(capsys, ex.check_vocab_experiment, merges_not_size, TRAIN_TEXT, SAMPLE)
+    assert not passed and "256 bytes + the merges" in out
+    passed, out = verdict(
+        capsys, ex.check_vocab_experiment, lambda v: len(SAMPLE), TRAIN_TEXT, SAMPLE
+    )
+    assert not passed and "expected: " in out
+
+
+# Chapter 2 ------------------------------------------------------------------------------------
+
+
+def attention(q, k, v, causal):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        T, S = scores.shape[-2:]
+        scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool).tril(), float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+def test_causal_mask(capsys):
+    assert verdict(capsys, ex.check_causal_mask, lambda T: torch.ones(T, T).tril() == 1)[0]
+    for wrong, hint in [
+        (lambda T: torch.ones(T, T, dtype=torch.bool).triu(), "wrong way round"),
+        (lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1), "keep the diagonal"),
+        (lambda T: torch.ones(T, T).tril(), "return a bool tensor"),
+        (lambda T: None, "did you forget `return`"),
+    ]:
+        passed, out = verdict(capsys, ex.check_causal_mask, wrong)
+        assert not passed and hint in out, out
+
+
+def test_attention(capsys):
+    assert verdict(capsys, ex.check_attention, attention)[0]
+
+    def unscaled(q, k, v, causal):
+        return attention(q * math.sqrt(q.shape[-1]), k, v, causal)
+
+    def over_queries(q, k, v, causal):
+        weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-2)
+        return weights @ v, weights
+
+    def three_dims_only(q, k, v, causal):
+        if q.dim() != 3:
+            raise ValueError("expected (B, T, D)")
+        return attention(q, k, v, causal)
+
+    for wrong, hint in [
+        (unscaled, "missing scaling"),
+        (over_queries, "softmax over the wrong axis"),
+        (three_dims_only, "ValueError: expected (B, T, D)"),
+    ]:
+        passed, out = verdict(capsys, ex.check_attention, wrong)
+        assert not passed and hint in out, out
+
+
+def top_weight(D, n_keys, scaled):
+    q = torch.randn(2000, 1, D, generator=torch.Generator().manual_seed(7))
+    k = torch.randn(2000, n_keys, D, generator=torch.Generator().manual_seed(8))
+    scores = q @ k.transpose(-2, -1) / (math.sqrt(D) if scaled else 1.0)
+    return scores.softmax(dim=-1).amax(dim=-1).mean().item()
+
+
+def test_top_weight(capsys):
+    passed, out = verdict(capsys, ex.check_top_weight, top_weight)
+    assert passed and "uniform" in out
+    passed, out = verdict(capsys, ex.check_top_weight, lambda D, n, s: top_weight(D, n, not s))
+    assert not passed and "D=4, 4 keys, scaled" in out
+
+    passed, out = verdict(capsys, ex.check_top_weight, lambda D, n, s: 1.0)
+    assert not passed and "softmax over the keys" in out
+
+
+# Chapter 3 ------------------------------------------------------------------------------------
+
+
+def parameter_count(c):
+    V, T, L, C, b = c.vocab_size, c.context_length, c.n_layer, c.d_model, int(c.bias)
+    block = 3 * C * C + b * 3 * C + C * C + b * C + 8 * C * C + b * 5 * C + 2 * (C + b * C)
+    return V * C + T * C + L * block + C + b * C
+
+
+def layer_norm(x, weight, bias, eps):
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def embedding_share(n_layer, d_model):
+    config = GPTConfig(1000, 32, n_layer, 4, d_model)
+    return 1000 * d_model / parameter_count(config)
+
+
+def test_parameter_count(capsys):
+    assert verdict(capsys, ex.check_parameter_count, parameter_count)[0]
+    for wrong, hint in [
+        (lambda c: parameter_count(c) + c.vocab_size * c.d_model, "count it once"),
+        (lambda c: parameter_count(c) - c.d_model * (1 + c.bias), "2·L + 1"),
+        (lambda c: parameter_count(GPTConfig(**{**c.to_dict(), "bias": True})), "no biases"),
+    ]:
+        passed, out = verdict(capsys, ex.check_parameter_count, wrong)
+        assert not passed and hint in out, out
+
+
+def test_layer_norm(capsys):
+    assert verdict(capsys, ex.check_layer_norm, layer_norm)[0]
+
+    def unbiased(x, w, b, eps):
+        return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) * w + b
+
+    def eps_outside(x, w, b, eps):
+        std = x.std(-1, keepdim=True, unbiased=False)
+        return (x - x.mean(-1, keepdim=True)) / (std + eps) * w + b
+
+    def no_affine(x, w, b, eps):
+        return layer_norm(x, 1.0, 0.0, eps)
+
+    for wrong, hint in [
+        (unbiased, "unbiased=False"),
+        (eps_outside, "eps goes inside the square root"),
+        (no_affine, "multiply by weight and add bias"),
+        (lambda x, w, b, eps: layer_norm(x, w, b, eps).mean(-1), "should be (2, 5, 8), not (2, 5)"),
+    ]:
+        passed, out = verdict(capsys, ex.check_layer_norm, wrong)
+        assert not passed and hint in out, out
+
+
+def test_embedding_share(capsys):
+    passed, out = verdict(capsys, ex.check_embedding_share, embedding_share)
+    assert passed and "d_model 1024" in out
+    for wrong, hint in [
+        (lambda L, C: 2 * embedding_share(L, C) / (1 + embedding_share(L, C)), "count it once"),
+        (lambda L, C: embedding_share(L, C) * 1032 / 1000, "not the position embedding"),
+    ]:
+        passed, out = verdict(capsys, ex.check_embedding_share, wrong)
+        assert not passed and hint in out, out
+
+
+# Chapter 4 ------------------------------------------------------------------------------------
+
+
+def cross_entropy(logits, targets):
+    log_probs = logits.log_softmax(dim=-1)
+    return -log_probs.gather(-1, targets[..., None]).mean()
+
+
+def learning_rate(step, c):
+    if step < c.warmup_steps:
+        return c.learning_rate * (step + 1) / c.warmup_steps
+    end = c.steps if c.decay_steps is None else c.decay_steps
+    if step >= end:
+        return c.min_learning_rate
+    progress = (step - c.warmup_steps) / (end - c.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return c.min_learning_rate + (c.learning_rate - c.min_learning_rate) * cosine
+
+
+def adamw_step(param, grad, m, v, t, lr, weight_decay):
+    param = param * (1 - lr * weight_decay)
+    m = 0.9 * m + 0.1 * grad
+    v = 0.95 * v + 0.05 * grad**2
+    m_hat, v_hat = m / (1 - 0.9**t), v / (1 - 0.95**t)
+    return param - lr * m_hat / (v_hat.sqrt() + 1e-8), m, v
+
+
+def test_cross_entropy(capsys):
+    assert verdict(capsys, ex.check_cross_entropy, cross_entropy)[0]
+    for wrong, hint in [
+        (lambda lg, t: cross_entropy(lg, t) * t.numel(), "do not sum"),
+        (lambda lg, t: -lg.softmax(-1).log().gather(-1, t[..., None]).mean(), "log_softmax"),
+        (lambda lg, t: -cross_entropy(lg, t), "MINUS the log-probability"),
+    ]:
+        passed, out = verdict(capsys, ex.check_cross_entropy, wrong)
+        assert not passed and hint in out, out
+
+
+def test_learning_rate(capsys):
+    assert verdict(capsys, ex.check_learning_rate, learning_rate)[0]
+
+    def off_by_one(step, c):
+        return c.learning_rate * step / c.warmup_steps if step < c.warmup_steps else 0.0
+
+    def no_floor(step, c):
+        return (
+            learning_rate(step, c)
+            if step < c.warmup_steps
+            else learning_rate(step, type(c)(**{**c.to_dict(), "min_learning_rate": 0.0}))
+        )
+
+    for wrong, hint in [(off_by_one, "(step + 1)"), (no_floor, "not to 0")]:
+        passed, out = verdict(capsys, ex.check_learning_rate, wrong)
+        assert not passed and hint in out, out
+
+
+def test_adamw_step(capsys):
+    assert verdict(capsys, ex.check_adamw_step, adamw_step)[0]
+
+    def no_correction(param, grad, m, v, t, lr, wd):
+        return adamw_step(param, grad, m, v, 10**9, lr, wd)
+
+    def adam_l2(param, grad, m, v, t, lr, wd):
+        return adamw_step(param, grad + wd * param, m, v, t, lr, 0.0)
+
+    for wrong, hint in [(no_correction, "bias correction"), (adam_l2, "Adam with L2")]:
+        passed, out = verdict(capsys, ex.check_adamw_step, wrong)
+        assert not passed and hint in out, out
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return train_val_split(encode_corpus(), 0.1)
+
+
+def test_learning_rate_experiment(capsys, tokens):
+    train_tokens, val_tokens = tokens
+
+    def final_val_loss(lr, which="val"):
+        model_config, train_config = ex.learning_rate_experiment_configs(768, lr)
+        model = init_model(model_config, seed=0, device="cpu")
+        history = train(model, train_tokens, val_tokens, train_config, progress=False)
+        return history.val_loss[-1] if which == "val" else history.train_loss[-1]
+
+    passed, out = verdict(capsys, ex.check_learning_rate_experiment, final_val_loss, *tokens)
+    assert passed and "learning rate 0.03" in out
+    passed, out = verdict(
+        capsys, ex.check_learning_rate_experiment, lambda lr: final_val_loss(lr, "train"), *tokens
+    )
+    assert not passed and "not the train loss" in out
+    passed, out = verdict(
+        capsys, ex.check_learning_rate_experiment, lambda lr: final_val_loss(3e-3), *tokens
+    )
+    assert not passed and "every rate gave the same loss" in out
+
+
+# Every checker: the stub, and input that is not a function ------------------------------------
+
+CHECKERS = [
+    (ex.check_merge, ()),
+    (ex.check_bpe_step, ()),
+    (ex.check_vocab_experiment, (TRAIN_TEXT, SAMPLE)),
+    (ex.check_causal_mask, ()),
+    (ex.check_attention, ()),
+    (ex.check_top_weight, ()),
+    (ex.check_parameter_count, ()),
+    (ex.check_layer_norm, ()),
+    (ex.check_embedding_share, ()),
+    (ex.check_cross_entropy, ()),
+    (ex.check_learning_rate, ()),
+    (ex.check_adamw_step, ()),
+    (ex.check_learning_rate_experiment, (None, None)),
+]
+
+
+def test_a_stub_called_by_an_answer_is_named(capsys):
+    def uses_stub(q, k, v, causal):
+        stub(q.shape[-2])  # an earlier exercise's stub, still to do
+        return attention(q, k, v, causal)
+
+    passed, out = verdict(capsys, ex.check_attention, uses_stub)
+    assert not passed and "your function calls stub, which is still a stub" in out
+
+
+def test_an_answer_of_the_wrong_type_fails_without_raising(capsys):
+    passed, out = verdict(capsys, ex.check_merge, lambda ids, pair, new_id: torch.tensor(ids))
+    assert not passed and "received: tensor" in out
+
+
+def test_every_checker_is_tested():
+    names = {name for name in dir(ex) if name.startswith("check_")}
+    assert names == {checker.__name__ for checker, _ in CHECKERS}
+
+
+@pytest.mark.parametrize("checker, more", CHECKERS, ids=lambda c: getattr(c, "__name__", ""))
+def test_stub_is_not_attempted_yet(capsys, checker, more):
+    passed, out = verdict(capsys, checker, stub, *more)
+    assert passed is False and "not attempted yet" in out
+
+
+@pytest.mark.parametrize("checker, more", CHECKERS, ids=lambda c: getattr(c, "__name__", ""))
+def test_bad_input_gets_a_clear_message(capsys, checker, more):
+    passed, out = verdict(capsys, checker, 42, *more)
+    assert passed is False and "expected a function, got int" in out
+
+    def no_arguments():
+        return 0
+
+    passed, out = verdict(capsys, checker, no_arguments, *more)
+    assert passed is False and "cannot be called as" in out
