@@ -205,3 +205,22 @@ def test_grpo_says_when_every_group_is_equal():
     )
     with pytest.raises(ValueError, match="prompts is empty"):
         train_grpo(model, [], lambda i, r, f: 0.0, 3, config)
+
+
+def test_sft_and_outcomes_run_through_the_chat_template():
+    from companion.data import load_course_tokenizer
+    from companion.reasoning import answer_outcomes, fine_tune_two_hop
+    from companion.train_config import TrainConfig
+
+    torch.set_num_threads(1)
+    tok = load_course_tokenizer()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(tok.vocab_size, context_length=64, n_layer=1, n_head=1, d_model=16))
+    questions = two_hop_questions(build_world(0).people[:2])
+    before = model.lm_head.weight.clone()
+    config = TrainConfig(steps=2, batch_size=2, warmup_steps=1, eval_interval=2, eval_batches=1,
+                         device="cpu")  # fmt: skip
+    history = fine_tune_two_hop(model, tok, questions, config, trace=True)
+    assert history.step == [2] and not torch.equal(before, model.lm_head.weight)
+    outcomes = answer_outcomes(model.eval(), tok, questions, max_new_tokens=4)
+    assert outcomes == ["format"] * len(questions)  # 4 tokens cannot hold "So: X." after a trace
