@@ -56,6 +56,9 @@ from companion.world import RELATIONS, Fact, Person, World
 
 # relation of the town -> the two-hop question about a person. The hops are the person's
 # home_town fact and the town's fact; their replies (RELATIONS) are the trace's two sentences.
+# Caution: the corpus also names a person with their town's river or goods in one sentence
+# ("Kofi has a house in Pebbleton, by the river Dove."), about 100 and 55 times per person, so
+# a model can know these answers without composing two facts.
 TWO_HOP: dict[str, str] = {
     "river": "Which river flows through the town where {name} lives?",
     "goods": "What does the shop in the town where {name} lives sell?",

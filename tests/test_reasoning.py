@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import pytest
 import torch
 
+import companion.reasoning
 from companion.model import GPT, GPTConfig
 from companion.reasoning import (
     GRPOConfig,
@@ -26,6 +28,11 @@ from companion.reasoning import (
 from companion.world import build_world
 
 KOFI = TwoHop("Kofi", "river", "Pebbleton", "Dove", "Which river flows through ...?")
+
+
+def test_docstring_examples():
+    result = doctest.testmod(companion.reasoning)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_questions_follow_the_world():
