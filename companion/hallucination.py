@@ -18,7 +18,8 @@ probability the model gave that answer's tokens (their product, at temperature 1
 another entity of the world: "The shop in Pebbleton sells lamps." when Stonebridge was asked), a
 refusal, or no answer. :func:`summarize` turns the outcomes into shares; :func:`auroc` and
 :func:`bootstrap_interval` measure how well an answer's probability separates true answers about
-known entities from invented ones about held-out entities.
+known entities from invented ones about held-out entities. :func:`unstated_facts` asks the middle
+case: an entity the model knows (a pet), a fact the world never states (its favourite food).
 
 Abstention (a model trained to say "I do not know") is chapter 6's; this module only measures
 it. Left out: retrieval and calibration curves; it counts only answers from the world's own
@@ -40,7 +41,7 @@ from companion.chat import COURSE_CHAT, ChatTemplate, question_ids
 from companion.evaluation import majority_answer_accuracy
 from companion.generation import generate_many
 from companion.measurement import find_answer, says_do_not_know
-from companion.world import Fact, World
+from companion.world import RELATIONS, Fact, World
 
 PromptFormat = Callable[[Fact], list[int]]  # a fact -> the token ids the model reads
 OUTCOMES: tuple[str, ...] = ("answer", "substitution", "refusal", "no answer")  # see classify
@@ -133,6 +134,24 @@ def classify(reply: str, fact: Fact, world: World) -> str:
         return "substitution"
     answer, _ = find_answer([reply], [1.0], choices)
     return "no answer" if answer is None else "answer"
+
+
+def unstated_facts(world: World) -> tuple[Fact, ...]:
+    """A question about each known person's pet that the world never answers: its favourite
+    food ("What is Pip's favourite food?"). Only people have a favourite food, so the corpus
+    names every one of these pets and never states this fact; each fact's ``answer`` is ``""``
+    (none is true), and any answer a model gives is invented about an entity it knows.
+
+    >>> from companion.world import build_world
+    >>> fact = unstated_facts(build_world(0))[0]
+    >>> fact.question, fact.answer
+    ("What is Olive's favourite food?", '')
+    """
+    prompt, question, _ = RELATIONS["food"]
+    return tuple(
+        Fact(p.pet, "food", "", prompt.format(name=p.pet), question.format(name=p.pet), "")
+        for p in world.people
+    )
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from companion.hallucination import (
     fact_prompt,
     prefilled_chat_prompt,
     summarize,
+    unstated_facts,
 )
 from companion.measurement import find_answer
 from companion.world import Fact, build_world
@@ -172,3 +173,17 @@ def test_coloured_tokens_html_colours_by_probability():
     html = coloured_tokens_html([" a", "<b>"], [0.0, 0.5])
     assert "hsl(0," in html and "hsl(60," in html and "&lt;b&gt;" in html
     assert math.isclose(float(html.split('title="')[2].split('"')[0]), 0.5)
+
+
+def test_unstated_facts_ask_each_known_pet_a_food_the_corpus_never_gives_it():
+    from companion.corpus import generate_corpus
+
+    world = build_world(0)
+    facts = unstated_facts(world)
+    assert [f.subject for f in facts] == [p.pet for p in world.people]  # known pets only
+    assert all(f.relation == "food" and f.answer == "" for f in facts)
+    corpus = generate_corpus(0)
+    for fact in facts:
+        assert fact.subject in corpus  # the model has read the name ...
+        for claim in ("'s favourite food", " likes ", " eats ", " loves "):  # ... never its food
+            assert fact.subject + claim not in corpus, (fact.subject, claim)
