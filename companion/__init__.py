@@ -40,7 +40,7 @@ Read the modules in course order; each one names the notebook that teaches it.
     kv_cache            keys and values kept between steps; the cached GPT      (07_inference)
     sampling_explorer   temperature, top-k, top-p as a widget and figures       (07_inference)
     hallucination       invented answers about held-out entities, measured      (07_inference)
-    reasoning           two-hop questions, chain of thought, GRPO               (08_reasoning)
+    reasoning           two-hop questions, chain of thought, GRPO               (08_reasoning, planned)
     llama_layers        RMSNorm, RoPE, SwiGLU: what changed since GPT-2         (08_real_model)
     llama               the Llama-style model: grouped-query attention, blocks  (08_real_model)
     quantization        GGUF's Q8_0 and Q4_1 blocks, dequantised by hand        (08_real_model)

@@ -1,8 +1,10 @@
 """Two-hop questions, chain of thought, and GRPO: reinforcement learning with checkable answers.
 
-Taught in ``08_reasoning.ipynb``. A *two-hop* question needs two facts the base model already
-knows and the corpus never puts together: "Which river flows through the town where Kofi
-lives?" needs Kofi's home town (Pebbleton) and Pebbleton's river (Dove). Every reply ends with
+For the reasoning chapter (issue 27; its notebook is not written yet, so no chapter teaches this
+module today). A *two-hop* question needs two facts the base model already knows: "Which river
+flows through the town where Kofi lives?" needs Kofi's home town (Pebbleton) and Pebbleton's
+river (Dove). (The corpus also states these two answers next to the person directly, see
+``TWO_HOP``, so the chapter still needs a chain the corpus never puts together.) Every reply ends with
 its answer as ``So: Dove.``, which :func:`check_answer` reads: *right*, *wrong* or *malformed*.
 A *trace* (chain of thought) writes the middle fact down first::
 
