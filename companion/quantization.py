@@ -89,18 +89,27 @@ def dequantize_q4_1(data: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(d * q + m).reshape(rows, -1)  # (rows, in)
 
 
-def dequantize(data: np.ndarray, kind: str) -> torch.Tensor:
-    """Any of the three tensor types in the SmolLM2 file as float32 (F32 is copied as is)."""
+def dequantize(data: np.ndarray, kind: str, *, rows_at_once: int = 4096) -> torch.Tensor:
+    """Any of the three tensor types in the SmolLM2 file as float32 (F32 is copied as is).
+
+    Quantised rows are dequantised ``rows_at_once`` at a time into the finished tensor, so the
+    working copies (the q's as floats, d · q) stay small: for the token embedding, 49,152 rows,
+    they would otherwise take twice its 113 MB float32 size on top of it.
+    """
     if kind == "F32":
         if not isinstance(data, np.ndarray) or data.dtype != np.float32:
             got = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
             raise ValueError(f"F32 data must be a float32 array, got {got}")
         return torch.from_numpy(np.array(data, dtype=np.float32))
-    if kind == "Q8_0":
-        return dequantize_q8_0(data)
-    if kind == "Q4_1":
-        return dequantize_q4_1(data)
-    raise ValueError(f"tensor type {kind!r} is not supported; expected F32, Q8_0 or Q4_1")
+    kinds = {"Q8_0": dequantize_q8_0, "Q4_1": dequantize_q4_1}
+    if kind not in kinds:
+        raise ValueError(f"tensor type {kind!r} is not supported; expected F32, Q8_0 or Q4_1")
+    _blocks(data, kind)  # the checks, with their messages, before anything is allocated
+    rows, n_bytes = data.shape
+    out = torch.empty(rows, n_bytes // BYTES_PER_BLOCK[kind] * BLOCK)  # (rows, in)
+    for start in range(0, rows, rows_at_once):
+        out[start : start + rows_at_once] = kinds[kind](data[start : start + rows_at_once])
+    return out
 
 
 def quantize_q4_1(weight: torch.Tensor) -> np.ndarray:

@@ -123,3 +123,11 @@ def test_f32_is_copied_and_other_types_are_refused():
     assert torch.equal(dequantize(w, "F32"), torch.from_numpy(w))
     with pytest.raises(ValueError, match="Q4_K"):
         dequantize(w, "Q4_K")
+
+
+def test_dequantising_a_few_rows_at_a_time_gives_the_same_tensor():
+    w = torch.randn(7, 64, generator=torch.Generator().manual_seed(0))
+    data = quantize_q4_1(w)
+    whole = dequantize(data, "Q4_1", rows_at_once=7)
+    assert torch.equal(dequantize(data, "Q4_1", rows_at_once=3), whole)
+    assert torch.equal(dequantize(data, "Q4_1"), whole)

@@ -339,3 +339,27 @@ def test_grouped_query_cache_stores_only_the_key_value_heads(smol):
     assert cache.layers[0].keys.shape == (1, 3, 8, 64)  # 3 key/value heads, not 9
     assert bytes_per_token(model.config) == 2 * 30 * 3 * 64 * 4
     assert math.isclose(bytes_per_token(model.config) / (2 * 30 * 576 * 4), 1 / 3)
+
+
+def test_stored_transformers_logits_are_what_transformers_computes(smol, hf_model, tolerance):
+    """Chapter 8 prints its logits against these stored ones (benchmarks/smollm2_reference.py)."""
+    import importlib.resources
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from smollm2_reference import reference
+    finally:
+        sys.path.pop(0)
+    stored = json.loads(
+        importlib.resources.files("companion")
+        .joinpath("assets/smollm2_transformers_logits.json")
+        .read_text()
+    )
+    assert smol[1].encode(stored["prompt"]) == stored["ids"]
+    now = reference(hf_model, stored["ids"])
+    assert now["top_ids"] == stored["top_ids"]
+    gap = np.abs(np.array(now["top_logits"]) - np.array(stored["top_logits"])).max()
+    assert gap <= tolerance + 1e-6  # float32 rounding on this CPU, plus the stored 6 decimals
