@@ -56,3 +56,21 @@ def test_peak_is_positive_and_mfu_of_the_peak_itself_is_one():
     c = GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, d_model=4)
     tokens_per_second = peak / flops_per_token(c)
     assert mfu(c, tokens_per_second, peak) == pytest.approx(1.0)
+
+
+def test_the_scale_command_trains_and_reports_its_compute(tmp_path, capsys):
+    import json
+
+    from companion.scale import main
+
+    main([
+        "--layers", "1", "--heads", "2", "--width", "16", "--context", "16", "--documents", "30",
+        "--steps", "3", "--batch", "2", "--out", str(tmp_path), "--quiet",
+    ])  # fmt: skip
+    figures = json.loads(capsys.readouterr().out)
+    config = GPTConfig(vocab_size=768, context_length=16, n_layer=1, n_head=2, d_model=16)
+    assert figures["processes"] == 1 and figures["tokens_trained"] == 3 * 2 * 16
+    assert figures["flops"] == 3 * 2 * 16 * flops_per_token(config)
+    assert figures["parameters"] == count_parameters(config)
+    assert 0 < figures["mfu"] < 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000003"]
