@@ -136,13 +136,14 @@ def main() -> None:
     """Gradients of 2 ranks with batch B each, averaged by DDP, against one batch of 2B.
 
     Run by ``python -m torch.distributed.run --nproc_per_node=2 -m companion.distributed``:
-    every rank builds the same tiny GPT (seed 0) and the same 2B windows, keeps its B of them,
+    every rank builds the same tiny GPT (seed 0) and the same 2B windows (of random tokens: the
+    arithmetic, not the text, is the point), keeps its B of them,
     and takes one backward through DDP; rank 0 also takes the backward of all 2B in a plain copy
     of the model and prints the largest difference between the two gradients.
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    from companion.data import encode_corpus, get_batch
+    from companion.data import get_batch
     from companion.environment import make_generator
     from companion.model import GPT, GPTConfig
 
@@ -152,7 +153,8 @@ def main() -> None:
     B, T = 4, 32
     torch.manual_seed(0)
     model = GPT(config)
-    big_x, big_y = get_batch(encode_corpus(), B * ranks.world_size, T, generator=make_generator(0))
+    tokens = torch.randint(0, config.vocab_size, (10_000,), generator=make_generator(1))  # (N,)
+    big_x, big_y = get_batch(tokens, B * ranks.world_size, T, generator=make_generator(0))
     mine = slice(ranks.rank * B, (ranks.rank + 1) * B)  # this rank's B windows of the 2B
     ddp = DistributedDataParallel(model)
     _, loss = ddp(big_x[mine], big_y[mine])  # (B, T) each
