@@ -25,8 +25,16 @@ The recipe and the record (:class:`~companion.train_config.TrainConfig`, ``Histo
 checkpoints in :mod:`companion.checkpoints`. The course base model is trained with this loop by
 :mod:`companion.base_model`.
 
-Left out: learning-rate finders, distributed data parallelism, ``torch.compile`` (optional in the
-benchmark), mixed precision on CPU and MPS (they train in fp32).
+**Several processes** (``torchrun --nproc_per_node=N``, :mod:`companion.distributed`): the same
+``train`` wraps the model in DistributedDataParallel, so step 2's backward ends with the
+gradients averaged over the ranks. Rank r draws its batches from
+:func:`~companion.distributed.rank_seed` ``(seed, r)`` (rank 0 from ``seed``, as one process
+does), the logged train loss is the mean over the ranks, rank 0 alone writes the checkpoints
+(with every rank's random streams in them) and a run resumes with the same number of processes.
+With no torchrun in the environment none of this happens: one process runs as it always did.
+
+Left out: learning-rate finders, ``torch.compile`` (optional in the benchmark), mixed precision
+on CPU and MPS (they train in fp32), model parallelism (FSDP, tensor parallelism).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from companion import distributed
 from companion.checkpoints import load_checkpoint, save_checkpoint
 from companion.data import get_batch
 from companion.environment import DeviceLike, make_generator, resolve_device
@@ -72,17 +81,19 @@ def train(
     (``step`` = steps completed; a new History row exists when ``history.step[-1] == step``).
     ``resume_from`` is a checkpoint directory written by this function: training continues from
     its step with the same model, optimiser, random streams and history, as if never stopped.
+    Under ``torchrun`` every rank calls this with the same arguments (module docstring).
     """
-    device = resolve_device(config.device)
+    ranks, device = distributed.setup(config.device)
     model.to(device)
     if batch_fn is None:
         batch_fn = _window_batches(model, config, device, train_tokens, val_tokens)
     optimizer = make_optimizer(model, config)
-    run = _Run(model, optimizer, config, batch_fn, val_tokens, progress)
+    run = _Run(model, optimizer, config, batch_fn, val_tokens, progress, ranks)
     if resume_from is not None:
         run.resume(resume_from)
     autocast = _autocast(device)  # decided once; entered at every step
     model.train()
+    stepper = _data_parallel(model, device) if ranks.distributed else model
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         run.seed_dropout()
         for step in range(run.step, config.steps):
@@ -92,12 +103,13 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # 2. forward and backward over the micro-batches; gradients add up in .grad
-            for _ in range(config.grad_accumulation):
+            for micro in range(config.grad_accumulation):
                 x, y = batch_fn(train_tokens, run.generator)  # (B, T) each
-                with autocast:
-                    _, loss = model(x, y)
-                loss = loss / config.grad_accumulation  # so the step's gradient is their mean
-                loss.backward()
+                with _sync_gradients(stepper, micro + 1 == config.grad_accumulation):
+                    with autocast:
+                        _, loss = stepper(x, y)
+                    loss = loss / config.grad_accumulation  # so the step's gradient is their mean
+                    loss.backward()  # under DDP: the last micro-batch all-reduces the gradients
                 run.loss_sum += loss.detach().float()
             # 3. clip, update, clear
             if config.grad_clip is not None:
@@ -119,17 +131,20 @@ class _Run:
     (evaluations, checkpoints and callbacks are not training time) and the progress bar.
     """
 
-    def __init__(self, model, optimizer, config: TrainConfig, batch_fn, val_tokens, progress):
+    def __init__(
+        self, model, optimizer, config: TrainConfig, batch_fn, val_tokens, progress, ranks
+    ):
         from tqdm.auto import tqdm
 
-        self.model, self.optimizer, self.config = model, optimizer, config
+        self.model, self.optimizer, self.config, self.ranks = model, optimizer, config, ranks
         val_generator = make_generator(config.seed + 1)  # drawn once: the same batches every time
         self.val_batches = [batch_fn(val_tokens, val_generator) for _ in range(config.eval_batches)]
-        self.generator = make_generator(config.seed)  # the training batches' sampler (CPU)
+        self.generator = make_generator(distributed.rank_seed(config.seed, ranks.rank))  # (CPU)
         self.history, self.step, self.seconds, self.torch_rng_state = History(), 0, 0.0, None
         self.loss_sum = torch.zeros((), device=next(model.parameters()).device)
         self.steps_summed = 0
-        self.bar = tqdm(total=config.steps, disable=not progress, desc="training", unit="step")
+        show = progress and ranks.is_main
+        self.bar = tqdm(total=config.steps, disable=not show, desc="training", unit="step")
 
     def resume(self, path: str | Path) -> None:
         """Continue the run saved at ``path``: model, optimiser, streams, history, sums."""
@@ -137,6 +152,7 @@ class _Run:
             path, self.model, optimizer=self.optimizer, device=self.loss_sum.device
         )
         _check_same_run(state.train_config, self.config)
+        _check_same_world(state.extra.get("world_size", 1), self.ranks.world_size)
         pending = state.extra.get("pending", {})  # what was summed since the last History row
         self.history, self.step = state.history, state.step
         self.loss_sum += pending.get("loss_sum", 0.0)
@@ -144,6 +160,11 @@ class _Run:
         self.seconds = pending.get("seconds", 0.0)
         self.generator.set_state(state.generator_state)
         self.torch_rng_state = state.torch_rng_state
+        if self.ranks.distributed:  # every rank's streams and sums are in extra
+            streams = state.extra["rank_streams"][self.ranks.rank]
+            self.generator.set_state(torch.tensor(streams[0], dtype=torch.uint8))
+            self.torch_rng_state = torch.tensor(streams[1], dtype=torch.uint8)
+            self.loss_sum.fill_(streams[2])
         self.bar.update(self.step)
 
     def seed_dropout(self) -> None:
@@ -151,7 +172,24 @@ class _Run:
         if self.torch_rng_state is not None:
             torch.set_rng_state(self.torch_rng_state)
         else:
-            torch.manual_seed(self.config.seed + 2)
+            torch.manual_seed(distributed.rank_seed(self.config.seed + 2, self.ranks.rank))
+
+    def save(self, path: Path, done: int) -> None:
+        """A checkpoint written by rank 0 alone; under DDP it carries every rank's streams."""
+        pending = {"loss_sum": self.loss_sum.item(), "steps": self.steps_summed}
+        extra = {"pending": pending | {"seconds": self.seconds}}
+        if self.ranks.distributed:  # the sampler's and dropout's state of every rank, gathered
+            mine = (self.generator.get_state().tolist(), torch.get_rng_state().tolist())
+            mine += (pending["loss_sum"],)  # each rank's own train losses since the last row
+            extra |= {"world_size": self.ranks.world_size}
+            extra |= {"rank_streams": distributed.gather_objects(mine)}
+        if self.ranks.is_main:
+            save_checkpoint(
+                path, self.model, optimizer=self.optimizer, train_config=self.config,
+                history=self.history, step=done, generator=self.generator, extra=extra,
+            )  # fmt: skip
+        if self.ranks.distributed:
+            torch.distributed.barrier()  # nobody reads the checkpoint before it is complete
 
     def after_step(self, done: int, lr: float, callback) -> None:
         """Log a History row, save a checkpoint and call ``callback`` when each is due."""
@@ -160,22 +198,20 @@ class _Run:
         if done % c.eval_interval == 0 or done == c.steps:
             h = self.history
             h.step.append(done)
-            h.train_loss.append((self.loss_sum / self.steps_summed).item())
+            h.train_loss.append(
+                distributed.mean_over_ranks(self.loss_sum / self.steps_summed).item()
+            )
             h.val_loss.append(evaluate_loss(self.model, self.val_batches))
             h.learning_rate.append(lr)
-            h.tokens_seen.append(done * c.grad_accumulation * c.batch_size * c.context_length)
+            tokens_per_step = c.grad_accumulation * c.batch_size * c.context_length
+            h.tokens_seen.append(done * tokens_per_step * self.ranks.world_size)  # all ranks
             h.seconds.append(self.seconds)
             self.loss_sum.zero_()
             self.steps_summed = 0
             self.bar.set_postfix(train=f"{h.train_loss[-1]:.3f}", val=f"{h.val_loss[-1]:.3f}")
         every = c.checkpoint_interval
         if c.checkpoint_dir is not None and (done == c.steps or (every and done % every == 0)):
-            pending = {"loss_sum": self.loss_sum.item(), "steps": self.steps_summed}
-            save_checkpoint(
-                Path(c.checkpoint_dir) / f"step-{done:06d}", self.model,
-                optimizer=self.optimizer, train_config=c, history=self.history, step=done,
-                generator=self.generator, extra={"pending": pending | {"seconds": self.seconds}},
-            )  # fmt: skip
+            self.save(Path(c.checkpoint_dir) / f"step-{done:06d}", done)
         self.bar.update(1)
         if callback is not None:
             callback(done, self.history, self.model)
@@ -195,6 +231,31 @@ def _check_same_run(saved: TrainConfig | None, config: TrainConfig) -> None:
                 f"cannot resume: TrainConfig.{f.name} is {ours!r} here but {theirs!r} in the "
                 "checkpoint; resume with the checkpoint's config (state.train_config)"
             )
+
+
+def _check_same_world(saved: int, world_size: int) -> None:
+    """Each rank's batch stream is in the checkpoint: resume with as many processes."""
+    if saved != world_size:
+        how = "without torchrun" if saved == 1 else f"with torchrun --nproc_per_node={saved}"
+        raise ValueError(
+            f"cannot resume: the checkpoint was written by a run of {saved} process(es), this "
+            f"run has {world_size}; resume it {how}, or start a new run from its weights "
+            "(load_checkpoint(path, model) and train without resume_from)"
+        )
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DDP, which broadcasts rank 0's weights and averages gradients."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _sync_gradients(stepper: nn.Module, last_micro_batch: bool):
+    """DDP all-reduces only at the step's last micro-batch; the others add up locally."""
+    if last_micro_batch or not hasattr(stepper, "no_sync"):
+        return nullcontext()
+    return stepper.no_sync()
 
 
 def _window_batches(model, config: TrainConfig, device, train_tokens, val_tokens) -> BatchFn:
