@@ -195,6 +195,13 @@ def load_checkpoint(
     )
 
 
+def checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``checkpoint.json`` (configs, step, history, ``extra``), read without its
+    tensors: what a resume checks before it writes anything into a model."""
+    path = _resolve(path)
+    return _read_meta(path / META_FILE)
+
+
 def _saved_config(fields: Any, file: Path) -> GPTConfig:
     """The model config a checkpoint names; fields added to GPTConfig since take their defaults.
     An unknown or missing field is a ``ValueError`` naming it and the file."""

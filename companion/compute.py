@@ -34,6 +34,7 @@ activation recomputation, and the data sheets' peak numbers.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -64,18 +65,25 @@ def flops_per_token(config: GPTConfig, context: int | None = None, *, training: 
     5701632
     """
     T = config.context_length if context is None else context
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= config.context_length:
+        raise ValueError(
+            f"context={context!r} must be a whole number of tokens from 1 to the model's "
+            f"context_length {config.context_length}"
+        )
     forward = 2 * matmul_parameters(config) + 4 * config.n_layer * T * config.d_model
     return 3 * forward if training else forward
 
 
 def training_flops(config: GPTConfig, tokens: int, context: int | None = None) -> int:
     """FLOPs of a run that trains on ``tokens`` tokens in windows of ``context``."""
+    _check_tokens(tokens)
     return tokens * flops_per_token(config, context)
 
 
 def tokens_per_parameter(config: GPTConfig, tokens: int) -> float:
     """Training tokens per parameter (all parameters, as Hoffmann et al. count them); about
     :data:`COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER` is compute-optimal."""
+    _check_tokens(tokens)
     return tokens / count_parameters(config)
 
 
@@ -88,6 +96,10 @@ def measure_peak_flops(
 
     The product runs with torch's current threads: measure with the threads the run used.
     """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size={size!r} must be a positive int (the matrices' side), e.g. 2048")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r} must be a positive int, e.g. 5")
     device = resolve_device(device)
     generator = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device, dtype)
@@ -110,7 +122,16 @@ def mfu(config: GPTConfig, tokens_per_second: float, peak_flops: float, context=
     >>> round(mfu(c, tokens_per_second=1000, peak_flops=5.701632e10), 3)
     0.1
     """
+    if not (math.isfinite(peak_flops) and peak_flops > 0):
+        raise ValueError(f"peak_flops={peak_flops!r} must be a positive number of FLOPs per second")
+    if not (math.isfinite(tokens_per_second) and tokens_per_second >= 0):
+        raise ValueError(f"tokens_per_second={tokens_per_second!r} must be a number >= 0")
     return tokens_per_second * flops_per_token(config, context) / peak_flops
+
+
+def _check_tokens(tokens) -> None:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"tokens={tokens!r} must be a whole number of tokens >= 0")
 
 
 def _sync(device: torch.device) -> None:

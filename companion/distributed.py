@@ -60,21 +60,35 @@ def ranks_from_environment() -> Ranks:
     >>> ranks_from_environment() if "RANK" not in os.environ else Ranks(0, 1, 0)
     Ranks(rank=0, world_size=1, local_rank=0)
     """
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        return Ranks(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    given = [n for n in names if n in os.environ]
+    grouped = dist.is_available() and dist.is_initialized()
+    if not grouped and given and len(given) < len(names):  # a stray variable, not torchrun
+        missing = [n for n in names if n not in os.environ]
+        raise ValueError(
+            f"{', '.join(given)} set but {', '.join(missing)} not; torchrun sets all three: start "
+            "the script with torchrun, or unset them to train in one process"
+        )
     try:
         rank, world, local = (
             int(os.environ.get(n, d)) for n, d in zip(names, (0, 1, 0), strict=True)
         )
+        if grouped:  # a group the caller started: its rank and size count
+            rank, world = dist.get_rank(), dist.get_world_size()
+            local = int(os.environ.get("LOCAL_RANK", rank))
     except ValueError as err:
         raise ValueError(
             f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({err}); start the script with "
             "torchrun, which sets them, or unset them to train in one process"
         ) from err
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE={world} must be >= 1 (the number of processes)")
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} must be in [0, WORLD_SIZE={world}); start with torchrun")
+    if not 0 <= local <= rank:
+        raise ValueError(
+            f"LOCAL_RANK={local} must be in [0, RANK={rank}] (its index on this machine)"
+        )
     return Ranks(rank, world, local)
 
 
@@ -90,6 +104,11 @@ def setup(device: str | torch.device | None, timeout: timedelta = DEFAULT_TIMEOU
     if not ranks.distributed:
         return ranks, device
     if device.type == "cuda":
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK={ranks.local_rank} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node <= that number"
+            )
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":

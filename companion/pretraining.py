@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from companion import distributed
-from companion.checkpoints import load_checkpoint, save_checkpoint
+from companion.checkpoints import checkpoint_info, load_checkpoint, save_checkpoint
 from companion.data import get_batch
 from companion.environment import DeviceLike, make_generator, resolve_device
 from companion.model import GPT, GPTConfig, check_token_ids
@@ -148,11 +148,13 @@ class _Run:
 
     def resume(self, path: str | Path) -> None:
         """Continue the run saved at ``path``: model, optimiser, streams, history, sums."""
+        info = checkpoint_info(path)  # checked first: a refused resume leaves the model alone
+        saved = info["train_config"]
+        _check_same_run(TrainConfig.from_dict(saved) if saved else None, self.config)
+        _check_same_world(info["extra"].get("world_size", 1), self.ranks.world_size)
         state = load_checkpoint(
             path, self.model, optimizer=self.optimizer, device=self.loss_sum.device
         )
-        _check_same_run(state.train_config, self.config)
-        _check_same_world(state.extra.get("world_size", 1), self.ranks.world_size)
         pending = state.extra.get("pending", {})  # what was summed since the last History row
         self.history, self.step = state.history, state.step
         self.loss_sum += pending.get("loss_sum", 0.0)

@@ -41,7 +41,7 @@ from companion.data import (
     train_val_split,
 )
 from companion.model import GPTConfig, count_parameters
-from companion.pretraining import init_model, train
+from companion.pretraining import _native_bf16, init_model, train
 from companion.train_config import TrainConfig
 
 COURSE_DOCUMENTS = 6000  # the course corpus: generate_corpus's default
@@ -66,7 +66,8 @@ def pretrain(
 ) -> dict[str, Any]:
     """Train a fresh model of ``model_config`` with ``train_config``; returns its figures.
 
-    Every process returns the same figures (the losses are averaged over the processes).
+    The losses are averaged over the processes and the peak is summed over them; the times and
+    tokens/s are this process's own (rank 0's are the ones printed).
     """
     train_tokens, val_tokens = train_val_split(corpus_tokens(documents), 0.1)
     ranks, device = distributed.setup(train_config.device)
@@ -74,8 +75,12 @@ def pretrain(
     history = train(
         model, train_tokens, val_tokens, train_config, resume_from=resume_from, progress=progress
     )
-    peak = compute.measure_peak_flops(device)  # this process's ceiling, with its threads
-    peak_all = distributed.mean_over_ranks(torch.tensor(peak)).item() * ranks.world_size
+    # this process's ceiling, with its threads, in the precision its products ran in
+    peak_dtype = torch.bfloat16 if device.type == "cuda" and _native_bf16() else torch.float32
+    peak = compute.measure_peak_flops(device, dtype=peak_dtype)
+    # on the process group's device (NCCL reduces only CUDA tensors)
+    peak_all = distributed.mean_over_ranks(torch.tensor(peak, device=device)).item()
+    peak_all *= ranks.world_size
     tokens = history.tokens_seen[-1]  # over all processes
     tokens_per_second = tokens / history.seconds[-1]  # seconds: this process's training steps
     T = train_config.context_length
@@ -92,6 +97,7 @@ def pretrain(
         "train_seconds": round(history.seconds[-1], 2),
         "tokens_per_second": round(tokens_per_second, 1),
         "peak_flops_per_second": peak_all,
+        "peak_dtype": str(peak_dtype).removeprefix("torch."),
         "mfu": round(compute.mfu(model_config, tokens_per_second, peak_all, T), 4),
         "train_loss": history.train_loss[-1],
         "val_loss": history.val_loss[-1],
@@ -118,22 +124,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: gloo or NCCL)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--out", type=Path, required=True, help="folder for the checkpoints")
+    p.add_argument("--out", required=True, help="folder for the checkpoints")
     p.add_argument("--resume", type=Path, default=None, help="a step-NNNNNN folder to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads {args.threads}: give a positive number of threads per process")
+    if not args.out.strip():
+        p.error("--out is empty: name a folder for the checkpoints, e.g. --out runs/small")
+    args.out = Path(args.out)
+    if args.resume is not None and not args.resume.is_dir():
+        p.error(
+            f"--resume {args.resume}: no such checkpoint folder (a step-NNNNNN folder in --out)"
+        )
+    if args.resume is None and any(args.out.glob("step-*")):
+        p.error(
+            f"--out {args.out} already holds checkpoints of a run; --resume one of them, or choose "
+            "a new --out (a new run would replace them)"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model_config = GPTConfig(
         vocab_size=COURSE_VOCAB_SIZE, context_length=args.context, n_layer=args.layers,
         n_head=args.heads, d_model=args.width,
     )  # fmt: skip
+    warmup = args.warmup  # default: about a twelfth of the run, leaving at least one step
+    if warmup is None:
+        warmup = min(max(1, args.steps // 12), max(0, args.steps - 1))
+    eval_interval = max(1, args.steps // 6) if args.eval_interval is None else args.eval_interval
     train_config = TrainConfig(
         steps=args.steps, batch_size=args.batch, context_length=args.context,
         grad_accumulation=args.accumulation, learning_rate=args.lr,
         min_learning_rate=args.lr / 10,
-        warmup_steps=args.warmup if args.warmup is not None else max(1, args.steps // 12),
-        eval_interval=args.eval_interval or max(1, args.steps // 6), eval_batches=20,
+        warmup_steps=warmup, eval_interval=eval_interval, eval_batches=20,
         checkpoint_interval=args.checkpoint_interval, checkpoint_dir=str(args.out),
         seed=args.seed, device=args.device,
     )  # fmt: skip

@@ -76,8 +76,8 @@ def _check_train_config(c: TrainConfig) -> None:
             raise ValueError(f"TrainConfig.{name}={value!r} must be an int")
         if minimum is not None and value < minimum:
             raise ValueError(f"TrainConfig.{name}={value} must be >= {minimum}")
-    if not c.learning_rate > 0:
-        raise ValueError(f"learning_rate={c.learning_rate} must be > 0, e.g. 3e-4")
+    if not (_is_real(c.learning_rate) and c.learning_rate > 0):
+        raise ValueError(f"learning_rate={c.learning_rate} must be a finite number > 0, e.g. 3e-4")
     if not 0 <= c.min_learning_rate <= c.learning_rate:
         raise ValueError(
             f"min_learning_rate={c.min_learning_rate} must be between 0 and "

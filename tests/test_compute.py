@@ -74,3 +74,40 @@ def test_the_scale_command_trains_and_reports_its_compute(tmp_path, capsys):
     assert figures["parameters"] == count_parameters(config)
     assert 0 < figures["mfu"] < 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000003"]
+
+
+def test_compute_refuses_impossible_inputs():
+    c = GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, d_model=4)
+    for context in (0, -8, 3.5, True, 9):  # 9: longer than the model's window
+        with pytest.raises(ValueError, match="context"):
+            flops_per_token(c, context)
+    for tokens in (-1, 2.5, float("nan")):
+        with pytest.raises(ValueError, match="tokens"):
+            companion.compute.training_flops(c, tokens)
+        with pytest.raises(ValueError, match="tokens"):
+            companion.compute.tokens_per_parameter(c, tokens)
+    for peak in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="peak_flops"):
+            mfu(c, 1000, peak)
+    with pytest.raises(ValueError, match="size"):
+        measure_peak_flops(size=0)
+    with pytest.raises(ValueError, match="repeats"):
+        measure_peak_flops(size=8, repeats=0)
+
+
+def test_the_scale_command_refuses_bad_arguments_before_it_trains(tmp_path, capsys):
+    from companion.scale import main
+
+    (tmp_path / "step-000003").mkdir()  # an earlier run's checkpoint
+    new = str(tmp_path / "new")
+    cases = {
+        ("--out", str(tmp_path)): "already holds checkpoints",
+        ("--out", " "): "--out is empty",
+        ("--out", new, "--resume", str(tmp_path / "missing")): "no such checkpoint folder",
+        ("--out", new, "--threads", "0"): "--threads 0",
+    }
+    for args, message in cases.items():
+        with pytest.raises(SystemExit):
+            main([*args, "--quiet"])
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000003"]  # nothing written

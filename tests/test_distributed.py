@@ -207,3 +207,21 @@ def test_bad_rank_environment_names_the_fix(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="torchrun"):
         companion.distributed.ranks_from_environment()
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE set but RANK, LOCAL_RANK not"),
+        ({"RANK": "0", "WORLD_SIZE": "0", "LOCAL_RANK": "0"}, "WORLD_SIZE=0 must be >= 1"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "LOCAL_RANK=-1"),
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "5"}, "LOCAL_RANK=5"),
+    ],
+)
+def test_an_environment_torchrun_would_not_set_is_refused(monkeypatch, environment, message):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        companion.distributed.ranks_from_environment()

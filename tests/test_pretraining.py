@@ -328,3 +328,23 @@ def test_autocast_only_on_gpus_with_native_bf16(monkeypatch):
         warnings.simplefilter("ignore")  # a CPU-only build warns that CUDA autocast is disabled
         context = pretraining._autocast(torch.device("cuda"))
     assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+
+
+def test_a_refused_resume_leaves_the_model_alone(tmp_path):
+    train(
+        init_model(TINY, seed=0), TOKENS, TOKENS, tiny_config(checkpoint_dir=str(tmp_path)),
+        progress=False,
+    )  # fmt: skip
+    other = init_model(TINY, seed=1)
+    before = {name: t.clone() for name, t in other.state_dict().items()}
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(
+            other, TOKENS, TOKENS, tiny_config(learning_rate=1e-3), progress=False,
+            resume_from=tmp_path / "step-000008",
+        )  # fmt: skip
+    assert all(torch.equal(t, before[name]) for name, t in other.state_dict().items())
+
+
+def test_an_infinite_learning_rate_is_refused():
+    with pytest.raises(ValueError, match="finite"):
+        tiny_config(learning_rate=float("inf"))
