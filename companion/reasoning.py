@@ -33,6 +33,7 @@ hops.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import re
 import time
@@ -254,6 +255,13 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Te
         raise ValueError(
             f"rewards must be (B, G) with G >= 2 replies per group, got {tuple(rewards.shape)}"
         )
+    if not rewards.is_floating_point() or not bool(torch.isfinite(rewards).all()):
+        raise ValueError(
+            "rewards must be finite floating-point numbers (a NaN or inf makes every advantage of "
+            "its group NaN); check the reward function's return values"
+        )
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps={eps!r} must be a small number >= 0, e.g. 1e-6")
     mean = rewards.mean(dim=1, keepdim=True)  # (B, 1)
     std = rewards.std(dim=1, unbiased=False, keepdim=True)  # (B, 1)
     equal = (rewards == rewards[:, :1]).all(dim=1)  # (B,)
@@ -287,12 +295,29 @@ def grpo_loss(
     >>> round(loss.item(), 4), frac.item()  # ρ = 1.5 counts as 1.2
     (-1.2, 1.0)
     """
+    given = [logp, old_logp, mask] + ([] if ref_logp is None else [ref_logp])
+    if (
+        logp.dim() != 2
+        or any(t.shape != logp.shape for t in given)
+        or (advantages.shape != logp.shape[:1])
+    ):
+        shapes = ", ".join(str(tuple(t.shape)) for t in [*given, advantages])
+        raise ValueError(
+            "logp, old_logp, mask (and ref_logp) must all be (N, T) and advantages (N,); got "
+            f"{shapes} (logp, old_logp, mask, [ref_logp,] advantages)"
+        )
+    if not mask.any():
+        raise ValueError("the mask selects no token: every reply is empty, so there is no loss")
+    mask = mask.bool()
+    # what the mask leaves out (prompt, padding) is set to 0 first: it cannot reach the loss,
+    # not even as inf * 0 = NaN when the policy and the reference disagree there
+    logp, old_logp = torch.where(mask, logp, 0.0), torch.where(mask, old_logp, 0.0)
     per_token = advantages[:, None].expand_as(logp)  # (N, T): every token gets its reply's
     loss, fraction = clipped_objective(logp, old_logp, per_token, mask, clip=clip)
     kl = logp.new_zeros(())
     if ref_logp is not None:
         m = mask.float()
-        kl = (kl_k3(logp, ref_logp) * m).sum() / m.sum()
+        kl = (kl_k3(logp, torch.where(mask, ref_logp, 0.0)) * m).sum() / m.sum()
     return loss + kl_coef * kl, fraction, kl
 
 

@@ -231,3 +231,36 @@ def test_sft_and_outcomes_run_through_the_chat_template():
     assert history.step == [2] and not torch.equal(before, model.lm_head.weight)
     outcomes = answer_outcomes(model.eval(), tok, questions, max_new_tokens=4)
     assert outcomes == ["format"] * len(questions)  # 4 tokens cannot hold "So: X." after a trace
+
+
+def test_group_advantages_refuse_rewards_that_are_not_finite_numbers():
+    for bad in ([[1.0, float("nan"), 0.0]], [[1.0, float("inf"), 0.0]]):
+        with pytest.raises(ValueError, match="finite"):
+            group_advantages(torch.tensor(bad))
+    with pytest.raises(ValueError, match="floating-point"):
+        group_advantages(torch.tensor([[1, 0]]))
+    with pytest.raises(ValueError, match="eps"):
+        group_advantages(torch.tensor([[1.0, 0.0]]), eps=-1.0)
+
+
+def test_grpo_loss_checks_shapes_and_ignores_what_the_mask_leaves_out():
+    logp, old = torch.zeros(2, 3), torch.zeros(2, 3)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    adv = torch.tensor([1.0, -1.0])
+    reference, _, _ = grpo_loss(logp, old, adv, mask, ref_logp=torch.zeros(2, 3))
+    wild = logp.clone()
+    wild[:, -1] = 100.0  # outside the mask: exp(100 - 0) overflows float32
+    ref = torch.zeros(2, 3)
+    ref[:, -1] = float("nan")
+    loss, fraction, kl = grpo_loss(wild, old, adv, mask, ref_logp=ref, kl_coef=0.1)
+    assert torch.equal(loss, reference) and fraction == 0 and kl == 0
+    for bad in (
+        (logp, old, adv, mask[:1]),  # a mask that would broadcast
+        (logp, old[:, :1], adv, mask),
+        (logp, old, adv[:1], mask),
+        (logp, old, adv[:, None], mask),
+    ):
+        with pytest.raises(ValueError, match=r"\(N, T\)"):
+            grpo_loss(*bad)
+    with pytest.raises(ValueError, match="selects no token"):
+        grpo_loss(logp, old, adv, torch.zeros(2, 3, dtype=torch.bool))
