@@ -274,13 +274,19 @@ def _window_batches(model, config: TrainConfig, device, train_tokens, val_tokens
     return batch_fn
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on a CUDA GPU with native bf16 (Ampere or newer); fp32 everywhere else.
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The precision ``train``'s matrix products run in on ``device``: bfloat16 on a CUDA GPU
+    with native bf16 (Ampere or newer), float32 everywhere else.
 
     Older GPUs, such as Colab's free T4, only emulate bf16 (slowly), so they train in fp32, as
     do the CPU and MPS.
     """
-    if device.type == "cuda" and _native_bf16():
+    return torch.bfloat16 if device.type == "cuda" and _native_bf16() else torch.float32
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast where :func:`compute_dtype` says bf16; nothing (fp32) elsewhere."""
+    if compute_dtype(device) == torch.bfloat16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 

@@ -41,7 +41,7 @@ from companion.data import (
     train_val_split,
 )
 from companion.model import GPTConfig, count_parameters
-from companion.pretraining import _native_bf16, init_model, train
+from companion.pretraining import compute_dtype, init_model, train
 from companion.train_config import TrainConfig
 
 COURSE_DOCUMENTS = 6000  # the course corpus: generate_corpus's default
@@ -76,7 +76,7 @@ def pretrain(
         model, train_tokens, val_tokens, train_config, resume_from=resume_from, progress=progress
     )
     # this process's ceiling, with its threads, in the precision its products ran in
-    peak_dtype = torch.bfloat16 if device.type == "cuda" and _native_bf16() else torch.float32
+    peak_dtype = compute_dtype(device)
     peak = compute.measure_peak_flops(device, dtype=peak_dtype)
     # on the process group's device (NCCL reduces only CUDA tensors)
     peak_all = distributed.mean_over_ranks(torch.tensor(peak, device=device)).item()
