@@ -9,6 +9,9 @@ word and no other answer of the same kind (:func:`~companion.measurement.reply_i
 turn marker (:func:`~companion.measurement.in_format`). Chapter 6 measures its aligned models'
 accuracy with :func:`ask_chat_model` too.
 
+:func:`ask_base_model_few_shot` is the **format baseline**: the base model prompted in its
+corpus's own Q&A-sheet format after a worked example, its reply cut at the first newline.
+
 Left out: judging free-form replies beyond the answer word, and sampled (non-greedy) answers.
 """
 
@@ -98,3 +101,58 @@ def ask_base_model(
     prompts = [encode_prompt(tokenizer, f.question + "\n") for f in facts]
     out = generate_many(model, prompts, stops, max_new_tokens=max_new_tokens)
     return score_replies(world, facts, [(tokenizer.decode(c.ids), c.finished) for c in out])
+
+
+def qa_prompt(question: str, examples: Sequence[Fact] = ()) -> str:
+    """A question in the corpus's Q&A-sheet format, after worked examples in the same format.
+
+    >>> from companion.world import build_world
+    >>> world = build_world(0)
+    >>> print(qa_prompt(world.facts[1].question, world.facts[:1]))
+    Q: Which river does Larkmoor lie on?
+    A: Larkmoor lies on the river Dove.
+    Q: What does the shop in Larkmoor sell?
+    A:
+    """
+    shots = "".join(f"Q: {f.question}\nA: {f.reply}\n" for f in examples)
+    return f"{shots}Q: {question}\nA:"
+
+
+def ask_base_model_few_shot(
+    model: nn.Module,
+    tokenizer,
+    world: World,
+    facts: Sequence[Fact],
+    examples: Sequence[Fact],
+    *,
+    shots: int = 1,
+    max_new_tokens: int = 24,
+) -> AnswerScores:
+    """The **format baseline**: the base model prompted in its pretraining data's own Q&A format
+    (:func:`qa_prompt`), after ``shots`` worked examples, its reply cut at the first newline.
+
+    The examples for a fact are the first ``shots`` of ``examples`` about another subject and
+    another relation, so no example states the answer or asks the same kind of question. The
+    stop is the caller's rule (a newline, or ``<|endoftext|>``), where the chat model writes its
+    own ``<|end|>``: ``finished`` is True when one came within ``max_new_tokens``.
+    """
+    if not facts:
+        raise ValueError("facts is empty; pass e.g. split_world(world).eval_facts")
+    if not isinstance(shots, int) or isinstance(shots, bool) or shots < 0:
+        raise ValueError(f"shots={shots!r} must be an int >= 0 (the worked examples per question)")
+    prompts = []
+    for f in facts:
+        usable = [e for e in examples if e.subject != f.subject and e.relation != f.relation]
+        if len(usable) < shots:
+            raise ValueError(
+                f"only {len(usable)} of the examples differ from {f.subject!r}'s {f.relation!r} in "
+                f"subject and relation, fewer than shots={shots}; pass more examples or fewer shots"
+            )
+        prompts.append(encode_prompt(tokenizer, qa_prompt(f.question, usable[:shots])))
+    stops = [tokenizer.special_tokens[END_OF_TEXT]]
+    out = generate_many(model, prompts, stops, max_new_tokens=max_new_tokens)
+    replies = []
+    for c in out:
+        text = tokenizer.decode(c.ids)
+        replies.append((text.split("\n")[0], c.finished or "\n" in text))
+    return score_replies(world, facts, replies)

@@ -243,6 +243,35 @@ def measure(model: nn.Module, tokenizer) -> dict[str, float]:
     return figures
 
 
+def measure_keys() -> list[str]:
+    """The names of :func:`measure`'s figures, in its order."""
+    return [
+        f"{k}_{side}" for side in ("sft", "eval") for k in ("compliance", "accuracy", "completion")
+    ]
+
+
+ABLATION_SEEDS = (0, 1, 2)  # training seeds of the ablation's band; seed 0 is the shipped model
+
+
+def seed_run(seed: int, *, train_on_prompt: bool, progress: bool = True) -> dict[str, Any]:
+    """The chat model's recipe from the shipped base model with training seed ``seed`` (the
+    order of the batches; the data and the model's start are the same for every seed), masked or
+    (``train_on_prompt``) not; returns its figures (:func:`measure`, the last validation loss and
+    the training time), not its weights.
+    """
+    sft_config, train_config = chat_model_configs()
+    sft_config = replace(sft_config, train_on_prompt=train_on_prompt)
+    train_config = replace(train_config, seed=seed)
+    model, tokenizer = load_shipped("base", train_config.device)
+    history = fine_tune(model, tokenizer, sft_config, train_config, progress=progress)
+    return {
+        "seed": seed,
+        "val_loss": history.val_loss[-1],
+        **measure(model, tokenizer),
+        "train_seconds": round(history.seconds[-1], 1),
+    }
+
+
 def train_chat_model(
     out_dir: str | Path, *, ablation: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -251,7 +280,9 @@ def train_chat_model(
     1. load the shipped base model (``load_shipped("base")``) on the CPU;
     2. :func:`fine_tune` with :func:`chat_model_configs`; 3. :func:`measure`; 4. with
     ``ablation``, the same from a fresh base model with ``train_on_prompt=True`` (figures
-    only); 5. save the checkpoint with the figures in its ``extra``.
+    only), and both arms again with the other training seeds of :data:`ABLATION_SEEDS`
+    (:func:`seed_run`), whose spread is the band a difference between the arms must exceed;
+    5. save the checkpoint with the figures in its ``extra``.
     """
     sft_config, train_config = chat_model_configs()
     model, tokenizer = load_shipped("base", train_config.device)
@@ -267,14 +298,16 @@ def train_chat_model(
         "command": SHIPPED["chat"],
     }
     if ablation:
-        unmasked = SFTConfig(**{**asdict(sft_config), "train_on_prompt": True})
-        other, _ = load_shipped("base", train_config.device)
-        other_history = fine_tune(other, tokenizer, unmasked, train_config, progress=progress)
-        figures["unmasked"] = {
-            "val_loss": other_history.val_loss[-1],
-            **measure(other, tokenizer),
-            "train_seconds": round(other_history.seconds[-1], 1),
-        }
+        unmasked = seed_run(train_config.seed, train_on_prompt=True, progress=progress)
+        figures["unmasked"] = {k: v for k, v in unmasked.items() if k != "seed"}
+        masked = {"seed": train_config.seed, "val_loss": figures["val_loss"]}
+        masked |= {k: figures[k] for k in measure_keys()}
+        masked["train_seconds"] = figures["train_seconds"]
+        others = [s for s in ABLATION_SEEDS if s != train_config.seed]
+        figures["seed_band"] = {
+            "masked": [masked] + [seed_run(s, train_on_prompt=False, progress=progress) for s in others],
+            "unmasked": [unmasked] + [seed_run(s, train_on_prompt=True, progress=progress) for s in others],
+        }  # fmt: skip
     save_checkpoint(
         out_dir, model, train_config=train_config, history=history, step=train_config.steps,
         extra=figures,

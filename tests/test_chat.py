@@ -292,3 +292,42 @@ def test_render_chat_checks_the_messages_once(monkeypatch):
     )
     render_chat(as_messages("Hello!", "Hello.", "Goodbye!"), TOK, max_tokens=11)
     assert len(calls) == 1
+
+
+class ScriptedAfterPrompt(Scripted):
+    """Writes ``script`` in turn after the prompt (the first row it sees), whatever it says."""
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        logits = torch.zeros(B, T, self.config.vocab_size)
+        for b, row in enumerate(idx.tolist()):
+            self.seen.append(row)
+            written = len(row) - len(self.seen[0])
+            logits[b, -1, self.script[min(written, len(self.script) - 1)]] = 10.0
+        return logits, None
+
+
+def test_the_few_shot_format_baseline_cuts_at_the_first_newline():
+    from companion.questions import ask_base_model_few_shot, qa_prompt
+    from companion.world import build_world
+
+    world = build_world(0)
+    fact = next(f for f in world.facts if f.relation == "job")
+    examples = [f for f in world.facts if f.relation == "job"][:3] + list(world.facts[:1])
+    other = next(j for j in world.choices("job") if j != fact.answer)
+    model = ScriptedAfterPrompt(TOK.encode_ordinary(f" {fact.reply}\nQ: Is it {other}?\n"))
+    (answer,) = ask_base_model_few_shot(model, TOK, world, [fact], examples).answers
+    # the reply is cut at the newline (the stop token ".\n" keeps its full stop): right, in format
+    assert answer.reply == " " + fact.reply and answer.finished and answer.correct
+    assert answer.compliant
+    # the example is the first about another subject *and* relation: a town's, not a job
+    assert model.seen[0] == TOK.encode(qa_prompt(fact.question, world.facts[:1]))
+    model = ScriptedAfterPrompt(TOK.encode_ordinary(f" {fact.answer} and {fact.answer}"))
+    (answer,) = ask_base_model_few_shot(
+        model, TOK, world, [fact], examples, max_new_tokens=5
+    ).answers
+    assert not answer.finished and not answer.compliant  # no newline within 5 tokens
+    with pytest.raises(ValueError, match="fewer than shots=2"):
+        ask_base_model_few_shot(model, TOK, world, [fact], examples, shots=2)
+    with pytest.raises(ValueError, match="shots=True"):
+        ask_base_model_few_shot(model, TOK, world, [fact], examples, shots=True)

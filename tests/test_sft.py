@@ -19,7 +19,7 @@ from companion.environment import make_generator
 from companion.evaluation import majority_answer_accuracy
 from companion.model import IGNORE_INDEX, GPTConfig
 from companion.pretraining import init_model
-from companion.sft import SFTBatches, encode_conversations, make_batch, sft_loss
+from companion.sft import ABLATION_SEEDS, SFTBatches, encode_conversations, make_batch, sft_loss
 from companion.sft_data import generate_sft_conversations, split_world
 from companion.world import build_world
 
@@ -225,7 +225,12 @@ def test_the_shipped_chat_model_loads_and_answers_in_format():
     info = shipped_info("chat")
     assert info["model_config"] == shipped_info("base")["model_config"]
     assert info["extra"]["command"] == SHIPPED["chat"]
-    assert {"unmasked"} <= set(info["extra"])
+    assert {"unmasked", "seed_band"} <= set(info["extra"])
+    band = info["extra"]["seed_band"]
+    for arm in ("masked", "unmasked"):  # one run per training seed, seed 0 the shipped recipe's
+        assert [run["seed"] for run in band[arm]] == list(ABLATION_SEEDS)
+    assert band["masked"][0]["accuracy_eval"] == info["extra"]["accuracy_eval"]
+    assert band["unmasked"][0]["accuracy_eval"] == info["extra"]["unmasked"]["accuracy_eval"]
     reply = chat(model, tokenizer, as_messages("Hello!"))
     assert reply.finished
 
@@ -249,10 +254,10 @@ def test_the_documented_command_reproduces_the_shipped_chat_model(tmp_path):
     fresh = json.loads((tmp_path / "chat" / META_FILE).read_text())
     assert GPTConfig(**fresh["model_config"]) == GPTConfig(**shipped["model_config"])
     assert fresh["train_config"] == shipped["train_config"]
-    for run, old in (
-        (figures, shipped["extra"]),
-        (figures["unmasked"], shipped["extra"]["unmasked"]),
-    ):
+    pairs = [(figures, shipped["extra"]), (figures["unmasked"], shipped["extra"]["unmasked"])]
+    for arm in ("masked", "unmasked"):  # the ablation's other training seeds
+        pairs += zip(figures["seed_band"][arm], shipped["extra"]["seed_band"][arm], strict=True)
+    for run, old in pairs:
         assert abs(run["val_loss"] - old["val_loss"]) < VAL_LOSS_TOLERANCE
         for key in ("compliance_sft", "accuracy_sft", "accuracy_eval", "completion_eval"):
             assert abs(run[key] - old[key]) <= ACCURACY_TOLERANCE, key
