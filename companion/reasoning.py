@@ -66,7 +66,8 @@ TWO_HOP: dict[str, str] = {
     "river": "Which river flows through the town where {name} lives?",
     "goods": "What does the shop in the town where {name} lives sell?",
 }
-FINAL = re.compile(r"So: ([A-Za-z]+)\.$")  # the answer line every reply ends with
+# the answer line every reply ends with; \b: "So" as a word ("ALSo: Dove." has no answer line)
+FINAL = re.compile(r"\bSo: ([A-Za-z]+)\.$")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,20 @@ class TwoHop:
     town: str  # the middle fact: the person's home town, e.g. "Pebbleton"
     answer: str  # e.g. "Dove"
     question: str  # the question asked
+
+    def __post_init__(self) -> None:
+        for name in ("person", "relation", "town", "answer", "question"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"TwoHop.{name} must be a str, got {type(value).__name__} {value!r}"
+                )
+        if self.relation not in TWO_HOP:
+            raise ValueError(
+                f"TwoHop.relation={self.relation!r} is not a two-hop relation; the known ones are "
+                f"{', '.join(map(repr, TWO_HOP))} (the keys of TWO_HOP)"
+            )
+        _check_answer(self.answer)
 
     @property
     def trace(self) -> str:
@@ -107,6 +122,12 @@ def two_hop_questions(people: Sequence[Person]) -> tuple[TwoHop, ...]:
     ...     f"{q[0].town} lies on the river {q[0].answer}. So: {q[0].answer}.")
     (['river', 'goods'], True)
     """
+    bad = next((p for p in people if not isinstance(p, Person)), None)
+    if bad is not None:
+        raise TypeError(
+            f"people must be Person objects, got a {type(bad).__name__}; pass e.g. world.people "
+            "or one side of split_people(world)"
+        )
     return tuple(
         TwoHop(p.name, relation, p.town.name, p.town.fields()[relation], q.format(name=p.name))
         for p in people
@@ -128,11 +149,13 @@ def split_people(
     (12, 12, set())
     """
     n = len(world.people)
-    if not isinstance(n_held_out, int) or not 1 <= n_held_out < n:
+    if isinstance(n_held_out, bool) or not isinstance(n_held_out, int) or not 1 <= n_held_out < n:
         raise ValueError(
             f"n_held_out={n_held_out!r} must be an int from 1 to {n - 1}: the world has {n} "
             "people and both sides need someone"
         )
+    if isinstance(seed, bool) or not isinstance(seed, int):  # seed=1.0 would draw another split
+        raise ValueError(f"seed must be an int, got {seed!r}; pass e.g. seed=0")
     held = set(random.Random(f"reasoning-split:{seed}").sample(range(n), n_held_out))
     people = world.people
     return (
@@ -150,9 +173,16 @@ def majority_baseline(train: Sequence[TwoHop], test: Sequence[TwoHop]) -> dict[s
     >>> majority_baseline([a, a, b], [a, b, b, b])
     {'river': 0.25}
     """
-    if not train or not test:
-        raise ValueError("train and test must both be non-empty lists of TwoHop questions")
+    _check_questions(train, "train")
+    _check_questions(test, "test")
     guess = most_common_answers([q.fact for q in train])
+    unseen = sorted({q.relation for q in test} - set(guess))
+    if unseen:  # no commonest answer to give: a score of 0 would not be a baseline
+        raise ValueError(
+            f"test asks about {', '.join(map(repr, unseen))} but train has no such question, so "
+            "there is no commonest answer to guess; put questions of that relation in train or "
+            "leave them out of test"
+        )
     out: dict[str, list[bool]] = {}
     for q in test:
         out.setdefault(q.relation, []).append(guess.get(q.relation) == q.answer)
@@ -165,6 +195,11 @@ def final_answer(reply: str) -> str | None:
     >>> final_answer("Kofi lives in Pebbleton. So: Dove."), final_answer("Dove.")
     ('Dove', None)
     """
+    if not isinstance(reply, str):
+        raise TypeError(
+            f"reply must be a str, got {type(reply).__name__}; decode token ids first "
+            "(tokenizer.decode)"
+        )
     match = FINAL.search(reply.strip())
     return match[1] if match else None
 
@@ -179,10 +214,42 @@ def check_answer(reply: str, answer: str, *, finished: bool = True) -> str:
     >>> check_answer("It is Dove.", "Dove"), check_answer("So: Dove.", "Dove", finished=False)
     ('malformed', 'malformed')
     """
+    _check_answer(answer)
+    if not isinstance(finished, bool):  # "False" or None would be read as True or False
+        raise TypeError(
+            f"finished must be True or False, got {type(finished).__name__} {finished!r}"
+        )
     said = final_answer(reply)
     if not finished or said is None:
         return "malformed"
     return "right" if said == answer else "wrong"
+
+
+def _check_answer(answer: str) -> None:
+    """A TypeError or ValueError unless ``answer`` reads back from its answer line ``So: X.``
+    (one word of letters): any other answer would score every reply wrong."""
+    if not isinstance(answer, str):
+        raise TypeError(
+            f"answer must be a str, got {type(answer).__name__} {answer!r}; pass e.g. "
+            "question.answer"
+        )
+    if final_answer(f"So: {answer}.") != answer:
+        raise ValueError(
+            f"answer={answer!r} cannot be read from an answer line (FINAL reads one word of "
+            "letters, e.g. 'Dove'), so every reply would be scored wrong; give a one-word answer"
+        )
+
+
+def _check_questions(questions: Sequence[TwoHop], name: str) -> None:
+    """A ValueError if ``questions`` is empty, a TypeError if one is not a :class:`TwoHop`."""
+    if not questions:
+        raise ValueError(f"{name} is empty: pass a non-empty list of TwoHop questions")
+    bad = next((q for q in questions if not isinstance(q, TwoHop)), None)
+    if bad is not None:
+        raise TypeError(
+            f"{name} must hold TwoHop questions, got a {type(bad).__name__}; pass e.g. "
+            "two_hop_questions(train_people)"
+        )
 
 
 def where_wrong(reply: str, question: TwoHop, *, finished: bool = True) -> str:
@@ -193,6 +260,8 @@ def where_wrong(reply: str, question: TwoHop, *, finished: bool = True) -> str:
     >>> where_wrong("Kofi lives in Pebbleton. Pebbleton lies on the river Elm. So: Elm.", q)
     'second hop'
     """
+    if not isinstance(question, TwoHop):
+        raise TypeError(f"question must be a TwoHop, got a {type(question).__name__}")
     outcome = check_answer(reply, question.answer, finished=finished)
     if outcome != "wrong":
         return {"right": "right", "malformed": "format"}[outcome]
@@ -202,6 +271,7 @@ def where_wrong(reply: str, question: TwoHop, *, finished: bool = True) -> str:
 def conversations(questions: Sequence[TwoHop], *, trace: bool) -> list[list[dict[str, str]]]:
     """One conversation per question: the question, and the trace (``trace=True``) or the
     answer alone."""
+    _check_questions(questions, "questions")
     return [
         [
             {"role": "user", "content": q.question},
@@ -232,6 +302,7 @@ def answer_outcomes(
     temperature: float = 0.0, seed: int = 0,
 ) -> list[str]:  # fmt: skip
     """Each question's greedy (or sampled) reply, judged by :func:`where_wrong`."""
+    _check_questions(questions, "questions")
     replies = chat_many(
         model, tokenizer, [[{"role": "user", "content": q.question}] for q in questions],
         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -260,7 +331,7 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Te
             "rewards must be finite floating-point numbers (a NaN or inf makes every advantage of "
             "its group NaN); check the reward function's return values"
         )
-    if not (math.isfinite(eps) and eps >= 0):
+    if isinstance(eps, bool) or not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps={eps!r} must be a small number >= 0, e.g. 1e-6")
     mean = rewards.mean(dim=1, keepdim=True)  # (B, 1)
     std = rewards.std(dim=1, unbiased=False, keepdim=True)  # (B, 1)
@@ -308,6 +379,11 @@ def grpo_loss(
         )
     if not mask.any():
         raise ValueError("the mask selects no token: every reply is empty, so there is no loss")
+    if not (0 < clip < 1 and 0 <= kl_coef < math.inf) or (kl_coef and ref_logp is None):
+        raise ValueError(
+            f"clip={clip!r} must be in (0, 1) and kl_coef={kl_coef!r} a finite number >= 0, "
+            "with ref_logp given when kl_coef > 0 (without it there is no KL to add)"
+        )
     mask = mask.bool()
     # what the mask leaves out (prompt, padding) is set to 0 first: it cannot reach the loss,
     # not even as inf * 0 = NaN when the policy and the reference disagree there
@@ -380,9 +456,25 @@ def train_grpo(
        the policy before the update and the frozen reference (:mod:`companion.replies`).
     5. **Update**: ``updates`` AdamW steps on :func:`grpo_loss` over the whole roll-out.
     """
-    config = config or GRPOConfig()
+    config = GRPOConfig() if config is None else config
+    if not isinstance(config, GRPOConfig):
+        raise TypeError(f"config must be a GRPOConfig, got a {type(config).__name__}")
     if not prompts:
         raise ValueError("prompts is empty; pass at least one prompt's token ids")
+    if config.questions > len(prompts):  # each iteration asks B different prompts
+        raise ValueError(
+            f"GRPOConfig.questions={config.questions} but there are only {len(prompts)} prompts: "
+            f"each iteration asks {config.questions} different ones; pass questions <= "
+            f"{len(prompts)} or more prompts"
+        )
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(stop_id, bool) or not isinstance(stop_id, int) or stop_id < 0 or (
+        vocab is not None and stop_id >= vocab
+    ):  # fmt: skip
+        raise ValueError(
+            f"stop_id={stop_id!r} must be a token id (an int from 0 to {vocab or 'V'} - 1), e.g. "
+            "special_ids(tokenizer)[END]"
+        )
     policy = copy.deepcopy(model).eval()  # no dropout: logp and old_logp must agree
     reference = copy.deepcopy(model).eval()
     # Chapter 7's KV cache samples the roll-outs (same tokens, about 10x faster here); it holds
@@ -391,15 +483,16 @@ def train_grpo(
     device = model_device(policy)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng, log, start = random.Random(config.seed), GRPOLog(), time.perf_counter()
-    B, G = min(config.questions, len(prompts)), config.group_size
+    B, G = config.questions, config.group_size
     for it in range(config.iterations):
         # 1. Questions: B prompts, each G times.
         chosen = rng.sample(range(len(prompts)), B)
         asked = [prompts[i] for i in chosen for _ in range(G)]
-        # 2. Roll out.
+        # 2. Roll out (torch takes seeds mod 2**64: wrapping here keeps every seed's draws and
+        # spares a large one an overflow).
         out = generate_many(
             sampler, asked, [stop_id], max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature, seed=config.seed * 100_003 + it,
+            temperature=config.temperature, seed=(config.seed * 100_003 + it) % 2**64,
         )  # fmt: skip
         # 3. Reward and group advantages.
         rewards = torch.tensor(
@@ -456,8 +549,7 @@ def two_hop_grpo(
 ) -> tuple[nn.Module, GRPOLog]:
     """:func:`train_grpo` on two-hop questions asked in the chat template; reward 1 for a right
     final answer (:func:`check_answer`), 0 for a wrong or malformed one."""
-    if not questions:
-        raise ValueError("questions is empty; pass two_hop_questions(train_people)")
+    _check_questions(questions, "questions")
     prompts = [question_ids(q.question, tokenizer) for q in questions]
 
     def reward(i: int, reply: Sequence[int], finished: bool) -> float:

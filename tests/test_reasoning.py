@@ -69,7 +69,7 @@ def test_split_is_by_person_disjoint_and_deterministic():
     assert not {q.person for q in train_q} & {q.person for q in held_q}
 
 
-@pytest.mark.parametrize("n", [0, 24, 2.5])
+@pytest.mark.parametrize("n", [0, 24, 2.5, -1, True])  # True is an int, but not a count
 def test_split_refuses_impossible_sizes(n):
     with pytest.raises(ValueError, match="n_held_out"):
         split_people(build_world(0), n_held_out=n)
@@ -96,6 +96,9 @@ def test_majority_baseline_by_hand():
         ("So: Dove. So", True, "malformed"),
         ("So: Dove", True, "malformed"),
         ("", True, "malformed"),
+        ("ALSo: Dove.", True, "malformed"),  # "So" must be a word, not a word's end
+        ("xSo: Dove.", True, "malformed"),
+        ("Kofi lives in Pebbleton.So: Dove.", True, "right"),  # a full stop ends a word
     ],
 )
 def test_checker(reply, finished, outcome):
@@ -264,3 +267,72 @@ def test_grpo_loss_checks_shapes_and_ignores_what_the_mask_leaves_out():
             grpo_loss(*bad)
     with pytest.raises(ValueError, match="selects no token"):
         grpo_loss(logp, old, adv, torch.zeros(2, 3, dtype=torch.bool))
+
+
+def test_checker_refuses_what_it_cannot_score():
+    with pytest.raises(TypeError, match="reply must be a str, got NoneType"):
+        check_answer(None, "Dove")
+    with pytest.raises(TypeError, match="answer must be a str, got int"):
+        check_answer("So: Dove.", 5)
+    with pytest.raises(TypeError, match="finished must be True or False"):
+        check_answer("So: Dove.", "Dove", finished="False")  # a non-empty string is truthy
+    for unreadable in ("New York", "Dove.", "", " Dove"):  # no answer line can carry these
+        with pytest.raises(ValueError, match="cannot be read from an answer line"):
+            check_answer(f"So: {unreadable}.", unreadable)
+    with pytest.raises(TypeError, match="question must be a TwoHop"):
+        where_wrong("So: Dove.", "Dove")
+
+
+def test_two_hop_refuses_what_it_cannot_ask():
+    with pytest.raises(ValueError, match="known ones are 'river', 'goods'"):
+        TwoHop("Kofi", "job", "Pebbleton", "baker", "")
+    with pytest.raises(TypeError, match=r"TwoHop\.person must be a str, got NoneType"):
+        TwoHop(None, "river", "Pebbleton", "Dove", "")
+    with pytest.raises(ValueError, match="cannot be read from an answer line"):
+        TwoHop("Kofi", "river", "Pebbleton", "River Dove", "")
+    world = build_world(0)
+    with pytest.raises(TypeError, match="people must be Person objects, got a tuple"):
+        two_hop_questions(split_people(world))  # both sides at once, not one of them
+    with pytest.raises(TypeError, match="questions must hold TwoHop questions, got a Person"):
+        conversations(world.people[:1], trace=True)
+
+
+def test_split_refuses_a_seed_that_is_not_an_int():
+    # str(1.0) != str(1): seed=1.0 would silently draw a split other than seed=1's
+    for seed in (1.0, True, "1"):
+        with pytest.raises(ValueError, match="seed must be an int"):
+            split_people(build_world(0), seed=seed)
+
+
+def test_majority_baseline_refuses_a_relation_train_never_asks():
+    shop = TwoHop("C", "goods", "X", "hats", "")
+    with pytest.raises(ValueError, match="test asks about 'goods' but train has no such question"):
+        majority_baseline([KOFI], [KOFI, shop])
+    with pytest.raises(TypeError, match="train must hold TwoHop questions, got a Person"):
+        majority_baseline(build_world(0).people, [KOFI])
+
+
+def test_grpo_refuses_more_questions_than_prompts():
+    model = _toy_model()
+    config = GRPOConfig(iterations=1, questions=4, group_size=2, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"questions=4 but there are only 2 prompts"):
+        train_grpo(model, [[0], [2]], _first_token_is_one, 3, config)
+    for stop_id in (True, -1, 4):  # the toy vocabulary is 0..3
+        with pytest.raises(ValueError, match="stop_id"):
+            train_grpo(model, [[0], [2]], _first_token_is_one, stop_id, GRPOConfig(questions=2))
+    with pytest.raises(TypeError, match="config must be a GRPOConfig"):
+        train_grpo(model, [[0], [2]], _first_token_is_one, 3, {"questions": 2})
+    # any int seed runs: seed * 100_003 once overflowed torch's 64-bit seed on the first roll-out
+    config = GRPOConfig(iterations=1, questions=1, group_size=2, max_new_tokens=1, seed=2**60)
+    with pytest.warns(UserWarning, match="every group's rewards"):
+        train_grpo(model, [[0]], lambda i, r, f: 0.0, 3, config)
+
+
+def test_grpo_loss_and_advantages_refuse_bad_knobs():
+    logp, adv, mask = torch.zeros(2, 1), torch.tensor([1.0, -1.0]), torch.ones(2, 1, dtype=bool)
+    for knobs in ({"kl_coef": 0.1}, {"clip": -0.2}, {"clip": float("nan")}):
+        # kl_coef without ref_logp used to add no KL; a negative clip clamped every ratio to 0.8
+        with pytest.raises(ValueError, match=r"clip=.* kl_coef="):
+            grpo_loss(logp, logp, adv, mask, **knobs)
+    with pytest.raises(ValueError, match="eps"):
+        group_advantages(torch.tensor([[1.0, 0.0]]), eps=True)
