@@ -78,7 +78,7 @@ def return_freed_memory() -> bool:
     to 32 MB), so after a few passes through a model most working tensors (a block's
     activations, a slice of logits, a KV cache) come from the heap instead, and the holes they
     leave between longer-lived objects stay counted in the process's memory: chapter 8's
-    notebook grew by about 150 MB this way. This fixes the threshold at 128 KB
+    notebook grew by about 100 MB this way. This fixes the threshold at 128 KB
     (``mallopt(M_MMAP_THRESHOLD)``; setting it stops the raising) and hands back what the heap
     already holds free (``malloc_trim(0)``). Nothing is computed differently; a large block
     costs a mapping each time, which is cheap next to the arithmetic done on it.
