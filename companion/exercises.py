@@ -37,7 +37,9 @@ import torch.nn.functional as F
 
 from companion.attention import causal_mask, scaled_dot_product_attention
 from companion.bpe import _best, get_stats, merge
-from companion.environment import make_generator
+from companion.environment import make_generator, model_device
+from companion.generation import next_token_probs
+from companion.kv_cache import LayerCache, attend_new, bytes_per_token
 from companion.model import GPTConfig, count_parameters, parameter_breakdown
 from companion.optimizer import learning_rate_at
 from companion.tokenizer import BPETokenizer
@@ -828,4 +830,285 @@ def check_learning_rate_experiment(your_run: Callable, train_tokens, val_tokens)
     if passed:
         for lr in rates:
             print(f"  learning rate {lr:<7g}: validation loss {history(lr).val_loss[-1]:.3f}")
+    return passed
+
+
+# Chapter 7: inference ------------------------------------------------------------------------
+
+
+def _kv_configs() -> list[tuple[GPTConfig, torch.dtype, str]]:
+    """The configurations check_kv_bytes tries, with what each tests."""
+    gpt2 = GPTConfig(vocab_size=50257, context_length=1024, n_layer=12, n_head=12, d_model=768)
+    xl = GPTConfig(vocab_size=50257, context_length=1024, n_layer=48, n_head=25, d_model=1600)
+    small = GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, d_model=4)
+    return [
+        (small, torch.float32, "one layer, one head of 4 numbers: 2 tensors × 4 numbers × 4 bytes"),
+        (gpt2, torch.float32, "GPT-2 small in float32, the chapter's 73,728"),
+        (gpt2, torch.float16, "float16: 2 bytes a number"),
+        (gpt2, torch.bfloat16, "bfloat16: 2 bytes a number"),
+        (xl, torch.float16, "GPT-2 XL: 48 layers of 1,600 numbers (25 heads of 64)"),
+        (GPTConfig(768, 64, 4, 8, 128), torch.float32, "8 heads of 16: the heads share the C "
+                                                       "numbers, they do not multiply them"),
+        (GPTConfig(768, 64, 6, 1, 96), torch.float64, "float64: 8 bytes a number"),
+    ]  # fmt: skip
+
+
+def _kv_bytes_reference(config, dtype):
+    return bytes_per_token(config, dtype=dtype)
+
+
+def check_kv_bytes(your_bytes: Callable) -> bool:
+    """``kv_bytes_per_token(config, dtype) -> int``: the KV cache's bytes for one more position
+    of one sequence, a GPTConfig's model storing numbers of ``dtype`` (reference:
+    :func:`companion.kv_cache.bytes_per_token`). Prints what a full context costs, to explain."""
+    cases = [Case((c, dtype), hint) for c, dtype, hint in _kv_configs()]
+
+    def size(dtype):
+        return torch.empty((), dtype=dtype).element_size()
+
+    mistakes = [
+        (lambda c, d: c.n_layer * c.d_model * size(d), "keys AND values: two tensors per layer"),
+        (lambda c, d: 2 * c.d_model * size(d), "every layer keeps its own keys and values"),
+        (lambda c, d: 2 * c.n_layer * c.d_model * 4, "the bytes of a number depend on dtype: 4 "
+                                                     "for float32, 2 for float16 and bfloat16"),
+        (lambda c, d: 16 * c.n_layer * c.d_model * size(d), "bytes, not bits: a float32 is 4 "
+                                                            "bytes"),
+        (lambda c, d: 2 * c.n_layer * c.n_head * c.d_model * size(d), "the H heads split the C "
+         "channels (D = C / H each): a key is C numbers, not H · C"),
+        (lambda c, d: 2 * c.n_layer * c.d_model * size(d) * c.context_length, "one position, "
+         "not the whole context_length"),
+    ]  # fmt: skip
+
+    def same(expected, received):
+        return isinstance(received, int | float) and not isinstance(received, bool) and (
+            received == expected)  # fmt: skip
+
+    exercise = Exercise(
+        "check_kv_bytes", "kv_bytes_per_token(config, dtype)", _kv_bytes_reference, cases,
+        mistakes, same,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_bytes)
+    if passed:
+        for c, dtype, _ in _kv_configs()[1:5]:
+            per = bytes_per_token(c, dtype=dtype)
+            print(f"  {c.n_layer:>2} layers × {c.d_model:>4} numbers, {str(dtype)[6:]:<8}: "
+                  f"{per:>7,} bytes per token; a full context of {c.context_length}: "
+                  f"{per * c.context_length / 2**20:.0f} MiB per sequence")  # fmt: skip
+    return passed
+
+
+def _probs_reference(logits, temperature, top_k, top_p):
+    return next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def _probs_variant(top_k_ties=True, top_p_crossing=True, p_before_t=False, renormalise=True):
+    """next_token_probs with one typical mistake (the keyword that is False, or True for
+    p_before_t)."""
+
+    def probs(logits, temperature, top_k, top_p):
+        if temperature == 0:
+            return _probs_reference(logits, 0, None, None)
+        scaled = logits.float() / temperature
+        if top_k is not None:
+            if top_k_ties:
+                kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            else:  # exactly k tokens, a tie with the k-th broken by position
+                keep = torch.zeros_like(scaled, dtype=torch.bool)
+                keep.scatter_(-1, scaled.topk(top_k, dim=-1).indices, True)
+                scaled = scaled.masked_fill(~keep, float("-inf"))
+        p = scaled.softmax(dim=-1)
+        if top_p is not None and top_p < 1:
+            ranked = logits.float().softmax(-1) if p_before_t else p
+            ordered = ranked.sort(dim=-1, descending=True, stable=True).values
+            if top_p_crossing:
+                n_kept = ((ordered.cumsum(-1) - ordered) < top_p).sum(-1, keepdim=True)
+            else:  # only the tokens before the one that crosses top_p
+                n_kept = (ordered.cumsum(-1) < top_p).sum(-1, keepdim=True)
+            smallest = ordered.gather(-1, n_kept.clamp(min=1) - 1)
+            p = p.masked_fill(ranked < smallest, 0.0)
+            if renormalise:
+                p = p / p.sum(-1, keepdim=True)
+        return p
+
+    return probs
+
+
+def check_filtered_probs(your_probs: Callable) -> bool:
+    """``filtered_probs(logits, temperature, top_k, top_p) -> (B, V)``: the distribution a
+    sampling step draws from, logits (B, V); ``top_k`` / ``top_p`` None means off (reference:
+    :func:`companion.generation.next_token_probs`)."""
+    g = make_generator(7)
+    doc = torch.tensor([[2.0, 1.0, 0.0, 0.0]])  # the docstring's example
+    cases = [
+        Case((doc, 1.0, None, None), "temperature 1 and no filter: the softmax, e² : e : 1 : 1"),
+        Case((doc, 0.5, None, None), "temperature 0.5: divide the logits by it (sharper)"),
+        Case((doc, 2.0, None, None), "temperature 2: flatter"),
+        Case((doc, 0, None, None), "temperature 0: all the probability on the largest logit"),
+        Case((torch.tensor([[1.0, 3.0, 3.0]]), 0, None, None),
+             "temperature 0 with a tie: the first of the largest gets it all (as argmax does)"),
+        Case((torch.tensor([[3.0, 2.0, 1.0, 0.0]]), 1.0, 2, None),
+             "top-k 2: the two largest stay, renormalised"),
+        Case((doc, 1.0, 3, None), "top-k 3: the two tied 0.0 logits both stay (ties with the "
+                                  "k-th are kept)"),
+        Case((doc, 1.0, None, 0.7), "top-p 0.7: 0.610 < 0.7 ≤ 0.610 + 0.225, so the token that "
+                                    "crosses p stays"),
+        Case((doc, 1.0, None, 1.0), "top-p 1 keeps every token"),
+        Case((torch.tensor([[2.0, 1.5, 0.0, -1.0]]), 0.5, None, 0.9), "top-p reads the TEMPERED "
+             "probabilities: at 0.5 the first token alone has 0.73 and the second 0.27"),
+        Case((torch.tensor([[0.0, 0.0, 0.0, 5.0]]), 1.0, None, 0.999),
+             "top-p with three tied tokens at the crossing: they all stay"),
+    ]  # fmt: skip
+    for t, k, p in [(1.0, None, None), (0.7, 10, None), (1.3, None, 0.8), (0.9, 20, 0.95)]:
+        cases.append(Case((2 * torch.randn(3, 50, generator=g), t, k, p),
+                          f"random logits (B, V) = (3, 50), temperature {t}, top_k {k}, "
+                          f"top_p {p}"))  # fmt: skip
+    mistakes = [
+        (_probs_variant(top_k_ties=False), "top-k keeps every token tied with the k-th too"),
+        (_probs_variant(top_p_crossing=False), "top-p keeps the token whose probability "
+         "crosses top_p (the smallest set that REACHES p)"),
+        (_probs_variant(p_before_t=True), "apply top-p to the tempered distribution, after the "
+                                          "temperature, not to the model's own"),
+        (_probs_variant(renormalise=False), "after top-p, renormalise what is left to sum to 1"),
+        (lambda lg, t, k, p: _probs_reference(lg * t if t else lg, 1.0, k, None if t == 0 else p),
+         "DIVIDE the logits by the temperature (below 1 sharpens)"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if isinstance(received, torch.Tensor) and received.shape == expected.shape:
+            if not torch.isfinite(received).all():
+                return "not finite: temperature 0 is the argmax, never a division by 0"
+            if not torch.allclose(received.sum(-1), torch.ones(received.shape[0])):
+                return "each row of probabilities must sum to 1"
+        return None
+
+    exercise = Exercise(
+        "check_filtered_probs", "filtered_probs(logits, temperature, top_k, top_p)",
+        _probs_reference, cases, mistakes, _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_probs)
+
+
+def _attend_step_reference(q, k, v, past_k, past_v):
+    B, H, S, D = past_k.shape
+    cache = LayerCache(B, H, D, S + k.shape[2], dtype=k.dtype)
+    if S:
+        cache.append(past_k, past_v)
+    out = attend_new(q, k, v, cache)  # (B, H, T, D)
+    return out, cache.keys, cache.values  # (B, H, S + T, D) each
+
+
+def _attend_step_variant(append=True, aligned="bottom-right", scale=True):
+    def step(q, k, v, past_k, past_v):
+        keys = torch.cat([past_k, k], dim=2) if append else past_k  # (B, H, S, D)
+        values = torch.cat([past_v, v], dim=2) if append else past_v
+        T, S = q.shape[2], keys.shape[2]
+        scores = q @ keys.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)
+        if aligned == "bottom-right":
+            allowed = causal_mask(T, S)
+        elif aligned == "top-left":  # what is_causal=True does when S > T
+            allowed = torch.ones(T, S, dtype=torch.bool).tril()
+        else:
+            allowed = torch.ones(T, S, dtype=torch.bool)
+        out = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ values
+        return out, torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+
+    return step
+
+
+def check_attend_step(your_step: Callable) -> bool:
+    """``attend_step(q, k, v, past_k, past_v) -> (out, keys, values)``: the T new positions' causal
+    attention over the S stored keys and values and their own, and the cache after the step;
+    q, k, v (B, H, T, D), past_k, past_v (B, H, S, D) (reference:
+    :func:`companion.kv_cache.attend_new` with a :class:`companion.kv_cache.LayerCache`)."""
+    g = make_generator(8)
+
+    def tensors(B, H, T, S, D):
+        return tuple(torch.randn(B, H, n, D, generator=g) for n in (T, T, T, S, S))
+
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])  # two stored positions (1, 1, 2, 2)
+    new = torch.tensor([[[[1.0, 1.0]]]])  # the chapter 2's third token, (1, 1, 1, 2)
+    cases = [
+        Case((new, new, new, x, x), "one new token after the chapter 2's first two: it sees "
+                                    "all three keys, its own included"),
+        Case(tensors(1, 1, 1, 4, 8), "one new token (T = 1) after S = 4 stored ones"),
+        Case(tensors(2, 3, 1, 6, 16), "(B, H) = (2, 3), one new token after 6"),
+        Case(tensors(2, 2, 3, 0, 8), "an empty cache (S = 0, the prompt): plain causal attention"),
+        Case(tensors(1, 2, 3, 5, 8), "T = 3 new positions after S = 5: new query t sees the 5 "
+                                     "stored keys and new keys 0 … t (causal_mask(T, S + T))"),
+        Case(tensors(2, 4, 2, 7, 4), "T = 2 after S = 7"),
+    ]  # fmt: skip
+    mistakes = [
+        (_attend_step_variant(append=False), "append the new keys and values first: a new token "
+                                             "also attends to itself"),
+        (_attend_step_variant(aligned="top-left"), "the new queries are the LAST T of the S + T "
+         "positions: align the causal mask bottom-right (causal_mask(T, S + T)); is_causal=True "
+         "aligns it top-left"),
+        (_attend_step_variant(aligned="none"), "with T > 1 new positions, a new query must not "
+                                               "see the new keys after it (a causal mask)"),
+        (_attend_step_variant(scale=False), "divide the scores by √D"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if not (isinstance(received, tuple | list) and len(received) == 3):
+            return "return three tensors: (out, keys, values), the cache after the step"
+        if isinstance(received[1], torch.Tensor) and received[1].shape != expected[1].shape:
+            return (f"the keys after the step are the S stored and the T new ones, "
+                    f"{tuple(expected[1].shape)}, not {tuple(received[1].shape)}")  # fmt: skip
+        return None
+
+    exercise = Exercise(
+        "check_attend_step", "attend_step(q, k, v, past_k, past_v)", _attend_step_reference,
+        cases, mistakes, _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_step)
+
+
+def top_p_experiment_facts(world) -> list:
+    """The 20 known facts of chapter 7's top-p experiment: every eighth of ``world.facts``, so
+    every relation is asked."""
+    return list(world.facts[::8])
+
+
+def check_top_p_experiment(your_share: Callable, model, tokenizer, world) -> bool:
+    """``right_share(top_p) -> float``: for each fact of :func:`top_p_experiment_facts`, 10
+    completions of 6 tokens of its prompt, ``generate(model, prompt.expand(10, -1), 6,
+    temperature=1.0, top_p=top_p, generator=make_generator(0, device))``; the share of the 200
+    whose text contains the fact's answer. Prints it, and the distinct completions, by top_p.
+
+    Exact equality: the same calls on the same machine draw the same tokens."""
+    from companion.generation import generate
+
+    runs: dict[float, list[tuple[Any, str]]] = {}
+
+    def completions(top_p):
+        if top_p not in runs:
+            runs[top_p] = []
+            device = model_device(model)
+            for fact in top_p_experiment_facts(world):
+                prompt = torch.tensor([tokenizer.encode(fact.prompt)], device=device)  # (1, T)
+                out = generate(model, prompt.expand(10, -1), 6, temperature=1.0, top_p=top_p,
+                               generator=make_generator(0, device))  # (10, T + 6)  # fmt: skip
+                runs[top_p] += [(fact, tokenizer.decode(row[prompt.shape[1]:].tolist()))
+                                for row in out]  # fmt: skip
+        return runs[top_p]
+
+    def reference(top_p):
+        return sum(fact.answer in text for fact, text in completions(top_p)) / 200
+
+    rates = (0.3, 0.9, 1.0)
+    cases = [Case((p,), f"top_p {p}") for p in rates]
+    mistakes = [
+        (lambda p: reference(1.0), "pass top_p to generate: every top_p gave the same share"),
+        (lambda p: 200 * reference(p), "return a share (count / 200), not the count"),
+    ]
+    exercise = Exercise(
+        "check_top_p_experiment", "right_share(top_p)", reference, cases, mistakes, _same_floats
+    )
+    passed = _verdict(exercise, your_share)
+    if passed:
+        for p in rates:
+            distinct = len({(fact.prompt, text) for fact, text in completions(p)})
+            print(f"  top_p {p:<3}: {reference(p):.0%} contain the true answer; "
+                  f"{distinct} distinct completions of 200")  # fmt: skip
     return passed
