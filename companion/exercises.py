@@ -1,10 +1,11 @@
-"""Checkers for the exercises at the end of chapters 1-4 and 7: instant feedback on a learner's function.
+"""Checkers for the exercises at the end of chapters 1-4 and 7: instant feedback on a learner's
+function.
 
 Each ``check_<what>(your_function)`` calls the learner's function on hand-picked edge cases and
 on seeded random cases, compares every result with the package's own tested reference
 (:mod:`companion.bpe`, :mod:`companion.attention`, :mod:`companion.model`,
-:mod:`companion.optimizer`, :mod:`companion.generation`, :mod:`companion.kv_cache` ...), prints a short verdict and returns True when all cases pass,
-False otherwise. A verdict names the first failing input, the expected and the received output,
+:mod:`companion.optimizer`, :mod:`companion.generation`, :mod:`companion.kv_cache` ...), prints
+a short verdict and returns True when all cases pass, False otherwise. A verdict names the first failing input, the expected and the received output,
 and a hint: the mistake when the received output matches a typical wrong answer, else what that
 case tests. An exception raised by the learner's function is reported, never raised.
 
