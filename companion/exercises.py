@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,8 +43,10 @@ from companion.bpe import _best, get_stats, merge
 from companion.environment import make_generator, model_device
 from companion.generation import next_token_probs
 from companion.kv_cache import LayerCache, attend_new, bytes_per_token
+from companion.llama_layers import RMSNorm, RotaryEmbedding
 from companion.model import GPTConfig, count_parameters, parameter_breakdown
 from companion.optimizer import learning_rate_at
+from companion.quantization import dequantize_q4_1, quantize_q4_1
 from companion.tokenizer import BPETokenizer
 from companion.train_config import TrainConfig
 
@@ -1113,4 +1116,290 @@ def check_top_p_experiment(your_share: Callable, model, tokenizer, world) -> boo
             distinct = len({(fact.prompt, text) for fact, text in completions(p)})
             print(f"  top_p {p:<3}: {reference(p):.0%} contain the true answer; "
                   f"{distinct} distinct completions of 200")  # fmt: skip
+    return passed
+
+
+# Chapter 8: a real model ---------------------------------------------------------------------
+
+
+def _rms_norm_reference(x, weight, eps):
+    norm = RMSNorm(x.shape[-1], eps=eps)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        return norm(x)
+
+
+def check_rms_norm(your_rms_norm: Callable) -> bool:
+    """``rms_norm(x, weight, eps)``: ``x / sqrt(mean(x²) + eps) * weight`` over the last
+    dimension (reference: :class:`companion.llama_layers.RMSNorm`)."""
+    g = make_generator(9)
+    v = torch.tensor([[1.0, 2.0, 3.0, 6.0]])  # the chapter's vector: mean square 12.5
+    cases = [
+        Case((v, torch.ones(4), 0.0), "the chapter's vector: divide by √12.5, mean not removed"),
+        Case((torch.tensor([3.0, 4.0]), torch.ones(2), 0.0), "the docstring's (3, 4): one vector"),
+        Case((v, torch.tensor([1.0, 0.5, 2.0, -1.0]), 0.0), "a learnt scale per channel"),
+        Case((torch.zeros(2, 3), torch.ones(3), 1e-5), "all zeros: eps keeps 0 / 0 away"),
+        Case((1e-3 * torch.randn(2, 5, generator=g), torch.ones(5), 1e-2),
+             "tiny values with a large eps: eps goes inside the square root"),
+        Case((torch.randn(2, 3, 8, generator=g) + 2, torch.rand(8, generator=g) + 0.5, 1e-5),
+             "random (B, T, C) = (2, 3, 8), mean far from 0: over the last dimension"),
+    ]  # fmt: skip
+
+    def layer_norm_like(x, w, eps):
+        return _rms_norm_reference(x - x.mean(-1, keepdim=True), w, eps)
+
+    def eps_outside(x, w, eps):
+        return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w
+
+    def no_weight(x, w, eps):
+        return _rms_norm_reference(x, torch.ones_like(w), eps)
+
+    def root_of_sum(x, w, eps):
+        return x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps) * w
+
+    mistakes = [
+        (layer_norm_like, "RMSNorm does not subtract the mean (that is LayerNorm)"),
+        (eps_outside, "eps goes inside the square root: sqrt(mean(x²) + eps)"),
+        (no_weight, "multiply by weight, the learnt scale per channel"),
+        (root_of_sum, "the MEAN of the squares (divide their sum by C), not their sum"),
+    ]
+    exercise = Exercise(
+        "check_rms_norm", "rms_norm(x, weight, eps)", _rms_norm_reference, cases, mistakes,
+        _same_tensors,
+    )  # fmt: skip
+    return _verdict(exercise, your_rms_norm)
+
+
+def _gqa_configs() -> list[tuple[Any, torch.dtype, str]]:
+    from companion.llama import LlamaConfig
+
+    smol = LlamaConfig(49152, 8192, 30, 9, 576, n_kv_head=3, d_ff=1536)
+    llama3 = LlamaConfig(128256, 8192, 32, 32, 4096, n_kv_head=8, d_ff=14336)
+    return [
+        (LlamaConfig(11, 8, 1, 2, 8, n_kv_head=1, d_ff=8), torch.float32,
+         "one layer, 2 query heads of 4 sharing 1 key/value head: 2 × 4 numbers × 4 bytes"),
+        (smol, torch.float32, "SmolLM2-135M in float32: 3 key/value heads of 64"),
+        (smol, torch.bfloat16, "SmolLM2-135M in bfloat16"),
+        (llama3, torch.bfloat16, "Llama 3 8B's shape: 32 layers, 8 key/value heads of 128"),
+        (LlamaConfig(100, 64, 4, 4, 64, n_kv_head=4, d_ff=64), torch.float16,
+         "n_kv_head = n_head: no sharing, C numbers per key as in chapter 7"),
+    ]  # fmt: skip
+
+
+def check_gqa_kv_bytes(your_bytes: Callable) -> bool:
+    """``kv_bytes_per_token(config, dtype) -> int`` for a :class:`companion.llama.LlamaConfig`:
+    the KV cache's bytes for one more position with grouped-query attention (reference:
+    :func:`companion.kv_cache.bytes_per_token`). Prints a full context's cost, to explain."""
+    cases = [Case((c, dtype), hint) for c, dtype, hint in _gqa_configs()]
+
+    def size(dtype):
+        return torch.empty((), dtype=dtype).element_size()
+
+    def head(c):
+        return c.d_model // c.n_head
+
+    mistakes = [
+        (lambda c, d: 2 * c.n_layer * c.d_model * size(d), "with grouped-query attention only "
+         "the n_kv_head key/value heads are stored: n_kv_head · D numbers per key, not C"),
+        (lambda c, d: c.n_layer * c.n_kv_head * head(c) * size(d), "keys AND values: two "
+                                                                   "tensors per layer"),
+        (lambda c, d: 2 * c.n_layer * c.n_kv_head * c.d_model * size(d), "each key/value head "
+         "has D = C / n_head numbers, not C"),
+        (lambda c, d: 2 * c.n_layer * c.n_kv_head * head(c) * 4, "the bytes of a number depend "
+                                                                 "on dtype"),
+    ]  # fmt: skip
+
+    def same(expected, received):
+        return isinstance(received, int | float) and not isinstance(received, bool) and (
+            received == expected)  # fmt: skip
+
+    exercise = Exercise(
+        "check_gqa_kv_bytes", "kv_bytes_per_token(config, dtype)", _kv_bytes_reference, cases,
+        mistakes, same,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_bytes)
+    if passed:
+        for c, dtype, hint in _gqa_configs()[1:4]:
+            per = bytes_per_token(c, dtype=dtype)
+            print(f"  {hint.split(':')[0].split(' in ')[0]:<18} {str(dtype)[6:]:<8}: {per:>7,} "
+                  f"bytes per token; a full context of {c.context_length:,}: "
+                  f"{per * c.context_length / 2**20:,.0f} MiB per sequence")  # fmt: skip
+    return passed
+
+
+def _q4_1_block(d: float, m: float, nibbles: list[int]) -> np.ndarray:
+    """20 bytes of one Q4_1 block: d and m as float16, then weights i and i + 16 in byte i."""
+    low, high = np.array(nibbles[:16], np.uint8), np.array(nibbles[16:], np.uint8)
+    return np.concatenate([np.float16(d).reshape(1).view(np.uint8),
+                           np.float16(m).reshape(1).view(np.uint8), low | (high << 4)])  # fmt: skip
+
+
+def _dequantize_block_reference(block):
+    return dequantize_q4_1(np.asarray(block, dtype=np.uint8)[None])[0]  # (32,)
+
+
+def check_dequantize_block(your_dequantize: Callable) -> bool:
+    """``dequantize_block(block) -> 32 floats``: one Q4_1 block, 20 bytes (a uint8 array: d and m
+    as float16, 16 bytes of 4-bit q's, low nibbles weights 0-15, high nibbles 16-31) to its 32
+    weights ``d · q + m`` in float32, a tensor or an array (reference:
+    :func:`companion.quantization.dequantize_q4_1`)."""
+    g = make_generator(10)
+    ramp = list(range(16)) + list(range(15, -1, -1))
+    cases = [
+        Case((_q4_1_block(0.5, -1.0, [1] * 16 + [3] * 16),), "the docstring's block: 0x31 in "
+             "every byte, weights 0-15 are 0.5 · 1 - 1, weights 16-31 are 0.5 · 3 - 1"),
+        Case((_q4_1_block(1.0, 0.0, ramp),), "d = 1, m = 0: the weights are the q's, 0 … 15 then "
+                                             "15 … 0"),
+        Case((_q4_1_block(0.25, 2.0, ramp[::-1]),), "m shifts every weight"),
+        Case((_q4_1_block(0.0123, -0.1, ramp),), "a d that float16 rounds: compute in float32 "
+                                                  "with the stored float16 values"),
+    ]  # fmt: skip
+    for _ in range(4):
+        w = 0.05 * torch.randn(1, 32, generator=g)
+        cases.append(Case((quantize_q4_1(w)[0],), "a block of random weights, quantised"))
+
+    def parts(block):
+        block = np.asarray(block, dtype=np.uint8)
+        d = block[0:2].view(np.float16)[0].astype(np.float32)
+        m = block[2:4].view(np.float16)[0].astype(np.float32)
+        return d, m, block[4:]
+
+    def interleaved(block):  # q's read byte by byte: low, high, low, high …
+        d, m, qs = parts(block)
+        return torch.from_numpy(d * np.stack([qs & 15, qs >> 4], 1).reshape(-1) + m)
+
+    def high_first(block):
+        d, m, qs = parts(block)
+        return torch.from_numpy(d * np.concatenate([qs >> 4, qs & 15]).astype(np.float32) + m)
+
+    def float16(block):  # d · q + m computed in float16
+        block = np.asarray(block, dtype=np.uint8)
+        d, m = block[0:2].view(np.float16)[0], block[2:4].view(np.float16)[0]
+        qs = block[4:]
+        q = np.concatenate([qs & 15, qs >> 4]).astype(np.float16)
+        return torch.from_numpy((d * q + m).astype(np.float32))
+
+    mistakes = [
+        (interleaved, "weights 0-15 are the LOW nibbles of the 16 bytes, weights 16-31 the high "
+                      "ones (not low, high of each byte in turn)"),
+        (high_first, "the low nibble (byte & 0x0F) holds weights 0-15; the high one (byte >> 4) "
+                     "weights 16-31"),
+        (lambda b: _dequantize_block_reference(b) - parts(b)[1], "add the minimum m: weight = d·q "
+                                                                  "+ m"),
+        (lambda b: (_dequantize_block_reference(b) - parts(b)[1]) / parts(b)[0] * parts(b)[1]
+         + parts(b)[0], "d (bytes 0-1) is the scale and m (bytes 2-3) the minimum, not the "
+                        "other way round"),
+        (float16, "convert d and m to float32 before computing: float16 arithmetic rounds the "
+                  "result to 3 digits"),
+    ]  # fmt: skip
+
+    def same(expected, received):
+        if isinstance(received, np.ndarray):
+            received = torch.from_numpy(np.asarray(received, dtype=np.float32))
+        if isinstance(received, torch.Tensor):
+            received = received.float().flatten() if received.numel() == 32 else received
+        return _same_tensors(expected, received)
+
+    exercise = Exercise(
+        "check_dequantize_block", "dequantize_block(block)", _dequantize_block_reference, cases,
+        mistakes, same,
+    )  # fmt: skip
+    return _verdict(exercise, your_dequantize)
+
+
+def _rope_reference(x, start, base):
+    D, T = x.shape[-1], x.shape[-2]
+    return RotaryEmbedding(D, start + T, base=base)(x, start)
+
+
+def _rope_variant(layout="half", sign=1.0, exponent=2.0, offset=0):
+    def rope(x, start, base):
+        T, D = x.shape[-2], x.shape[-1]
+        positions = torch.arange(start + offset, start + offset + T).float()  # (T,)
+        inv_freq = base ** (-exponent * torch.arange(D // 2).float() / D)  # (D/2,)
+        angles = torch.outer(positions, inv_freq)  # (T, D/2)
+        cos, sin = angles.cos(), sign * angles.sin()
+        if layout == "half":
+            x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+            return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # adjacent channels as pairs
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+    return rope
+
+
+def check_rope(your_rope: Callable) -> bool:
+    """``rope(x, start, base)``: rotary position embeddings of x (B, H, T, D), row t at position
+    ``start + t``, channel pair i = (i, i + D/2) turned by ``position · base^(-2i/D)``
+    (reference: :class:`companion.llama_layers.RotaryEmbedding`)."""
+    g = make_generator(11)
+    pair = torch.tensor([[[[1.0, 0.0]]]])  # (1, 1, 1, 2): one pair, one position
+    cases = [
+        Case((pair, 0, 10000.0), "position 0: no turn at all"),
+        Case((pair, 1, 10000.0), "one pair at position 1: turned by 1 radian, (cos 1, sin 1)"),
+        Case((torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]]), 1, 100.0),
+             "D = 4 at position 1: pair 0 = channels (0, 2) turns by 1 radian, pair 1 = (1, 3) "
+             "by 1/10"),
+        Case((torch.tensor([[[[0.0, 1.0, 0.0, 0.0]]]]), 1, 100.0),
+             "D = 4: channel 1 pairs with channel 3 and turns by base^(-2/4) = 1/10"),
+        Case((torch.randn(1, 1, 5, 8, generator=g), 0, 10000.0), "T = 5 positions from 0"),
+        Case((torch.randn(2, 3, 4, 16, generator=g), 7, 100000.0),
+             "(B, H, T, D) = (2, 3, 4, 16), positions 7 … 10, SmolLM2's base"),
+    ]  # fmt: skip
+    mistakes = [
+        (_rope_variant(layout="adjacent"), "pair channel i with channel i + D/2 (this course's "
+         "and Hugging Face's layout), not adjacent channels (llama.cpp's)"),
+        (_rope_variant(sign=-1.0), "turned the wrong way: x·cos + rotate_half(x)·sin, with "
+                                   "rotate_half(x1, x2) = (-x2, x1)"),
+        (_rope_variant(exponent=1.0), "pair i turns at base^(-2i/D), not base^(-i/D)"),
+        (_rope_variant(offset=1), "the first row sits at position start, not start + 1"),
+        (lambda x, start, base: _rope_reference(x, 0, base), "row t sits at position start + t"),
+    ]  # fmt: skip
+    exercise = Exercise(
+        "check_rope", "rope(x, start, base)", _rope_reference, cases, mistakes, _same_tensors
+    )
+    return _verdict(exercise, your_rope)
+
+
+def check_top_p_paris(your_share: Callable, model, tokenizer) -> bool:
+    """``paris_share(top_p) -> float``: chapter 8's France question in SmolLM2's chat template,
+    10 replies of 12 tokens, ``generate(model, asked.expand(10, -1), 12, temperature=1.0,
+    top_p=top_p, stop_tokens=[END], generator=make_generator(0))``; the share whose text contains
+    "Paris". Prints it by top_p, with the replies' first words, to explain.
+
+    Exact equality: the same calls on the same machine draw the same tokens."""
+    from companion.chat import SMOLLM2_CHAT, question_ids
+    from companion.generation import generate
+
+    runs: dict[float, list[str]] = {}
+
+    def replies(top_p):
+        if top_p not in runs:
+            end = tokenizer.special_tokens["<|im_end|>"]
+            asked = torch.tensor([question_ids("What is the capital of France?", tokenizer,
+                                               template=SMOLLM2_CHAT)])  # (1, T)  # fmt: skip
+            asked = asked.to(model_device(model))
+            out = generate(model, asked.expand(10, -1), 12, temperature=1.0, top_p=top_p,
+                           stop_tokens=[end], generator=make_generator(0))  # fmt: skip
+            runs[top_p] = [tokenizer.decode([i for i in row[asked.shape[1]:].tolist() if i != end])
+                           for row in out]  # fmt: skip
+        return runs[top_p]
+
+    def reference(top_p):
+        return sum("Paris" in reply for reply in replies(top_p)) / 10
+
+    rates = (0.5, 0.9, 1.0)
+    cases = [Case((p,), f"top_p {p}") for p in rates]
+    mistakes = [
+        (lambda p: reference(1.0), "pass top_p to generate: every top_p gave the same share"),
+        (lambda p: 10 * reference(p), "return a share (count / 10), not the count"),
+    ]
+    exercise = Exercise(
+        "check_top_p_paris", "paris_share(top_p)", reference, cases, mistakes, _same_floats
+    )
+    passed = _verdict(exercise, your_share)
+    if passed:
+        for p in rates:
+            firsts = sorted({reply.split(" ")[0] for reply in replies(p)})
+            print(f"  top_p {p:<3}: {reference(p):.0%} say Paris; first words {firsts}")
     return passed

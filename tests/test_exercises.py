@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -485,6 +486,146 @@ def test_top_p_experiment(capsys, tiny_generator):
     assert not passed and "not the count" in out
 
 
+# Chapter 8 ------------------------------------------------------------------------------------
+
+
+def rms_norm(x, weight, eps):
+    return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def gqa_kv_bytes(config, dtype):
+    head_size = config.d_model // config.n_head
+    number = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.n_layer * config.n_kv_head * head_size * number
+
+
+def dequantize_block(block):
+    d = block[0:2].view(np.float16)[0].astype(np.float32)
+    m = block[2:4].view(np.float16)[0].astype(np.float32)
+    q = np.concatenate([block[4:] & 0x0F, block[4:] >> 4]).astype(np.float32)
+    return d * q + m  # a numpy array: the checker takes it as well as a tensor
+
+
+def rope(x, start, base):
+    T, D = x.shape[-2], x.shape[-1]
+    angles = torch.outer(
+        torch.arange(start, start + T).float(), base ** (-torch.arange(0, D, 2).float() / D)
+    )  # (T, D/2)
+    cos, sin = angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)  # (T, D)
+    rotated = torch.cat([-x[..., D // 2 :], x[..., : D // 2]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def test_rms_norm(capsys):
+    assert verdict(capsys, ex.check_rms_norm, rms_norm)[0]
+    for wrong, hint in [
+        (lambda x, w, eps: rms_norm(x - x.mean(-1, keepdim=True), w, eps), "not subtract the mean"),
+        (lambda x, w, eps: rms_norm(x, 1.0, eps), "multiply by weight"),
+        (lambda x, w, eps: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w, "inside the"),
+        (lambda x, w, eps: rms_norm(x, w, eps).sum(-1), "should be (1, 4), not (1,)"),
+    ]:
+        passed, out = verdict(capsys, ex.check_rms_norm, wrong)
+        assert not passed and hint in out, out
+
+
+def test_gqa_kv_bytes(capsys):
+    passed, out = verdict(capsys, ex.check_gqa_kv_bytes, gqa_kv_bytes)
+    assert passed and "46,080 bytes per token" in out
+    for wrong, hint in [
+        (kv_bytes_per_token, "only the n_kv_head key/value heads"),
+        (lambda c, d: gqa_kv_bytes(c, d) // 2, "keys AND values"),
+        (lambda c, d: gqa_kv_bytes(c, torch.float32), "depend on dtype"),
+    ]:
+        passed, out = verdict(capsys, ex.check_gqa_kv_bytes, wrong)
+        assert not passed and hint in out, out
+
+
+def test_dequantize_block(capsys):
+    assert verdict(capsys, ex.check_dequantize_block, dequantize_block)[0]
+    assert verdict(capsys, ex.check_dequantize_block, lambda b: torch.tensor(dequantize_block(b)))[
+        0
+    ]
+
+    def interleaved(block):
+        q = np.stack([block[4:] & 0x0F, block[4:] >> 4], axis=1).reshape(-1)
+        d = block[0:2].view(np.float16)[0].astype(np.float32)
+        m = block[2:4].view(np.float16)[0].astype(np.float32)
+        return d * q.astype(np.float32) + m
+
+    def in_float16(block):
+        d, m = block[0:2].view(np.float16)[0], block[2:4].view(np.float16)[0]
+        return d * np.concatenate([block[4:] & 0x0F, block[4:] >> 4]).astype(np.float16) + m
+
+    def no_minimum(block):
+        return dequantize_block(block) - block[2:4].view(np.float16)[0].astype(np.float32)
+
+    for wrong, hint in [
+        (interleaved, "LOW nibbles of the 16 bytes"),
+        (in_float16, "float16 arithmetic"),
+        (no_minimum, "add the minimum m"),
+        (lambda block: dequantize_block(block)[:16], "the docstring's block"),
+    ]:
+        passed, out = verdict(capsys, ex.check_dequantize_block, wrong)
+        assert not passed and hint in out, out
+
+
+def test_rope(capsys):
+    assert verdict(capsys, ex.check_rope, rope)[0]
+
+    def adjacent(x, start, base):  # llama.cpp's pairs: channels (0, 1), (2, 3) ...
+        D = x.shape[-1]
+        order = torch.arange(D).reshape(2, D // 2).T.flatten()  # 0, D/2, 1, D/2 + 1 ...
+        return rope(x[..., order], start, base)[..., order.argsort()]
+
+    for wrong, hint in [
+        (lambda x, start, base: rope(x, -start, base), "the wrong way"),
+        (lambda x, start, base: rope(x, start + 1, base), "not start + 1"),
+        (lambda x, start, base: rope(x, 0, base), "row t sits at position start + t"),
+        (lambda x, start, base: rope(x, start, base**0.5), "base^(-2i/D)"),
+    ]:
+        passed, out = verdict(capsys, ex.check_rope, wrong)
+        assert not passed and hint in out, out
+    passed, out = verdict(capsys, ex.check_rope, adjacent)
+    assert not passed and "expected" in out
+
+
+def test_top_p_paris(capsys):
+    from companion.environment import make_generator
+    from companion.generation import generate
+
+    tokenizer = BPETokenizer(
+        [], pattern=None, special_tokens={"<|im_start|>": 256, "<|im_end|>": 257}
+    )
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(258, 128, 1, 2, 16)).eval()
+    end = 257
+
+    def paris_share(top_p):
+        from companion.chat import SMOLLM2_CHAT, question_ids
+
+        asked = torch.tensor(
+            [question_ids("What is the capital of France?", tokenizer, template=SMOLLM2_CHAT)]
+        )
+        out = generate(
+            model,
+            asked.expand(10, -1),
+            12,
+            temperature=1.0,
+            top_p=top_p,
+            stop_tokens=[end],
+            generator=make_generator(0),
+        )
+        replies = [
+            tokenizer.decode([i for i in row[asked.shape[1] :].tolist() if i != end]) for row in out
+        ]
+        return sum("Paris" in r for r in replies) / 10
+
+    passed, out = verdict(capsys, ex.check_top_p_paris, paris_share, model, tokenizer)
+    assert passed and "say Paris; first words" in out
+    passed, out = verdict(capsys, ex.check_top_p_paris, lambda p: 0.5, model, tokenizer)
+    assert not passed and "top_p 0.5" in out
+
+
 # Every checker: the stub, and input that is not a function ------------------------------------
 
 CHECKERS = [
@@ -505,6 +646,11 @@ CHECKERS = [
     (ex.check_filtered_probs, ()),
     (ex.check_attend_step, ()),
     (ex.check_top_p_experiment, (None, None, None)),
+    (ex.check_rms_norm, ()),
+    (ex.check_gqa_kv_bytes, ()),
+    (ex.check_dequantize_block, ()),
+    (ex.check_rope, ()),
+    (ex.check_top_p_paris, (None, None)),
 ]
 
 
