@@ -1363,7 +1363,7 @@ def check_rope(your_rope: Callable) -> bool:
 
 def check_top_p_paris(your_share: Callable, model, tokenizer) -> bool:
     """``paris_share(top_p) -> float``: chapter 8's France question in SmolLM2's chat template,
-    10 replies of 12 tokens, ``generate(model, asked.expand(10, -1), 12, temperature=1.0,
+    10 replies of 8 tokens, ``generate(model, asked.expand(10, -1), 8, temperature=1.0,
     top_p=top_p, stop_tokens=[END], generator=make_generator(0))``; the share whose text contains
     "Paris". Prints it by top_p, with the replies' first words, to explain.
 
@@ -1379,7 +1379,7 @@ def check_top_p_paris(your_share: Callable, model, tokenizer) -> bool:
             asked = torch.tensor([question_ids("What is the capital of France?", tokenizer,
                                                template=SMOLLM2_CHAT)])  # (1, T)  # fmt: skip
             asked = asked.to(model_device(model))
-            out = generate(model, asked.expand(10, -1), 12, temperature=1.0, top_p=top_p,
+            out = generate(model, asked.expand(10, -1), 8, temperature=1.0, top_p=top_p,
                            stop_tokens=[end], generator=make_generator(0))  # fmt: skip
             runs[top_p] = [tokenizer.decode([i for i in row[asked.shape[1]:].tolist() if i != end])
                            for row in out]  # fmt: skip
@@ -1388,7 +1388,7 @@ def check_top_p_paris(your_share: Callable, model, tokenizer) -> bool:
     def reference(top_p):
         return sum("Paris" in reply for reply in replies(top_p)) / 10
 
-    rates = (0.5, 0.9, 1.0)
+    rates = (0.1, 0.5, 1.0)
     cases = [Case((p,), f"top_p {p}") for p in rates]
     mistakes = [
         (lambda p: reference(1.0), "pass top_p to generate: every top_p gave the same share"),
