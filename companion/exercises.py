@@ -1,13 +1,15 @@
-"""Checkers for the exercises at the end of chapters 1-4 and 7: instant feedback on a learner's
-function.
+"""Checkers for the exercises at the end of chapters 1-4, 7 and 8: instant feedback on a
+learner's function.
 
 Each ``check_<what>(your_function)`` calls the learner's function on hand-picked edge cases and
 on seeded random cases, compares every result with the package's own tested reference
 (:mod:`companion.bpe`, :mod:`companion.attention`, :mod:`companion.model`,
-:mod:`companion.optimizer`, :mod:`companion.generation`, :mod:`companion.kv_cache` ...), prints
-a short verdict and returns True when all cases pass, False otherwise. A verdict names the first failing input, the expected and the received output,
-and a hint: the mistake when the received output matches a typical wrong answer, else what that
-case tests. An exception raised by the learner's function is reported, never raised.
+:mod:`companion.optimizer`, :mod:`companion.generation`, :mod:`companion.kv_cache`,
+:mod:`companion.llama_layers`, :mod:`companion.quantization` ...), prints a short verdict and
+returns True when all cases pass, False otherwise. A verdict names the first failing input, the
+expected and the received output, and a hint: the mistake when the received output matches a
+typical wrong answer, else what that case tests. An exception raised by the learner's function
+is reported, never raised.
 
 **The stub convention.** An exercise's stub is a function whose body is
 ``raise NotImplementedError``; its checker prints "not attempted yet" and returns False, so a
@@ -20,9 +22,9 @@ a few units of float32 rounding (2^-23 ≈ 1.2e-7 relative) per operation, well 
 every typical mistake changes the result by far more. Python floats (float64) use
 ``math.isclose(rel_tol=1e-9)``.
 
-Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``04_pretraining.ipynb`` and
-of ``07_inference.ipynb``; the reference solutions are in ``solutions/``. Left out: exercises for
-chapters 5, 6 and 8.
+Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``04_pretraining.ipynb``, of
+``07_inference.ipynb`` and of ``08_real_model.ipynb``; the reference solutions are in
+``solutions/``. Left out: exercises for chapters 5 and 6.
 """
 
 from __future__ import annotations
@@ -847,7 +849,8 @@ def _kv_configs() -> list[tuple[GPTConfig, torch.dtype, str]]:
     xl = GPTConfig(vocab_size=50257, context_length=1024, n_layer=48, n_head=25, d_model=1600)
     small = GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, d_model=4)
     return [
-        (small, torch.float32, "one layer, one head of 4 numbers: 2 tensors × 4 numbers × 4 bytes"),
+        (small, torch.float32, "one layer, one head of 4 numbers: 2 tensors × 4 numbers × 4 "
+                               "bytes"),
         (gpt2, torch.float32, "GPT-2 small in float32, the chapter's 73,728"),
         (gpt2, torch.float16, "float16: 2 bytes a number"),
         (gpt2, torch.bfloat16, "bfloat16: 2 bytes a number"),
@@ -960,7 +963,7 @@ def check_filtered_probs(your_probs: Callable) -> bool:
                                     "crosses p stays"),
         Case((doc, 1.0, None, 1.0), "top-p 1 keeps every token"),
         Case((torch.tensor([[2.0, 1.5, 0.0, -1.0]]), 0.5, None, 0.9), "top-p reads the TEMPERED "
-             "probabilities: at 0.5 the first token alone has 0.73 and the second 0.27"),
+             "probabilities: at 0.5 the first two have 0.72 + 0.26 ≥ 0.9, at 1 it takes three"),
         Case((torch.tensor([[0.0, 0.0, 0.0, 5.0]]), 1.0, None, 0.999),
              "top-p with three tied tokens at the crossing: they all stay"),
     ]  # fmt: skip
