@@ -1072,6 +1072,13 @@ def check_attend_step(your_step: Callable) -> bool:
     return _verdict(exercise, your_step)
 
 
+def _check_model(model: Any, which: str) -> None:
+    """A ``TypeError`` naming the model to pass, for anything that is not a model."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"the checker needs the model as its second argument, got "
+                        f"{type(model).__name__}: pass {which}")  # fmt: skip
+
+
 def top_p_experiment_facts(world) -> list:
     """The 20 known facts of chapter 7's top-p experiment: every eighth of ``world.facts``, so
     every relation is asked."""
@@ -1091,6 +1098,7 @@ def check_top_p_experiment(your_share: Callable, model, tokenizer, world) -> boo
 
     def completions(top_p):
         if top_p not in runs:
+            _check_model(model, "cached (or base), chapter 7's model")
             runs[top_p] = []
             device = model_device(model)
             for fact in top_p_experiment_facts(world):
@@ -1378,6 +1386,7 @@ def check_top_p_paris(your_share: Callable, model, tokenizer) -> bool:
 
     def replies(top_p):
         if top_p not in runs:
+            _check_model(model, "model, chapter 8's SmolLM2")
             end = tokenizer.special_tokens["<|im_end|>"]
             asked = torch.tensor([question_ids("What is the capital of France?", tokenizer,
                                                template=SMOLLM2_CHAT)])  # (1, T)  # fmt: skip

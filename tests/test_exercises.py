@@ -484,6 +484,8 @@ def test_top_p_experiment(capsys, tiny_generator):
     assert passed and "distinct completions of 200" in out
     passed, out = verdict(capsys, ex.check_top_p_experiment, lambda p: 200 * right_share(p), *more)
     assert not passed and "not the count" in out
+    with pytest.raises(TypeError, match="pass cached"):
+        ex.check_top_p_experiment(right_share, None, tokenizer, world)
 
 
 # Chapter 8 ------------------------------------------------------------------------------------
@@ -624,6 +626,8 @@ def test_top_p_paris(capsys):
     assert passed and "say Paris; first words" in out
     passed, out = verdict(capsys, ex.check_top_p_paris, lambda p: 0.5, model, tokenizer)
     assert not passed and "top_p 0.1" in out
+    with pytest.raises(TypeError, match="pass model, chapter 8's SmolLM2"):
+        ex.check_top_p_paris(paris_share, "model", tokenizer)
 
 
 # Every checker: the stub, and input that is not a function ------------------------------------
