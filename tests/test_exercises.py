@@ -588,7 +588,7 @@ def test_rope(capsys):
         passed, out = verdict(capsys, ex.check_rope, wrong)
         assert not passed and hint in out, out
     passed, out = verdict(capsys, ex.check_rope, adjacent)
-    assert not passed and "expected" in out
+    assert not passed and "not adjacent channels" in out
 
 
 def test_top_p_paris(capsys):
