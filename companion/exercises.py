@@ -847,7 +847,7 @@ def _kv_configs() -> list[tuple[GPTConfig, torch.dtype, str]]:
     """The configurations check_kv_bytes tries, with what each tests."""
     gpt2 = GPTConfig(vocab_size=50257, context_length=1024, n_layer=12, n_head=12, d_model=768)
     xl = GPTConfig(vocab_size=50257, context_length=1024, n_layer=48, n_head=25, d_model=1600)
-    small = GPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, d_model=4)
+    small = GPTConfig(vocab_size=11, context_length=16, n_layer=1, n_head=1, d_model=4)
     return [
         (small, torch.float32, "one layer, one head of 4 numbers: 2 tensors × 4 numbers × 4 "
                                "bytes"),
@@ -1187,8 +1187,9 @@ def _gqa_configs() -> list[tuple[Any, torch.dtype, str]]:
     smol = LlamaConfig(49152, 8192, 30, 9, 576, n_kv_head=3, d_ff=1536)
     llama3 = LlamaConfig(128256, 8192, 32, 32, 4096, n_kv_head=8, d_ff=14336)
     return [
-        (LlamaConfig(11, 8, 1, 2, 8, n_kv_head=1, d_ff=8), torch.float32,
-         "one layer, 2 query heads of 4 sharing 1 key/value head: 2 × 4 numbers × 4 bytes"),
+        (LlamaConfig(11, 8, 1, 4, 8, n_kv_head=2, d_ff=8), torch.float32,
+         "one layer, 4 query heads of 2 sharing 2 key/value heads: keys and values, 2 × 2 "
+         "numbers each, × 4 bytes"),
         (smol, torch.float32, "SmolLM2-135M in float32: 3 key/value heads of 64"),
         (smol, torch.bfloat16, "SmolLM2-135M in bfloat16"),
         (llama3, torch.bfloat16, "Llama 3 8B's shape: 32 layers, 8 key/value heads of 128"),

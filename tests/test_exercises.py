@@ -383,6 +383,8 @@ def test_kv_bytes(capsys):
         (lambda c, d: kv_bytes_per_token(c, d) // 2, "keys AND values"),
         (lambda c, d: kv_bytes_per_token(c, torch.float32), "depend on dtype"),
         (lambda c, d: kv_bytes_per_token(c, d) * c.n_head, "not H · C"),
+        (lambda c, d: kv_bytes_per_token(c, d) * c.context_length, "not the whole context"),
+        (lambda c, d: kv_bytes_per_token(c, d) * 8, "bytes, not bits"),
         (lambda c, d: float(kv_bytes_per_token(c, d)) + 1, "one layer, one head"),
     ]:
         passed, out = verdict(capsys, ex.check_kv_bytes, wrong)
@@ -536,6 +538,7 @@ def test_gqa_kv_bytes(capsys):
     for wrong, hint in [
         (kv_bytes_per_token, "only the n_kv_head key/value heads"),
         (lambda c, d: gqa_kv_bytes(c, d) // 2, "keys AND values"),
+        (lambda c, d: gqa_kv_bytes(c, d) * c.n_head, "D = C / n_head numbers, not C"),
         (lambda c, d: gqa_kv_bytes(c, torch.float32), "depend on dtype"),
     ]:
         passed, out = verdict(capsys, ex.check_gqa_kv_bytes, wrong)
