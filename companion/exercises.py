@@ -1,12 +1,15 @@
-"""Checkers for the exercises at the end of chapters 1-4: instant feedback on a learner's function.
+"""Checkers for the exercises at the end of chapters 1-4, 7 and 8: instant feedback on a
+learner's function.
 
 Each ``check_<what>(your_function)`` calls the learner's function on hand-picked edge cases and
 on seeded random cases, compares every result with the package's own tested reference
 (:mod:`companion.bpe`, :mod:`companion.attention`, :mod:`companion.model`,
-:mod:`companion.optimizer` ...), prints a short verdict and returns True when all cases pass,
-False otherwise. A verdict names the first failing input, the expected and the received output,
-and a hint: the mistake when the received output matches a typical wrong answer, else what that
-case tests. An exception raised by the learner's function is reported, never raised.
+:mod:`companion.optimizer`, :mod:`companion.generation`, :mod:`companion.kv_cache`,
+:mod:`companion.llama_layers`, :mod:`companion.quantization` ...), prints a short verdict and
+returns True when all cases pass, False otherwise. A verdict names the first failing input, the
+expected and the received output, and a hint: the mistake when the received output matches a
+typical wrong answer, else what that case tests. An exception raised by the learner's function
+is reported, never raised.
 
 **The stub convention.** An exercise's stub is a function whose body is
 ``raise NotImplementedError``; its checker prints "not attempted yet" and returns False, so a
@@ -19,8 +22,9 @@ a few units of float32 rounding (2^-23 ≈ 1.2e-7 relative) per operation, well 
 every typical mistake changes the result by far more. Python floats (float64) use
 ``math.isclose(rel_tol=1e-9)``.
 
-Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``04_pretraining.ipynb``;
-the reference solutions are in ``solutions/``. Left out: exercises for chapters 5-8.
+Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``04_pretraining.ipynb``, of
+``07_inference.ipynb`` and of ``08_real_model.ipynb``; the reference solutions are in
+``solutions/``. Left out: exercises for chapters 5 and 6.
 """
 
 from __future__ import annotations
@@ -32,14 +36,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from companion.attention import causal_mask, scaled_dot_product_attention
 from companion.bpe import _best, get_stats, merge
-from companion.environment import make_generator
+from companion.environment import make_generator, model_device
+from companion.generation import next_token_probs
+from companion.kv_cache import LayerCache, attend_new, bytes_per_token
+from companion.llama_layers import RMSNorm, RotaryEmbedding
 from companion.model import GPTConfig, count_parameters, parameter_breakdown
 from companion.optimizer import learning_rate_at
+from companion.quantization import dequantize_q4_1, quantize_q4_1
 from companion.tokenizer import BPETokenizer
 from companion.train_config import TrainConfig
 
@@ -828,4 +837,582 @@ def check_learning_rate_experiment(your_run: Callable, train_tokens, val_tokens)
     if passed:
         for lr in rates:
             print(f"  learning rate {lr:<7g}: validation loss {history(lr).val_loss[-1]:.3f}")
+    return passed
+
+
+# Chapter 7: inference ------------------------------------------------------------------------
+
+
+def _kv_configs() -> list[tuple[GPTConfig, torch.dtype, str]]:
+    """The configurations check_kv_bytes tries, with what each tests."""
+    gpt2 = GPTConfig(vocab_size=50257, context_length=1024, n_layer=12, n_head=12, d_model=768)
+    xl = GPTConfig(vocab_size=50257, context_length=1024, n_layer=48, n_head=25, d_model=1600)
+    small = GPTConfig(vocab_size=11, context_length=16, n_layer=1, n_head=1, d_model=4)
+    return [
+        (small, torch.float32, "one layer, one head of 4 numbers: 2 tensors × 4 numbers × 4 "
+                               "bytes"),
+        (gpt2, torch.float32, "GPT-2 small in float32, the chapter's 73,728"),
+        (gpt2, torch.float16, "float16: 2 bytes a number"),
+        (gpt2, torch.bfloat16, "bfloat16: 2 bytes a number"),
+        (xl, torch.float16, "GPT-2 XL: 48 layers of 1,600 numbers (25 heads of 64)"),
+        (GPTConfig(768, 64, 4, 8, 128), torch.float32, "8 heads of 16: the heads share the C "
+                                                       "numbers, they do not multiply them"),
+        (GPTConfig(768, 64, 6, 1, 96), torch.float64, "float64: 8 bytes a number"),
+    ]  # fmt: skip
+
+
+def _kv_bytes_reference(config, dtype):
+    return bytes_per_token(config, dtype=dtype)
+
+
+def check_kv_bytes(your_bytes: Callable) -> bool:
+    """``kv_bytes_per_token(config, dtype) -> int``: the KV cache's bytes for one more position
+    of one sequence, a GPTConfig's model storing numbers of ``dtype`` (reference:
+    :func:`companion.kv_cache.bytes_per_token`). Prints what a full context costs, to explain."""
+    cases = [Case((c, dtype), hint) for c, dtype, hint in _kv_configs()]
+
+    def size(dtype):
+        return torch.empty((), dtype=dtype).element_size()
+
+    mistakes = [
+        (lambda c, d: c.n_layer * c.d_model * size(d), "keys AND values: two tensors per layer"),
+        (lambda c, d: 2 * c.d_model * size(d), "every layer keeps its own keys and values"),
+        (lambda c, d: 2 * c.n_layer * c.d_model * 4, "the bytes of a number depend on dtype: 4 "
+                                                     "for float32, 2 for float16 and bfloat16"),
+        (lambda c, d: 16 * c.n_layer * c.d_model * size(d), "bytes, not bits: a float32 is 4 "
+                                                            "bytes"),
+        (lambda c, d: 2 * c.n_layer * c.n_head * c.d_model * size(d), "the H heads split the C "
+         "channels (D = C / H each): a key is C numbers, not H · C"),
+        (lambda c, d: 2 * c.n_layer * c.d_model * size(d) * c.context_length, "one position, "
+         "not the whole context_length"),
+    ]  # fmt: skip
+
+    def same(expected, received):
+        return isinstance(received, int | float) and not isinstance(received, bool) and (
+            received == expected)  # fmt: skip
+
+    exercise = Exercise(
+        "check_kv_bytes", "kv_bytes_per_token(config, dtype)", _kv_bytes_reference, cases,
+        mistakes, same,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_bytes)
+    if passed:
+        for c, dtype, _ in _kv_configs()[1:5]:
+            per = bytes_per_token(c, dtype=dtype)
+            print(f"  {c.n_layer:>2} layers × {c.d_model:>4} numbers, {str(dtype)[6:]:<8}: "
+                  f"{per:>7,} bytes per token; a full context of {c.context_length}: "
+                  f"{per * c.context_length / 2**20:.0f} MiB per sequence")  # fmt: skip
+    return passed
+
+
+def _probs_reference(logits, temperature, top_k, top_p):
+    return next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def _probs_variant(top_k_ties=True, top_p_crossing=True, p_before_t=False, renormalise=True):
+    """next_token_probs with one typical mistake (the keyword that is False, or True for
+    p_before_t)."""
+
+    def probs(logits, temperature, top_k, top_p):
+        if temperature == 0:
+            return _probs_reference(logits, 0, None, None)
+        scaled = logits.float() / temperature
+        if top_k is not None:
+            if top_k_ties:
+                kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            else:  # exactly k tokens, a tie with the k-th broken by position
+                keep = torch.zeros_like(scaled, dtype=torch.bool)
+                keep.scatter_(-1, scaled.topk(top_k, dim=-1).indices, True)
+                scaled = scaled.masked_fill(~keep, float("-inf"))
+        p = scaled.softmax(dim=-1)
+        if top_p is not None and top_p < 1:
+            ranked = logits.float().softmax(-1) if p_before_t else p
+            ordered = ranked.sort(dim=-1, descending=True, stable=True).values
+            if top_p_crossing:
+                n_kept = ((ordered.cumsum(-1) - ordered) < top_p).sum(-1, keepdim=True)
+            else:  # only the tokens before the one that crosses top_p
+                n_kept = (ordered.cumsum(-1) < top_p).sum(-1, keepdim=True)
+            smallest = ordered.gather(-1, n_kept.clamp(min=1) - 1)
+            p = p.masked_fill(ranked < smallest, 0.0)
+            if renormalise:
+                p = p / p.sum(-1, keepdim=True)
+        return p
+
+    return probs
+
+
+def check_filtered_probs(your_probs: Callable) -> bool:
+    """``filtered_probs(logits, temperature, top_k, top_p) -> (B, V)``: the distribution a
+    sampling step draws from, logits (B, V); ``top_k`` / ``top_p`` None means off (reference:
+    :func:`companion.generation.next_token_probs`)."""
+    g = make_generator(7)
+    doc = torch.tensor([[2.0, 1.0, 0.0, 0.0]])  # the docstring's example
+    cases = [
+        Case((doc, 1.0, None, None), "temperature 1 and no filter: the softmax, e² : e : 1 : 1"),
+        Case((doc, 0.5, None, None), "temperature 0.5: divide the logits by it (sharper)"),
+        Case((doc, 2.0, None, None), "temperature 2: flatter"),
+        Case((doc, 0, None, None), "temperature 0: all the probability on the largest logit"),
+        Case((torch.tensor([[1.0, 3.0, 3.0]]), 0, None, None),
+             "temperature 0 with a tie: the first of the largest gets it all (as argmax does)"),
+        Case((torch.tensor([[3.0, 2.0, 1.0, 0.0]]), 1.0, 2, None),
+             "top-k 2: the two largest stay, renormalised"),
+        Case((doc, 1.0, 3, None), "top-k 3: the two tied 0.0 logits both stay (ties with the "
+                                  "k-th are kept)"),
+        Case((doc, 1.0, None, 0.7), "top-p 0.7: 0.610 < 0.7 ≤ 0.610 + 0.225, so the token that "
+                                    "crosses p stays"),
+        Case((doc, 1.0, None, 1.0), "top-p 1 keeps every token"),
+        Case((torch.tensor([[2.0, 1.5, 0.0, -1.0]]), 0.5, None, 0.9), "top-p reads the TEMPERED "
+             "probabilities: at 0.5 the first two have 0.72 + 0.26 ≥ 0.9, at 1 it takes three"),
+        Case((torch.tensor([[0.0, 0.0, 0.0, 5.0]]), 1.0, None, 0.999),
+             "top-p with three tied tokens at the crossing: they all stay"),
+    ]  # fmt: skip
+    for t, k, p in [(1.0, None, None), (0.7, 10, None), (1.3, None, 0.8), (0.9, 20, 0.95)]:
+        cases.append(Case((2 * torch.randn(3, 50, generator=g), t, k, p),
+                          f"random logits (B, V) = (3, 50), temperature {t}, top_k {k}, "
+                          f"top_p {p}"))  # fmt: skip
+    mistakes = [
+        (_probs_variant(top_k_ties=False), "top-k keeps every token tied with the k-th too"),
+        (_probs_variant(top_p_crossing=False), "top-p keeps the token whose probability "
+         "crosses top_p (the smallest set that REACHES p)"),
+        (_probs_variant(p_before_t=True), "apply top-p to the tempered distribution, after the "
+                                          "temperature, not to the model's own"),
+        (_probs_variant(renormalise=False), "after top-p, renormalise what is left to sum to 1"),
+        (lambda lg, t, k, p: _probs_reference(lg * t if t else lg, 1.0, k, None if t == 0 else p),
+         "DIVIDE the logits by the temperature (below 1 sharpens)"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if isinstance(received, torch.Tensor) and received.shape == expected.shape:
+            if not torch.isfinite(received).all():
+                return "not finite: temperature 0 is the argmax, never a division by 0"
+            if not torch.allclose(received.sum(-1), torch.ones(received.shape[0])):
+                return "each row of probabilities must sum to 1"
+        return None
+
+    exercise = Exercise(
+        "check_filtered_probs", "filtered_probs(logits, temperature, top_k, top_p)",
+        _probs_reference, cases, mistakes, _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_probs)
+
+
+def _attend_step_reference(q, k, v, past_k, past_v):
+    B, H, S, D = past_k.shape
+    cache = LayerCache(B, H, D, S + k.shape[2], dtype=k.dtype)
+    if S:
+        cache.append(past_k, past_v)
+    out = attend_new(q, k, v, cache)  # (B, H, T, D)
+    return out, cache.keys, cache.values  # (B, H, S + T, D) each
+
+
+def _attend_step_variant(append=True, aligned="bottom-right", scale=True):
+    def step(q, k, v, past_k, past_v):
+        keys = torch.cat([past_k, k], dim=2) if append else past_k  # (B, H, S, D)
+        values = torch.cat([past_v, v], dim=2) if append else past_v
+        T, S = q.shape[2], keys.shape[2]
+        scores = q @ keys.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)
+        if aligned == "bottom-right":
+            allowed = causal_mask(T, S)
+        elif aligned == "top-left":  # what is_causal=True does when S > T
+            allowed = torch.ones(T, S, dtype=torch.bool).tril()
+        else:
+            allowed = torch.ones(T, S, dtype=torch.bool)
+        out = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ values
+        return out, torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+
+    return step
+
+
+def check_attend_step(your_step: Callable) -> bool:
+    """``attend_step(q, k, v, past_k, past_v) -> (out, keys, values)``: the T new positions' causal
+    attention over the S stored keys and values and their own, and the cache after the step;
+    q, k, v (B, H, T, D), past_k, past_v (B, H, S, D) (reference:
+    :func:`companion.kv_cache.attend_new` with a :class:`companion.kv_cache.LayerCache`)."""
+    g = make_generator(8)
+
+    def tensors(B, H, T, S, D):
+        return tuple(torch.randn(B, H, n, D, generator=g) for n in (T, T, T, S, S))
+
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])  # two stored positions (1, 1, 2, 2)
+    new = torch.tensor([[[[1.0, 1.0]]]])  # the chapter 2's third token, (1, 1, 1, 2)
+    cases = [
+        Case((new, new, new, x, x), "one new token after the chapter 2's first two: it sees "
+                                    "all three keys, its own included"),
+        Case(tensors(1, 1, 1, 4, 8), "one new token (T = 1) after S = 4 stored ones"),
+        Case(tensors(2, 3, 1, 6, 16), "(B, H) = (2, 3), one new token after 6"),
+        Case(tensors(2, 2, 3, 0, 8), "an empty cache (S = 0, the prompt): plain causal attention"),
+        Case(tensors(1, 2, 3, 5, 8), "T = 3 new positions after S = 5: new query t sees the 5 "
+                                     "stored keys and new keys 0 … t (causal_mask(T, S + T))"),
+        Case(tensors(2, 4, 2, 7, 4), "T = 2 after S = 7"),
+    ]  # fmt: skip
+    mistakes = [
+        (_attend_step_variant(append=False), "append the new keys and values first: a new token "
+                                             "also attends to itself"),
+        (_attend_step_variant(aligned="top-left"), "the new queries are the LAST T of the S + T "
+         "positions: align the causal mask bottom-right (causal_mask(T, S + T)); is_causal=True "
+         "aligns it top-left"),
+        (_attend_step_variant(aligned="none"), "with T > 1 new positions, a new query must not "
+                                               "see the new keys after it (a causal mask)"),
+        (_attend_step_variant(scale=False), "divide the scores by √D"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if not (isinstance(received, tuple | list) and len(received) == 3):
+            return "return three tensors: (out, keys, values), the cache after the step"
+        if isinstance(received[1], torch.Tensor) and received[1].shape != expected[1].shape:
+            return (f"the keys after the step are the S stored and the T new ones, "
+                    f"{tuple(expected[1].shape)}, not {tuple(received[1].shape)}")  # fmt: skip
+        return None
+
+    exercise = Exercise(
+        "check_attend_step", "attend_step(q, k, v, past_k, past_v)", _attend_step_reference,
+        cases, mistakes, _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_step)
+
+
+def _check_model(model: Any, which: str) -> None:
+    """A ``TypeError`` naming the model to pass, for anything that is not a model."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"the checker needs the model as its second argument, got "
+                        f"{type(model).__name__}: pass {which}")  # fmt: skip
+
+
+def top_p_experiment_facts(world) -> list:
+    """The 20 known facts of chapter 7's top-p experiment: every eighth of ``world.facts``, so
+    every relation is asked."""
+    return list(world.facts[::8])
+
+
+def check_top_p_experiment(your_share: Callable, model, tokenizer, world) -> bool:
+    """``right_share(top_p) -> float``: for each fact of :func:`top_p_experiment_facts`, 10
+    completions of 6 tokens of its prompt, ``generate(model, prompt.expand(10, -1), 6,
+    temperature=1.0, top_p=top_p, generator=make_generator(0, device))``; the share of the 200
+    whose text contains the fact's answer. Prints it, and the distinct completions, by top_p.
+
+    Exact equality: the same calls on the same machine draw the same tokens."""
+    from companion.generation import generate
+
+    runs: dict[float, list[tuple[Any, str]]] = {}
+
+    def completions(top_p):
+        if top_p not in runs:
+            _check_model(model, "cached (or base), chapter 7's model")
+            runs[top_p] = []
+            device = model_device(model)
+            for fact in top_p_experiment_facts(world):
+                prompt = torch.tensor([tokenizer.encode(fact.prompt)], device=device)  # (1, T)
+                out = generate(model, prompt.expand(10, -1), 6, temperature=1.0, top_p=top_p,
+                               generator=make_generator(0, device))  # (10, T + 6)  # fmt: skip
+                runs[top_p] += [(fact, tokenizer.decode(row[prompt.shape[1]:].tolist()))
+                                for row in out]  # fmt: skip
+        return runs[top_p]
+
+    def reference(top_p):
+        return sum(fact.answer in text for fact, text in completions(top_p)) / 200
+
+    rates = (0.3, 0.9, 1.0)
+    cases = [Case((p,), f"top_p {p}") for p in rates]
+    mistakes = [
+        (lambda p: reference(1.0), "pass top_p to generate: every top_p gave the same share"),
+        (lambda p: 200 * reference(p), "return a share (count / 200), not the count"),
+    ]
+    exercise = Exercise(
+        "check_top_p_experiment", "right_share(top_p)", reference, cases, mistakes, _same_floats
+    )
+    passed = _verdict(exercise, your_share)
+    if passed:
+        for p in rates:
+            distinct = len({(fact.prompt, text) for fact, text in completions(p)})
+            print(f"  top_p {p:<3}: {reference(p):.0%} contain the true answer; "
+                  f"{distinct} distinct completions of 200")  # fmt: skip
+    return passed
+
+
+# Chapter 8: a real model ---------------------------------------------------------------------
+
+
+def _rms_norm_reference(x, weight, eps):
+    norm = RMSNorm(x.shape[-1], eps=eps)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        return norm(x)
+
+
+def check_rms_norm(your_rms_norm: Callable) -> bool:
+    """``rms_norm(x, weight, eps)``: ``x / sqrt(mean(x²) + eps) * weight`` over the last
+    dimension (reference: :class:`companion.llama_layers.RMSNorm`)."""
+    g = make_generator(9)
+    v = torch.tensor([[1.0, 2.0, 3.0, 6.0]])  # the chapter's vector: mean square 12.5
+    cases = [
+        Case((v, torch.ones(4), 0.0), "the chapter's vector: divide by √12.5, mean not removed"),
+        Case((torch.tensor([3.0, 4.0]), torch.ones(2), 0.0), "the docstring's (3, 4): one vector"),
+        Case((v, torch.tensor([1.0, 0.5, 2.0, -1.0]), 0.0), "a learnt scale per channel"),
+        Case((torch.zeros(2, 3), torch.ones(3), 1e-5), "all zeros: eps keeps 0 / 0 away"),
+        Case((1e-3 * torch.randn(2, 5, generator=g), torch.ones(5), 1e-2),
+             "tiny values with a large eps: eps goes inside the square root"),
+        Case((torch.randn(2, 3, 8, generator=g) + 2, torch.rand(8, generator=g) + 0.5, 1e-5),
+             "random (B, T, C) = (2, 3, 8), mean far from 0: over the last dimension"),
+    ]  # fmt: skip
+
+    def layer_norm_like(x, w, eps):
+        return _rms_norm_reference(x - x.mean(-1, keepdim=True), w, eps)
+
+    def eps_outside(x, w, eps):
+        return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w
+
+    def no_weight(x, w, eps):
+        return _rms_norm_reference(x, torch.ones_like(w), eps)
+
+    def root_of_sum(x, w, eps):
+        return x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps) * w
+
+    mistakes = [
+        (layer_norm_like, "RMSNorm does not subtract the mean (that is LayerNorm)"),
+        (eps_outside, "eps goes inside the square root: sqrt(mean(x²) + eps)"),
+        (no_weight, "multiply by weight, the learnt scale per channel"),
+        (root_of_sum, "the MEAN of the squares (divide their sum by C), not their sum"),
+    ]
+    exercise = Exercise(
+        "check_rms_norm", "rms_norm(x, weight, eps)", _rms_norm_reference, cases, mistakes,
+        _same_tensors,
+    )  # fmt: skip
+    return _verdict(exercise, your_rms_norm)
+
+
+def _gqa_configs() -> list[tuple[Any, torch.dtype, str]]:
+    from companion.llama import LlamaConfig
+
+    smol = LlamaConfig(49152, 8192, 30, 9, 576, n_kv_head=3, d_ff=1536)
+    llama3 = LlamaConfig(128256, 8192, 32, 32, 4096, n_kv_head=8, d_ff=14336)
+    return [
+        (LlamaConfig(11, 8, 1, 4, 8, n_kv_head=2, d_ff=8), torch.float32,
+         "one layer, 4 query heads of 2 sharing 2 key/value heads: keys and values, 2 × 2 "
+         "numbers each, × 4 bytes"),
+        (smol, torch.float32, "SmolLM2-135M in float32: 3 key/value heads of 64"),
+        (smol, torch.bfloat16, "SmolLM2-135M in bfloat16"),
+        (llama3, torch.bfloat16, "Llama 3 8B's shape: 32 layers, 8 key/value heads of 128"),
+        (LlamaConfig(100, 64, 4, 4, 64, n_kv_head=4, d_ff=64), torch.float16,
+         "n_kv_head = n_head: no sharing, C numbers per key as in chapter 7"),
+    ]  # fmt: skip
+
+
+def check_gqa_kv_bytes(your_bytes: Callable) -> bool:
+    """``kv_bytes_per_token(config, dtype) -> int`` for a :class:`companion.llama.LlamaConfig`:
+    the KV cache's bytes for one more position with grouped-query attention (reference:
+    :func:`companion.kv_cache.bytes_per_token`). Prints a full context's cost, to explain."""
+    cases = [Case((c, dtype), hint) for c, dtype, hint in _gqa_configs()]
+
+    def size(dtype):
+        return torch.empty((), dtype=dtype).element_size()
+
+    def head(c):
+        return c.d_model // c.n_head
+
+    mistakes = [
+        (lambda c, d: 2 * c.n_layer * c.d_model * size(d), "with grouped-query attention only "
+         "the n_kv_head key/value heads are stored: n_kv_head · D numbers per key, not C"),
+        (lambda c, d: c.n_layer * c.n_kv_head * head(c) * size(d), "keys AND values: two "
+                                                                   "tensors per layer"),
+        (lambda c, d: 2 * c.n_layer * c.n_kv_head * c.d_model * size(d), "each key/value head "
+         "has D = C / n_head numbers, not C"),
+        (lambda c, d: 2 * c.n_layer * c.n_kv_head * head(c) * 4, "the bytes of a number depend "
+                                                                 "on dtype"),
+    ]  # fmt: skip
+
+    def same(expected, received):
+        return isinstance(received, int | float) and not isinstance(received, bool) and (
+            received == expected)  # fmt: skip
+
+    exercise = Exercise(
+        "check_gqa_kv_bytes", "kv_bytes_per_token(config, dtype)", _kv_bytes_reference, cases,
+        mistakes, same,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_bytes)
+    if passed:
+        for c, dtype, hint in _gqa_configs()[1:4]:
+            per = bytes_per_token(c, dtype=dtype)
+            print(f"  {hint.split(':')[0].split(' in ')[0]:<18} {str(dtype)[6:]:<8}: {per:>7,} "
+                  f"bytes per token; a full context of {c.context_length:,}: "
+                  f"{per * c.context_length / 2**20:,.0f} MiB per sequence")  # fmt: skip
+    return passed
+
+
+def _q4_1_block(d: float, m: float, nibbles: list[int]) -> np.ndarray:
+    """20 bytes of one Q4_1 block: d and m as float16, then weights i and i + 16 in byte i."""
+    low, high = np.array(nibbles[:16], np.uint8), np.array(nibbles[16:], np.uint8)
+    return np.concatenate([np.float16(d).reshape(1).view(np.uint8),
+                           np.float16(m).reshape(1).view(np.uint8), low | (high << 4)])  # fmt: skip
+
+
+def _dequantize_block_reference(block):
+    return dequantize_q4_1(np.asarray(block, dtype=np.uint8)[None])[0]  # (32,)
+
+
+def check_dequantize_block(your_dequantize: Callable) -> bool:
+    """``dequantize_block(block) -> 32 floats``: one Q4_1 block, 20 bytes (a uint8 array: d and m
+    as float16, 16 bytes of 4-bit q's, low nibbles weights 0-15, high nibbles 16-31) to its 32
+    weights ``d · q + m`` in float32, a tensor or an array (reference:
+    :func:`companion.quantization.dequantize_q4_1`)."""
+    g = make_generator(10)
+    ramp = list(range(16)) + list(range(15, -1, -1))
+    cases = [
+        Case((_q4_1_block(0.5, -1.0, [1] * 16 + [3] * 16),), "the docstring's block: 0x31 in "
+             "every byte, weights 0-15 are 0.5 · 1 - 1, weights 16-31 are 0.5 · 3 - 1"),
+        Case((_q4_1_block(1.0, 0.0, ramp),), "d = 1, m = 0: the weights are the q's, 0 … 15 then "
+                                             "15 … 0"),
+        Case((_q4_1_block(0.25, 2.0, ramp[::-1]),), "m shifts every weight"),
+        Case((_q4_1_block(0.0123, -0.1, ramp),), "a d that float16 rounds: compute in float32 "
+                                                  "with the stored float16 values"),
+    ]  # fmt: skip
+    for _ in range(4):
+        w = 0.05 * torch.randn(1, 32, generator=g)
+        cases.append(Case((quantize_q4_1(w)[0],), "a block of random weights, quantised"))
+
+    def parts(block):
+        block = np.asarray(block, dtype=np.uint8)
+        d = block[0:2].view(np.float16)[0].astype(np.float32)
+        m = block[2:4].view(np.float16)[0].astype(np.float32)
+        return d, m, block[4:]
+
+    def interleaved(block):  # q's read byte by byte: low, high, low, high …
+        d, m, qs = parts(block)
+        return torch.from_numpy(d * np.stack([qs & 15, qs >> 4], 1).reshape(-1) + m)
+
+    def high_first(block):
+        d, m, qs = parts(block)
+        return torch.from_numpy(d * np.concatenate([qs >> 4, qs & 15]).astype(np.float32) + m)
+
+    def float16(block):  # d · q + m computed in float16
+        block = np.asarray(block, dtype=np.uint8)
+        d, m = block[0:2].view(np.float16)[0], block[2:4].view(np.float16)[0]
+        qs = block[4:]
+        q = np.concatenate([qs & 15, qs >> 4]).astype(np.float16)
+        return torch.from_numpy((d * q + m).astype(np.float32))
+
+    mistakes = [
+        (interleaved, "weights 0-15 are the LOW nibbles of the 16 bytes, weights 16-31 the high "
+                      "ones (not low, high of each byte in turn)"),
+        (high_first, "the low nibble (byte & 0x0F) holds weights 0-15; the high one (byte >> 4) "
+                     "weights 16-31"),
+        (lambda b: _dequantize_block_reference(b) - parts(b)[1], "add the minimum m: weight = d·q "
+                                                                  "+ m"),
+        (lambda b: (_dequantize_block_reference(b) - parts(b)[1]) / parts(b)[0] * parts(b)[1]
+         + parts(b)[0], "d (bytes 0-1) is the scale and m (bytes 2-3) the minimum, not the "
+                        "other way round"),
+        (float16, "convert d and m to float32 before computing: float16 arithmetic rounds the "
+                  "result to 3 digits"),
+    ]  # fmt: skip
+
+    def same(expected, received):
+        if isinstance(received, np.ndarray):
+            received = torch.from_numpy(np.asarray(received, dtype=np.float32))
+        if isinstance(received, torch.Tensor):
+            received = received.float().flatten() if received.numel() == 32 else received
+        return _same_tensors(expected, received)
+
+    exercise = Exercise(
+        "check_dequantize_block", "dequantize_block(block)", _dequantize_block_reference, cases,
+        mistakes, same,
+    )  # fmt: skip
+    return _verdict(exercise, your_dequantize)
+
+
+def _rope_reference(x, start, base):
+    D, T = x.shape[-1], x.shape[-2]
+    return RotaryEmbedding(D, start + T, base=base)(x, start)
+
+
+def _rope_variant(layout="half", sign=1.0, exponent=2.0, offset=0):
+    def rope(x, start, base):
+        T, D = x.shape[-2], x.shape[-1]
+        positions = torch.arange(start + offset, start + offset + T).float()  # (T,)
+        inv_freq = base ** (-exponent * torch.arange(D // 2).float() / D)  # (D/2,)
+        angles = torch.outer(positions, inv_freq)  # (T, D/2)
+        cos, sin = angles.cos(), sign * angles.sin()
+        if layout == "half":
+            x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+            return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # adjacent channels as pairs
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+    return rope
+
+
+def check_rope(your_rope: Callable) -> bool:
+    """``rope(x, start, base)``: rotary position embeddings of x (B, H, T, D), row t at position
+    ``start + t``, channel pair i = (i, i + D/2) turned by ``position · base^(-2i/D)``
+    (reference: :class:`companion.llama_layers.RotaryEmbedding`)."""
+    g = make_generator(11)
+    pair = torch.tensor([[[[1.0, 0.0]]]])  # (1, 1, 1, 2): one pair, one position
+    cases = [
+        Case((pair, 0, 10000.0), "position 0: no turn at all"),
+        Case((pair, 1, 10000.0), "one pair at position 1: turned by 1 radian, (cos 1, sin 1)"),
+        Case((torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]]), 1, 100.0),
+             "D = 4 at position 1: pair 0 = channels (0, 2) turns by 1 radian, pair 1 = (1, 3) "
+             "by 1/10"),
+        Case((torch.tensor([[[[0.0, 1.0, 0.0, 0.0]]]]), 1, 100.0),
+             "D = 4: channel 1 pairs with channel 3 and turns by base^(-2/4) = 1/10"),
+        Case((torch.randn(1, 1, 5, 8, generator=g), 0, 10000.0), "T = 5 positions from 0"),
+        Case((torch.randn(2, 3, 4, 16, generator=g), 7, 100000.0),
+             "(B, H, T, D) = (2, 3, 4, 16), positions 7 … 10, SmolLM2's base"),
+    ]  # fmt: skip
+    mistakes = [
+        (_rope_variant(layout="adjacent"), "pair channel i with channel i + D/2 (this course's "
+         "and Hugging Face's layout), not adjacent channels (llama.cpp's)"),
+        (_rope_variant(sign=-1.0), "turned the wrong way: x·cos + rotate_half(x)·sin, with "
+                                   "rotate_half(x1, x2) = (-x2, x1)"),
+        (_rope_variant(exponent=1.0), "pair i turns at base^(-2i/D), not base^(-i/D)"),
+        (_rope_variant(offset=1), "the first row sits at position start, not start + 1"),
+        (lambda x, start, base: _rope_reference(x, 0, base), "row t sits at position start + t"),
+    ]  # fmt: skip
+    exercise = Exercise(
+        "check_rope", "rope(x, start, base)", _rope_reference, cases, mistakes, _same_tensors
+    )
+    return _verdict(exercise, your_rope)
+
+
+def check_top_p_paris(your_share: Callable, model, tokenizer) -> bool:
+    """``paris_share(top_p) -> float``: chapter 8's France question in SmolLM2's chat template,
+    10 replies of 8 tokens, ``generate(model, asked.expand(10, -1), 8, temperature=1.0,
+    top_p=top_p, stop_tokens=[END], generator=make_generator(0))``; the share whose text contains
+    "Paris". Prints it by top_p, with the replies' first words, to explain.
+
+    Exact equality: the same calls on the same machine draw the same tokens."""
+    from companion.chat import SMOLLM2_CHAT, question_ids
+    from companion.generation import generate
+
+    runs: dict[float, list[str]] = {}
+
+    def replies(top_p):
+        if top_p not in runs:
+            _check_model(model, "model, chapter 8's SmolLM2")
+            end = tokenizer.special_tokens["<|im_end|>"]
+            asked = torch.tensor([question_ids("What is the capital of France?", tokenizer,
+                                               template=SMOLLM2_CHAT)])  # (1, T)  # fmt: skip
+            asked = asked.to(model_device(model))
+            out = generate(model, asked.expand(10, -1), 8, temperature=1.0, top_p=top_p,
+                           stop_tokens=[end], generator=make_generator(0))  # fmt: skip
+            runs[top_p] = [tokenizer.decode([i for i in row[asked.shape[1]:].tolist() if i != end])
+                           for row in out]  # fmt: skip
+        return runs[top_p]
+
+    def reference(top_p):
+        return sum("Paris" in reply for reply in replies(top_p)) / 10
+
+    rates = (0.1, 0.5, 1.0)
+    cases = [Case((p,), f"top_p {p}") for p in rates]
+    mistakes = [
+        (lambda p: reference(1.0), "pass top_p to generate: every top_p gave the same share"),
+        (lambda p: 10 * reference(p), "return a share (count / 10), not the count"),
+    ]
+    exercise = Exercise(
+        "check_top_p_paris", "paris_share(top_p)", reference, cases, mistakes, _same_floats
+    )
+    passed = _verdict(exercise, your_share)
+    if passed:
+        for p in rates:
+            firsts = sorted({reply.split(" ")[0] for reply in replies(p)})
+            print(f"  top_p {p:<3}: {reference(p):.0%} say Paris; first words {firsts}")
     return passed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ from companion import exercises as ex
 from companion.bpe import get_stats
 from companion.corpus import generate_corpus
 from companion.data import encode_corpus, train_val_split
-from companion.model import GPTConfig
+from companion.model import GPT, GPTConfig
 from companion.pretraining import init_model, train
 from companion.tokenizer import BPETokenizer
 
@@ -343,6 +344,295 @@ def test_learning_rate_experiment(capsys, tokens):
     assert not passed and "every rate gave the same loss" in out
 
 
+# Chapter 7 ------------------------------------------------------------------------------------
+
+
+def kv_bytes_per_token(config, dtype):
+    return 2 * config.n_layer * config.d_model * torch.empty((), dtype=dtype).element_size()
+
+
+def filtered_probs(logits, temperature, top_k, top_p):
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # ties with the k-th stay
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    if top_p is not None:
+        ordered = probs.sort(dim=-1, descending=True).values
+        before = ordered.cumsum(dim=-1) - ordered  # the mass of the more likely tokens
+        smallest = ordered.gather(-1, (before < top_p).sum(-1, keepdim=True) - 1)
+        probs = probs.masked_fill(probs < smallest, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def attend_step(q, k, v, past_k, past_v):
+    keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+    T, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    allowed = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)  # bottom-right
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ values, keys, values
+
+
+def test_kv_bytes(capsys):
+    passed, out = verdict(capsys, ex.check_kv_bytes, kv_bytes_per_token)
+    assert passed and "73,728 bytes per token" in out
+    for wrong, hint in [
+        (lambda c, d: kv_bytes_per_token(c, d) // 2, "keys AND values"),
+        (lambda c, d: kv_bytes_per_token(c, torch.float32), "depend on dtype"),
+        (lambda c, d: kv_bytes_per_token(c, d) * c.n_head, "not H · C"),
+        (lambda c, d: kv_bytes_per_token(c, d) * c.context_length, "not the whole context"),
+        (lambda c, d: kv_bytes_per_token(c, d) * 8, "bytes, not bits"),
+        (lambda c, d: float(kv_bytes_per_token(c, d)) + 1, "one layer, one head"),
+    ]:
+        passed, out = verdict(capsys, ex.check_kv_bytes, wrong)
+        assert not passed and hint in out, out
+
+
+def test_filtered_probs(capsys):
+    assert verdict(capsys, ex.check_filtered_probs, filtered_probs) == (
+        True,
+        "check_filtered_probs: passed (15 cases)\n",
+    )
+
+    def top_k_no_ties(logits, t, k, p):
+        if k is None or t == 0:
+            return filtered_probs(logits, t, k, p)
+        kept = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, logits.topk(k).indices, True)
+        return filtered_probs(logits.masked_fill(~kept, float("-inf")), t, None, p)
+
+    def top_p_first(logits, t, k, p):  # top-p on the model's own distribution
+        if p is None or t == 0:
+            return filtered_probs(logits, t, k, p)
+        kept = filtered_probs(logits, 1.0, None, p) > 0
+        return filtered_probs(logits.masked_fill(~kept, float("-inf")), t, k, None)
+
+    def greedy_divides(logits, t, k, p):
+        return filtered_probs(logits, t or 1e-45, k, p)
+
+    for wrong, hint in [
+        (top_k_no_ties, "tied with the k-th"),
+        (top_p_first, "after the temperature"),
+        (lambda lg, t, k, p: filtered_probs(lg, 1 / t if t else 0, k, p), "DIVIDE the logits"),
+        (greedy_divides, "not finite"),
+    ]:
+        passed, out = verdict(capsys, ex.check_filtered_probs, wrong)
+        assert not passed and hint in out, out
+
+
+def test_attend_step(capsys):
+    assert verdict(capsys, ex.check_attend_step, attend_step)[0]
+
+    def only_past(q, k, v, past_k, past_v):
+        out = attend_step(q, past_k, past_v, past_k[:, :, :0], past_v[:, :, :0])[0]
+        return out, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+
+    def top_left(q, k, v, past_k, past_v):
+        keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        return out, keys, values
+
+    def cache_not_extended(q, k, v, past_k, past_v):
+        return attend_step(q, k, v, past_k, past_v)[0], past_k, past_v
+
+    for wrong, hint in [
+        (only_past, "append the new keys and values first"),
+        (top_left, "align the causal mask bottom-right"),
+        (cache_not_extended, "the S stored and the T new ones"),
+        (lambda *a: attend_step(*a)[0], "return three tensors"),
+    ]:
+        passed, out = verdict(capsys, ex.check_attend_step, wrong)
+        assert not passed and hint in out, out
+
+
+@pytest.fixture(scope="module")
+def tiny_generator():
+    """A random tiny GPT with the course tokenizer, for the top-p experiment's checker."""
+    from companion.data import load_course_tokenizer
+    from companion.world import build_world
+
+    tokenizer = load_course_tokenizer()
+    torch.manual_seed(0)
+    config = GPTConfig(tokenizer.vocab_size, 32, 1, 2, 16)
+    return GPT(config).eval(), tokenizer, build_world(0)
+
+
+def test_top_p_experiment(capsys, tiny_generator):
+    from companion.environment import make_generator
+    from companion.generation import generate
+
+    model, tokenizer, world = tiny_generator
+
+    def right_share(top_p, pass_top_p=True):
+        right = 0
+        for fact in ex.top_p_experiment_facts(world):
+            prompt = torch.tensor([tokenizer.encode(fact.prompt)])
+            out = generate(
+                model,
+                prompt.expand(10, -1),
+                6,
+                temperature=1.0,
+                top_p=top_p if pass_top_p else None,
+                generator=make_generator(0),
+            )
+            texts = [tokenizer.decode(row[prompt.shape[1] :].tolist()) for row in out]
+            right += sum(fact.answer in text for text in texts)
+        return right / 200
+
+    more = (model, tokenizer, world)
+    passed, out = verdict(capsys, ex.check_top_p_experiment, right_share, *more)
+    assert passed and "distinct completions of 200" in out
+    passed, out = verdict(capsys, ex.check_top_p_experiment, lambda p: 200 * right_share(p), *more)
+    assert not passed and "not the count" in out
+    with pytest.raises(TypeError, match="pass cached"):
+        ex.check_top_p_experiment(right_share, None, tokenizer, world)
+
+
+# Chapter 8 ------------------------------------------------------------------------------------
+
+
+def rms_norm(x, weight, eps):
+    return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def gqa_kv_bytes(config, dtype):
+    head_size = config.d_model // config.n_head
+    number = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.n_layer * config.n_kv_head * head_size * number
+
+
+def dequantize_block(block):
+    d = block[0:2].view(np.float16)[0].astype(np.float32)
+    m = block[2:4].view(np.float16)[0].astype(np.float32)
+    q = np.concatenate([block[4:] & 0x0F, block[4:] >> 4]).astype(np.float32)
+    return d * q + m  # a numpy array: the checker takes it as well as a tensor
+
+
+def rope(x, start, base):
+    T, D = x.shape[-2], x.shape[-1]
+    angles = torch.outer(
+        torch.arange(start, start + T).float(), base ** (-torch.arange(0, D, 2).float() / D)
+    )  # (T, D/2)
+    cos, sin = angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)  # (T, D)
+    rotated = torch.cat([-x[..., D // 2 :], x[..., : D // 2]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def test_rms_norm(capsys):
+    assert verdict(capsys, ex.check_rms_norm, rms_norm)[0]
+    for wrong, hint in [
+        (lambda x, w, eps: rms_norm(x - x.mean(-1, keepdim=True), w, eps), "not subtract the mean"),
+        (lambda x, w, eps: rms_norm(x, 1.0, eps), "multiply by weight"),
+        (lambda x, w, eps: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w, "inside the"),
+        (lambda x, w, eps: rms_norm(x, w, eps).sum(-1), "should be (1, 4), not (1,)"),
+    ]:
+        passed, out = verdict(capsys, ex.check_rms_norm, wrong)
+        assert not passed and hint in out, out
+
+
+def test_gqa_kv_bytes(capsys):
+    passed, out = verdict(capsys, ex.check_gqa_kv_bytes, gqa_kv_bytes)
+    assert passed and "46,080 bytes per token" in out
+    for wrong, hint in [
+        (kv_bytes_per_token, "only the n_kv_head key/value heads"),
+        (lambda c, d: gqa_kv_bytes(c, d) // 2, "keys AND values"),
+        (lambda c, d: gqa_kv_bytes(c, d) * c.n_head, "D = C / n_head numbers, not C"),
+        (lambda c, d: gqa_kv_bytes(c, torch.float32), "depend on dtype"),
+    ]:
+        passed, out = verdict(capsys, ex.check_gqa_kv_bytes, wrong)
+        assert not passed and hint in out, out
+
+
+def test_dequantize_block(capsys):
+    assert verdict(capsys, ex.check_dequantize_block, dequantize_block)[0]
+    assert verdict(capsys, ex.check_dequantize_block, lambda b: torch.tensor(dequantize_block(b)))[
+        0
+    ]
+
+    def interleaved(block):
+        q = np.stack([block[4:] & 0x0F, block[4:] >> 4], axis=1).reshape(-1)
+        d = block[0:2].view(np.float16)[0].astype(np.float32)
+        m = block[2:4].view(np.float16)[0].astype(np.float32)
+        return d * q.astype(np.float32) + m
+
+    def in_float16(block):
+        d, m = block[0:2].view(np.float16)[0], block[2:4].view(np.float16)[0]
+        return d * np.concatenate([block[4:] & 0x0F, block[4:] >> 4]).astype(np.float16) + m
+
+    def no_minimum(block):
+        return dequantize_block(block) - block[2:4].view(np.float16)[0].astype(np.float32)
+
+    for wrong, hint in [
+        (interleaved, "LOW nibbles of the 16 bytes"),
+        (in_float16, "float16 arithmetic"),
+        (no_minimum, "add the minimum m"),
+        (lambda block: dequantize_block(block)[:16], "the docstring's block"),
+    ]:
+        passed, out = verdict(capsys, ex.check_dequantize_block, wrong)
+        assert not passed and hint in out, out
+
+
+def test_rope(capsys):
+    assert verdict(capsys, ex.check_rope, rope)[0]
+
+    def adjacent(x, start, base):  # llama.cpp's pairs: channels (0, 1), (2, 3) ...
+        D = x.shape[-1]
+        order = torch.arange(D).reshape(2, D // 2).T.flatten()  # 0, D/2, 1, D/2 + 1 ...
+        return rope(x[..., order], start, base)[..., order.argsort()]
+
+    for wrong, hint in [
+        (lambda x, start, base: rope(x, -start, base), "the wrong way"),
+        (lambda x, start, base: rope(x, start + 1, base), "not start + 1"),
+        (lambda x, start, base: rope(x, 0, base), "row t sits at position start + t"),
+        (lambda x, start, base: rope(x, start, base**0.5), "base^(-2i/D)"),
+    ]:
+        passed, out = verdict(capsys, ex.check_rope, wrong)
+        assert not passed and hint in out, out
+    passed, out = verdict(capsys, ex.check_rope, adjacent)
+    assert not passed and "not adjacent channels" in out
+
+
+def test_top_p_paris(capsys):
+    from companion.environment import make_generator
+    from companion.generation import generate
+
+    tokenizer = BPETokenizer(
+        [], pattern=None, special_tokens={"<|im_start|>": 256, "<|im_end|>": 257}
+    )
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(258, 128, 1, 2, 16)).eval()
+    end = 257
+
+    def paris_share(top_p):
+        from companion.chat import SMOLLM2_CHAT, question_ids
+
+        asked = torch.tensor(
+            [question_ids("What is the capital of France?", tokenizer, template=SMOLLM2_CHAT)]
+        )
+        out = generate(
+            model,
+            asked.expand(10, -1),
+            8,
+            temperature=1.0,
+            top_p=top_p,
+            stop_tokens=[end],
+            generator=make_generator(0),
+        )
+        replies = [
+            tokenizer.decode([i for i in row[asked.shape[1] :].tolist() if i != end]) for row in out
+        ]
+        return sum("Paris" in r for r in replies) / 10
+
+    passed, out = verdict(capsys, ex.check_top_p_paris, paris_share, model, tokenizer)
+    assert passed and "say Paris; first words" in out
+    passed, out = verdict(capsys, ex.check_top_p_paris, lambda p: 0.5, model, tokenizer)
+    assert not passed and "top_p 0.1" in out
+    with pytest.raises(TypeError, match="pass model, chapter 8's SmolLM2"):
+        ex.check_top_p_paris(paris_share, "model", tokenizer)
+
+
 # Every checker: the stub, and input that is not a function ------------------------------------
 
 CHECKERS = [
@@ -359,6 +649,15 @@ CHECKERS = [
     (ex.check_learning_rate, ()),
     (ex.check_adamw_step, ()),
     (ex.check_learning_rate_experiment, (None, None)),
+    (ex.check_kv_bytes, ()),
+    (ex.check_filtered_probs, ()),
+    (ex.check_attend_step, ()),
+    (ex.check_top_p_experiment, (None, None, None)),
+    (ex.check_rms_norm, ()),
+    (ex.check_gqa_kv_bytes, ()),
+    (ex.check_dequantize_block, ()),
+    (ex.check_rope, ()),
+    (ex.check_top_p_paris, (None, None)),
 ]
 
 
