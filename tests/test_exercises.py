@@ -343,6 +343,112 @@ def test_learning_rate_experiment(capsys, tokens):
     assert not passed and "every rate gave the same loss" in out
 
 
+# Chapter 5 ------------------------------------------------------------------------------------
+
+
+def trained_tokens(messages, tokenizer):
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    return sum(len(tokenizer.encode_ordinary(" " + reply)) + 1 for reply in replies)
+
+
+def loss_mask(ids, assistant_id, end_id):
+    mask, inside = torch.zeros(len(ids), dtype=torch.bool), False
+    for t, i in enumerate(ids.tolist()):
+        if i == assistant_id:
+            inside = True
+        elif inside:
+            mask[t] = True
+            inside = i != end_id
+    return mask
+
+
+def sft_batch(examples, pad_id, train_on_prompt):
+    T = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), T), pad_id)
+    y = torch.full((len(examples), T), -100)
+    for b, (ids, mask) in enumerate(examples):
+        n = len(ids) - 1
+        x[b, :n] = ids[:-1]
+        y[b, :n] = torch.where(mask[1:] | train_on_prompt, ids[1:], -100)
+    return x, y
+
+
+def test_trained_tokens(capsys):
+    assert verdict(capsys, ex.check_trained_tokens, trained_tokens)[0]
+
+    def no_end(messages, tokenizer):
+        return trained_tokens(messages, tokenizer) - sum(m["role"] == "assistant" for m in messages)
+
+    def no_space(messages, tokenizer):
+        return sum(
+            len(tokenizer.encode_ordinary(m["content"])) + 1
+            for m in messages
+            if m["role"] == "assistant"
+        )
+
+    def every_message(messages, tokenizer):
+        return trained_tokens([{**m, "role": "assistant"} for m in messages], tokenizer)
+
+    for wrong, hint in [
+        (no_end, "closing <|end|> is trained too"),
+        (no_space, "a space before the content"),
+        (every_message, "not the user's"),
+        (lambda messages, tokenizer: 15, "the docstring's chat"),
+    ]:
+        passed, out = verdict(capsys, ex.check_trained_tokens, wrong)
+        assert not passed and hint in out, out
+
+
+def test_loss_mask(capsys):
+    assert verdict(capsys, ex.check_loss_mask, loss_mask)[0]
+
+    def with_marker(ids, assistant_id, end_id):
+        return loss_mask(ids, assistant_id, end_id) | (ids == assistant_id)
+
+    def no_end(ids, assistant_id, end_id):
+        return loss_mask(ids, assistant_id, end_id) & (ids != end_id)
+
+    def every_token_after(ids, assistant_id, end_id):  # forgets that <|end|> closes the reply
+        seen = (ids == assistant_id).cumsum(0) > 0
+        return seen & (ids != assistant_id)
+
+    for wrong, hint in [
+        (with_marker, "marker itself is not trained"),
+        (no_end, "closing <|end|> of a reply is trained too"),
+        (lambda ids, a, e: loss_mask(ids, a, e).long(), "return a bool tensor"),
+        (every_token_after, "two exchanges"),
+    ]:
+        passed, out = verdict(capsys, ex.check_loss_mask, wrong)
+        assert not passed and hint in out, out
+
+
+def test_sft_batch(capsys):
+    assert verdict(capsys, ex.check_sft_batch, sft_batch)[0]
+
+    def unshifted_mask(examples, pad_id, train_on_prompt):
+        return sft_batch([(i, torch.cat([m[:1], m[:-1]])) for i, m in examples], pad_id,
+                         train_on_prompt)  # fmt: skip
+
+    def pad_targets(examples, pad_id, train_on_prompt):
+        x, y = sft_batch(examples, pad_id, train_on_prompt)
+        lengths = torch.tensor([len(i) - 1 for i, _ in examples])
+        padding = torch.arange(x.shape[1]) >= lengths[:, None]
+        return x, y.masked_fill(padding, pad_id)
+
+    def not_shifted(examples, pad_id, train_on_prompt):  # y = ids[:-1], the inputs again
+        x, y = sft_batch(examples, pad_id, train_on_prompt)
+        return x, torch.where(y == -100, -100, x)
+
+    for wrong, hint in [
+        (unshifted_mask, "shift the mask with the targets"),
+        (pad_targets, "never pad_id"),
+        (not_shifted, "the docstring's batch of two"),
+        (lambda e, p, t: sft_batch(e, p, t)[0], "expected: (tensor"),
+    ]:
+        passed, out = verdict(capsys, ex.check_sft_batch, wrong)
+        assert not passed and hint in out, out
+
+
 # Every checker: the stub, and input that is not a function ------------------------------------
 
 CHECKERS = [
@@ -359,6 +465,9 @@ CHECKERS = [
     (ex.check_learning_rate, ()),
     (ex.check_adamw_step, ()),
     (ex.check_learning_rate_experiment, (None, None)),
+    (ex.check_trained_tokens, ()),
+    (ex.check_loss_mask, ()),
+    (ex.check_sft_batch, ()),
 ]
 
 
