@@ -1025,3 +1025,76 @@ def check_sft_batch(your_batch: Callable) -> bool:
         cases, mistakes, _same_tensors,
     )  # fmt: skip
     return _verdict(exercise, your_batch)
+
+
+def short_run_configs(steps: int):
+    """The recipe of chapter 5's short run (section 2) with ``steps`` optimiser steps: 500
+    training and 50 validation conversations, batches of 8, the shipped chat model's learning
+    rates, 5 warm-up steps, no weight decay, on the CPU.
+
+    >>> sft_config, train_config = short_run_configs(30)
+    >>> sft_config.n_train, train_config.steps, train_config.batch_size, train_config.learning_rate
+    (500, 30, 8, 0.0003)
+    """
+    from companion.sft import SFTConfig, chat_model_configs
+
+    _, recipe = chat_model_configs()
+    train = TrainConfig(steps=steps, batch_size=8, learning_rate=recipe.learning_rate,
+                        min_learning_rate=recipe.min_learning_rate, warmup_steps=5,
+                        weight_decay=0.0, eval_interval=5, eval_batches=2, seed=0, device="cpu")  # fmt: skip
+    return SFTConfig(n_train=500, n_val=50), train
+
+
+def check_short_run(your_run: Callable) -> bool:
+    """``short_run(steps) -> float``: fine-tune a fresh copy of the shipped base model with
+    :func:`short_run_configs` (``companion.sft.fine_tune``) and return its last validation loss.
+    Prints, by number of steps, the loss and the format and accuracy of the fine-tuned model on
+    every evaluation question (:func:`companion.questions.ask_chat_model`), to explain.
+
+    Tolerance 1e-4 relative, as for chapter 4's experiment: the same recipe run by the same
+    calls differs at most by float32 rounding."""
+    from companion.checkpoints import load_shipped
+    from companion.evaluation import majority_answer_accuracy
+    from companion.questions import ask_chat_model
+    from companion.sft import fine_tune
+    from companion.sft_data import split_world
+    from companion.world import build_world
+
+    runs: dict[int, Any] = {}
+
+    def run(steps):
+        if steps not in runs:
+            model, tokenizer = load_shipped("base", "cpu")
+            history = fine_tune(model, tokenizer, *short_run_configs(steps), progress=False)
+            runs[steps] = (history, model, tokenizer)
+        return runs[steps]
+
+    settings = (10, 30, 90)
+    cases = [Case((10,), "10 steps, from the shipped base model")]
+    cases += [Case((s,), f"{s} steps: each call starts from a fresh copy of the base model "
+                   "(load_shipped), not from the last call's fine-tuned one") for s in settings[1:]]  # fmt: skip
+    mistakes = [
+        (lambda s: run(s)[0].train_loss[-1], "return the validation loss, not the train loss"),
+        (lambda s: run(30)[0].val_loss[-1], "pass steps to the recipe: short_run_configs(steps)"),
+    ]
+
+    def close(expected, received):
+        return isinstance(received, int | float) and math.isclose(received, expected, rel_tol=1e-4)
+
+    exercise = Exercise(
+        "check_short_run", "short_run(steps)", lambda s: run(s)[0].val_loss[-1], cases, mistakes,
+        close,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_run)
+    if passed:
+        world = build_world(0)
+        split = split_world(world, seed=0)
+        every = split.sft_facts + split.eval_facts
+        print(f"  on all {len(every)} evaluation questions (majority baseline: right "
+              f"{majority_answer_accuracy(split.sft_facts, every):.1%}):")  # fmt: skip
+        for steps in settings:
+            history, model, tokenizer = run(steps)
+            scores = ask_chat_model(model, tokenizer, world, every)
+            print(f"  {steps:>3} steps: validation loss {history.val_loss[-1]:.3f}, in format "
+                  f"{scores.compliance:.1%}, right {scores.accuracy:.1%}")  # fmt: skip
+    return passed

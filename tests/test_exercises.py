@@ -11,10 +11,12 @@ import torch
 
 from companion import exercises as ex
 from companion.bpe import get_stats
+from companion.checkpoints import load_shipped
 from companion.corpus import generate_corpus
 from companion.data import encode_corpus, train_val_split
 from companion.model import GPTConfig
 from companion.pretraining import init_model, train
+from companion.sft import fine_tune
 from companion.tokenizer import BPETokenizer
 
 
@@ -449,6 +451,21 @@ def test_sft_batch(capsys):
         assert not passed and hint in out, out
 
 
+def short_run(steps, which="val"):
+    model, tokenizer = load_shipped("base", "cpu")
+    history = fine_tune(model, tokenizer, *ex.short_run_configs(steps), progress=False)
+    return history.val_loss[-1] if which == "val" else history.train_loss[-1]
+
+
+def test_short_run(capsys):
+    """Wrong answers fail on the first case (10 steps, a few seconds); the right one passes in
+    solutions/05_sft_solutions.ipynb, which the suite runs (three runs of 10 to 90 steps)."""
+    passed, out = verdict(capsys, ex.check_short_run, lambda steps: short_run(steps, "train"))
+    assert not passed and "not the train loss" in out
+    passed, out = verdict(capsys, ex.check_short_run, lambda steps: short_run(30))
+    assert not passed and "short_run_configs(steps)" in out
+
+
 # Every checker: the stub, and input that is not a function ------------------------------------
 
 CHECKERS = [
@@ -468,6 +485,7 @@ CHECKERS = [
     (ex.check_trained_tokens, ()),
     (ex.check_loss_mask, ()),
     (ex.check_sft_batch, ()),
+    (ex.check_short_run, ()),
 ]
 
 
