@@ -1098,3 +1098,252 @@ def check_short_run(your_run: Callable) -> bool:
             print(f"  {steps:>3} steps: validation loss {history.val_loss[-1]:.3f}, in format "
                   f"{scores.compliance:.1%}, right {scores.accuracy:.1%}")  # fmt: skip
     return passed
+
+
+# --- chapter 6: RLHF ------------------------------------------------------------------------
+
+
+def check_bradley_terry_loss(your_loss: Callable) -> bool:
+    """``bradley_terry_loss(chosen_rewards, rejected_rewards) -> scalar tensor``: the mean of
+    ``−log σ(r_chosen − r_rejected)`` over pairs, each (B,) (reference:
+    :func:`companion.reward_model.bradley_terry_loss`)."""
+    from companion.reward_model import bradley_terry_loss
+
+    g = make_generator(8)
+    cases = [
+        Case((torch.tensor([0.0]), torch.tensor([0.0])), "equal rewards: the loss is ln 2"),
+        Case((torch.tensor([1.0]), torch.tensor([0.0])), "the docstring's pair: ln(1 + e⁻¹)"),
+        Case((torch.tensor([0.0, 2.0, -1.0]), torch.tensor([1.0, 0.0, -3.0])),
+             "three pairs, the first ranked the wrong way: average their losses"),
+        Case((torch.randn(16, generator=g), torch.randn(16, generator=g)), "16 random pairs"),
+        Case((torch.tensor([0.0, 200.0]), torch.tensor([200.0, 0.0])), "margins of ±200: "
+             "σ(−200) underflows to 0 and its log to −inf; F.logsigmoid does not"),
+    ]  # fmt: skip
+
+    def swapped(c, r):
+        return -F.logsigmoid(r - c).mean()
+
+    def summed(c, r):
+        return -F.logsigmoid(c - r).sum()
+
+    def plus(c, r):
+        return F.logsigmoid(c - r).mean()
+
+    mistakes = [
+        (swapped, "the chosen reply should win: σ(r_chosen − r_rejected), not the other way"),
+        (summed, "average over the pairs (mean), do not sum"),
+        (plus, "the loss is MINUS the log-probability (a positive number)"),
+    ]
+
+    def diagnose(expected, received):
+        if isinstance(received, torch.Tensor) and not torch.isfinite(received).all():
+            return "not finite: sigmoid().log() fails on large margins; use F.logsigmoid"
+        return None
+
+    exercise = Exercise(
+        "check_bradley_terry_loss", "bradley_terry_loss(chosen_rewards, rejected_rewards)",
+        bradley_terry_loss, cases, mistakes, _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_loss)
+
+
+def _dpo_reference(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    from companion.dpo import dpo_loss
+
+    return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+
+
+def _dpo_variant(no_reference: bool = False, beta_outside: bool = False, flip_ref: bool = False):
+    def loss(pc, pr, rc, rr, beta):
+        if no_reference:
+            rc, rr = torch.zeros_like(rc), torch.zeros_like(rr)
+        if flip_ref:
+            pc, pr, rc, rr = rc, rr, pc, pr
+        chosen, rejected = beta * (pc - rc), beta * (pr - rr)
+        if beta_outside:
+            value = -beta * F.logsigmoid((chosen - rejected) / beta).mean()
+        else:
+            value = -F.logsigmoid(chosen - rejected).mean()
+        return value, chosen.detach(), rejected.detach()
+
+    return loss
+
+
+def check_dpo_loss(your_loss: Callable) -> bool:
+    """``dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> (loss,
+    chosen_rewards, rejected_rewards)``: DPO's loss and implicit rewards from summed
+    log-probabilities, each (B,) (reference: :func:`companion.dpo.dpo_loss`)."""
+    g = make_generator(9)
+
+    def logps(n):  # summed log-probabilities of replies: negative, a few nats to tens
+        return -20 * torch.rand(n, generator=g)
+
+    cases = [
+        Case((torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
+              torch.tensor([-2.0]), 0.1), "the docstring's pair: −log σ(0.2)"),
+        Case((torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-5.0]),
+              torch.tensor([-7.0]), 0.1), "the policy is the reference: rewards 0, loss ln 2, "
+             "though the chosen reply is already likelier"),
+        Case((*(logps(8) for _ in range(4)), 0.1), "8 random pairs, β = 0.1"),
+        Case((*(logps(8) for _ in range(4)), 0.5), "8 random pairs, β = 0.5"),
+        Case((*(logps(4) for _ in range(4)), 2.0), "β = 2: β multiplies each log-ratio inside "
+             "the sigmoid"),
+    ]  # fmt: skip
+    mistakes = [
+        (_dpo_variant(no_reference=True), "each reward is β (log π − log π_ref): subtract the "
+                                          "reference's log-probability of the same reply"),
+        (_dpo_variant(flip_ref=True), "the reward is β (log π − log π_ref), the policy minus "
+                                      "the reference, not the other way round"),
+        (_dpo_variant(beta_outside=True), "β multiplies the log-ratios inside the sigmoid, "
+                                          "not the loss outside it"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if not (isinstance(received, tuple | list) and len(received) == 3):
+            return "return three things: (loss, chosen_rewards, rejected_rewards)"
+        return None
+
+    exercise = Exercise(
+        "check_dpo_loss", "dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, "
+        "beta)", _dpo_reference, cases, mistakes, _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_loss)
+
+
+def _gae_reference(rewards, values, mask, gamma, lam):
+    from companion.ppo import gae
+
+    return gae(rewards, values, mask, gamma=gamma, lam=lam)
+
+
+def _gae_variant(ignore_mask: bool = False, no_lam: bool = False, forward: bool = False):
+    def gae(rewards, values, mask, gamma, lam):
+        B, T = rewards.shape
+        m = torch.ones_like(rewards) if ignore_mask else mask.float()
+        lam = 1.0 if no_lam else lam
+        advantages = torch.zeros_like(rewards)
+        next_value, next_adv = torch.zeros(B), torch.zeros(B)
+        for t in range(T) if forward else reversed(range(T)):
+            delta = rewards[:, t] + gamma * next_value - values[:, t]
+            advantages[:, t] = (delta + gamma * lam * next_adv) * m[:, t]
+            next_value, next_adv = values[:, t] * m[:, t], advantages[:, t]
+        return advantages, advantages + values * m
+
+    return gae
+
+
+def check_gae(your_gae: Callable) -> bool:
+    """``gae(rewards, values, mask, gamma, lam) -> (advantages, returns)``: generalised
+    advantage estimation over rows of (B, T), ``mask`` True on each row's real steps (a prefix)
+    (reference: :func:`companion.ppo.gae`)."""
+    g = make_generator(10)
+    ones = torch.ones(1, 3, dtype=torch.bool)
+    three = (torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.8]]))
+    lengths = torch.tensor([6, 3, 1, 4])
+    prefix = torch.arange(6) < lengths[:, None]  # (4, 6): each row's real steps
+    cases = [
+        Case((*three, ones, 1.0, 0.95), "three steps, the reward at the end: by hand, from "
+             "the last step back"),
+        Case((*three, ones, 1.0, 1.0), "λ = 1: the advantage is the return minus the value"),
+        Case((*three, ones, 1.0, 0.0), "λ = 0: the advantage is one step's δ"),
+        Case((*three, ones, 0.9, 0.95), "γ = 0.9: each step ahead is discounted"),
+        Case((torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), 1.0,
+              0.5), "the docstring's example: [[0.5, 1.0]]"),
+        Case((torch.randn(4, 6, generator=g) * prefix, torch.randn(4, 6, generator=g), prefix,
+              1.0, 0.95), "rows of 6, 3, 1 and 4 real steps; past a row's end the values are "
+             "noise: nothing there counts, and the value after the last real step is 0"),
+        Case((torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g),
+              torch.ones(3, 5, dtype=torch.bool), 0.99, 0.9), "random, every step real"),
+    ]  # fmt: skip
+    mistakes = [
+        (_gae_variant(ignore_mask=True), "steps outside the mask count for nothing: their "
+                                         "advantage is 0 and the value after a row's last "
+                                         "real step is 0"),
+        (_gae_variant(no_lam=True), "A_t = δ_t + γ λ A_{t+1}: multiply by λ too"),
+        (_gae_variant(forward=True), "run the recursion backwards, from the last step: "
+                                     "A_t needs A_{t+1}"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if not (isinstance(received, tuple | list) and len(received) == 2):
+            return "return two tensors: (advantages, returns)"
+        return None
+
+    exercise = Exercise(
+        "check_gae", "gae(rewards, values, mask, gamma, lam)", _gae_reference, cases, mistakes,
+        _same_tensors, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_gae)
+
+
+def toy_preferences():
+    """Chapter 6's DPO experiment: a policy over two replies, a and b (ids 0 and 1), equally
+    likely under the reference, and four preferences, a chosen over b in three of them.
+
+    Returns ``(ref_logits, chosen, rejected)``: the reference's logits (2,) and the reply ids of
+    each preference (4,) and (4,).
+
+    >>> ref_logits, chosen, rejected = toy_preferences()
+    >>> chosen.tolist(), rejected.tolist()
+    ([0, 0, 0, 1], [1, 1, 1, 0])
+    """
+    chosen = torch.tensor([0, 0, 0, 1])
+    return torch.zeros(2), chosen, 1 - chosen
+
+
+DPO_TOY_STEPS, DPO_TOY_LR = 500, 0.1  # full-batch Adam steps and learning rate
+
+
+def _dpo_shift_reference(beta: float) -> float:
+    from companion.dpo import dpo_loss
+
+    ref_logits, chosen, rejected = toy_preferences()
+    ref_logp = ref_logits.log_softmax(-1)  # (2,)
+    logits = ref_logits.clone().requires_grad_(True)  # the policy starts at the reference
+    optimizer = torch.optim.Adam([logits], lr=DPO_TOY_LR)
+    for _ in range(DPO_TOY_STEPS):
+        logp = logits.log_softmax(-1)  # (2,)
+        loss, _, _ = dpo_loss(logp[chosen], logp[rejected], ref_logp[chosen],
+                              ref_logp[rejected], beta)  # fmt: skip
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    logp = logits.detach().log_softmax(-1)
+    return ((logp[0] - logp[1]) - (ref_logp[0] - ref_logp[1])).item()
+
+
+def check_dpo_beta(your_shift: Callable) -> bool:
+    """``dpo_shift(beta) -> float``: train the policy of :func:`toy_preferences` with DPO
+    (:func:`companion.dpo.dpo_loss`, full batch, ``torch.optim.Adam`` at ``DPO_TOY_LR`` for
+    ``DPO_TOY_STEPS`` steps, from the reference's logits) and return how far it moved:
+    ``(log π(a) − log π(b)) − (log π_ref(a) − log π_ref(b))``. Prints the shift by β, to explain.
+
+    Tolerance 1e-4 relative (and 1e-6 absolute): the same steps in float32 on another CPU round
+    differently by a few units of 2^-23, far below it."""
+    betas = (0.1, 0.5, 2.0)
+    results: dict[float, float] = {}
+
+    def reference(beta):
+        if beta not in results:
+            results[beta] = _dpo_shift_reference(beta)
+        return results[beta]
+
+    cases = [Case((b,), f"β = {b}") for b in betas]
+    mistakes = [
+        (lambda b: reference(0.1), "pass beta to dpo_loss: every β gave the same shift"),
+        (lambda b: -reference(b), "the shift is (a − b) of the policy minus (a − b) of the "
+                                  "reference, a being the reply chosen more often"),
+    ]  # fmt: skip
+
+    def close(expected, received):
+        return isinstance(received, int | float) and math.isclose(
+            received, expected, rel_tol=1e-4, abs_tol=1e-6
+        )
+
+    exercise = Exercise("check_dpo_beta", "dpo_shift(beta)", reference, cases, mistakes, close)
+    passed = _verdict(exercise, your_shift)
+    if passed:
+        print("  preferences: a over b in 3 of 4, so logit(3/4) = ln 3 ≈ 1.099")
+        for b in betas:
+            print(f"  β {b:<4}: shift {reference(b):7.3f}, ln 3 / β = {math.log(3) / b:7.3f}")
+    return passed

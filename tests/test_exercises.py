@@ -466,6 +466,100 @@ def test_short_run(capsys):
     assert not passed and "short_run_configs(steps)" in out
 
 
+# Chapter 6 ------------------------------------------------------------------------------------
+
+
+def bradley_terry_loss(chosen_rewards, rejected_rewards):
+    return -torch.nn.functional.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen = beta * (policy_chosen - ref_chosen)
+    rejected = beta * (policy_rejected - ref_rejected)
+    return bradley_terry_loss(chosen, rejected), chosen.detach(), rejected.detach()
+
+
+def gae(rewards, values, mask, gamma, lam):
+    advantages = torch.zeros_like(rewards)
+    B, T = rewards.shape
+    next_value, next_advantage = torch.zeros(B), torch.zeros(B)
+    for t in reversed(range(T)):
+        real = mask[:, t].float()
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * real
+        next_value, next_advantage = values[:, t] * real, advantages[:, t]
+    return advantages, advantages + values * mask
+
+
+def dpo_shift(beta, steps=ex.DPO_TOY_STEPS):
+    ref_logits, chosen, rejected = ex.toy_preferences()
+    ref = ref_logits.log_softmax(-1)
+    logits = ref_logits.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=ex.DPO_TOY_LR)
+    for _ in range(steps):
+        logp = logits.log_softmax(-1)
+        loss = dpo_loss(logp[chosen], logp[rejected], ref[chosen], ref[rejected], beta)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    logp = logits.detach().log_softmax(-1)
+    return ((logp[0] - logp[1]) - (ref[0] - ref[1])).item()
+
+
+def test_bradley_terry_loss(capsys):
+    assert verdict(capsys, ex.check_bradley_terry_loss, bradley_terry_loss)[0]
+    for wrong, hint in [
+        (lambda c, r: bradley_terry_loss(r, c), "the chosen reply should win"),
+        (lambda c, r: bradley_terry_loss(c, r) * len(c), "do not sum"),
+        (lambda c, r: -torch.sigmoid(c - r).log().mean(), "use F.logsigmoid"),
+    ]:
+        passed, out = verdict(capsys, ex.check_bradley_terry_loss, wrong)
+        assert not passed and hint in out, out
+
+
+def test_dpo_loss(capsys):
+    assert verdict(capsys, ex.check_dpo_loss, dpo_loss)[0]
+
+    def no_reference(pc, pr, rc, rr, beta):
+        return dpo_loss(pc, pr, 0 * rc, 0 * rr, beta)
+
+    def beta_outside(pc, pr, rc, rr, beta):
+        loss, c, r = dpo_loss(pc, pr, rc, rr, 1.0)
+        return beta * loss, beta * c, beta * r
+
+    for wrong, hint in [
+        (no_reference, "subtract the reference's log-probability"),
+        (lambda pc, pr, rc, rr, b: dpo_loss(rc, rr, pc, pr, b), "not the other way round"),
+        (beta_outside, "not the loss outside it"),
+        (lambda pc, pr, rc, rr, b: dpo_loss(pc, pr, rc, rr, b)[0], "return three things"),
+    ]:
+        passed, out = verdict(capsys, ex.check_dpo_loss, wrong)
+        assert not passed and hint in out, out
+
+
+def test_gae(capsys):
+    assert verdict(capsys, ex.check_gae, gae)[0]
+    for wrong, hint in [
+        (lambda r, v, m, g, lam: gae(r, v, torch.ones_like(m), g, lam), "outside the mask"),
+        (lambda r, v, m, g, lam: gae(r, v, m, g, 1.0), "multiply by λ too"),
+        (lambda r, v, m, g, lam: gae(r, v, m, g, lam)[0], "return two tensors"),
+    ]:
+        passed, out = verdict(capsys, ex.check_gae, wrong)
+        assert not passed and hint in out, out
+
+
+def test_dpo_beta(capsys):
+    passed, out = verdict(capsys, ex.check_dpo_beta, dpo_shift)
+    assert passed and "ln 3 / β" in out
+    for wrong, hint in [
+        (lambda b: dpo_shift(0.1), "every β gave the same shift"),
+        (lambda b: -dpo_shift(b), "the reply chosen more often"),
+        (lambda b: dpo_shift(b, steps=50), "β = 0.1"),
+    ]:
+        passed, out = verdict(capsys, ex.check_dpo_beta, wrong)
+        assert not passed and hint in out, out
+
+
 # Every checker: the stub, and input that is not a function ------------------------------------
 
 CHECKERS = [
@@ -486,6 +580,10 @@ CHECKERS = [
     (ex.check_loss_mask, ()),
     (ex.check_sft_batch, ()),
     (ex.check_short_run, ()),
+    (ex.check_bradley_terry_loss, ()),
+    (ex.check_dpo_loss, ()),
+    (ex.check_gae, ()),
+    (ex.check_dpo_beta, ()),
 ]
 
 
