@@ -1,12 +1,12 @@
-"""Checkers for the exercises at the end of chapters 1-5: instant feedback on a learner's function.
+"""Checkers for the exercises at the end of chapters 1-6: instant feedback on a learner's function.
 
 Each ``check_<what>(your_function)`` calls the learner's function on hand-picked edge cases and
 on seeded random cases, compares every result with the package's own tested reference
 (:mod:`companion.bpe`, :mod:`companion.attention`, :mod:`companion.model`,
-:mod:`companion.optimizer`, :mod:`companion.chat`, :mod:`companion.sft` ...), prints a short
-verdict and returns True when all cases pass, False otherwise. A verdict names the first failing input, the expected and the received output,
-and a hint: the mistake when the received output matches a typical wrong answer, else what that
-case tests. An exception raised by the learner's function is reported, never raised.
+:mod:`companion.optimizer`, :mod:`companion.chat`, :mod:`companion.sft`, :mod:`companion.ppo`
+...), prints a short verdict and returns True when all cases pass, False otherwise. A verdict
+names the first failing input, the expected and the received output, and a hint: the mistake
+when the received output matches a typical wrong answer, else what that case tests. An exception raised by the learner's function is reported, never raised.
 
 **The stub convention.** An exercise's stub is a function whose body is
 ``raise NotImplementedError``; its checker prints "not attempted yet" and returns False, so a
@@ -19,8 +19,8 @@ a few units of float32 rounding (2^-23 ≈ 1.2e-7 relative) per operation, well 
 every typical mistake changes the result by far more. Python floats (float64) use
 ``math.isclose(rel_tol=1e-9)``.
 
-Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``05_sft.ipynb``; the
-reference solutions are in ``solutions/``. Left out: exercises for chapters 6-8.
+Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``06_rlhf.ipynb``; the
+reference solutions are in ``solutions/``. Left out: exercises for chapters 7-8.
 """
 
 from __future__ import annotations
