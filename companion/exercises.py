@@ -6,7 +6,8 @@ on seeded random cases, compares every result with the package's own tested refe
 :mod:`companion.optimizer`, :mod:`companion.chat`, :mod:`companion.sft`, :mod:`companion.ppo`
 ...), prints a short verdict and returns True when all cases pass, False otherwise. A verdict
 names the first failing input, the expected and the received output, and a hint: the mistake
-when the received output matches a typical wrong answer, else what that case tests. An exception raised by the learner's function is reported, never raised.
+when the received output matches a typical wrong answer, else what that case tests. An
+exception raised by the learner's function is reported, never raised.
 
 **The stub convention.** An exercise's stub is a function whose body is
 ``raise NotImplementedError``; its checker prints "not attempted yet" and returns False, so a
