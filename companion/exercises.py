@@ -1239,12 +1239,12 @@ def check_gae(your_gae: Callable) -> bool:
     (reference: :func:`companion.ppo.gae`)."""
     g = make_generator(10)
     ones = torch.ones(1, 3, dtype=torch.bool)
-    three = (torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.8]]))
+    three = (torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.2, 0.4, 0.7]]))  # section 3's
     lengths = torch.tensor([6, 3, 1, 4])
     prefix = torch.arange(6) < lengths[:, None]  # (4, 6): each row's real steps
     cases = [
-        Case((*three, ones, 1.0, 0.95), "three steps, the reward at the end: by hand, from "
-             "the last step back"),
+        Case((*three, ones, 1.0, 0.95), "section 3's three steps, the reward at the end: by "
+             "hand, from the last step back"),
         Case((*three, ones, 1.0, 1.0), "λ = 1: the advantage is the return minus the value"),
         Case((*three, ones, 1.0, 0.0), "λ = 0: the advantage is one step's δ"),
         Case((*three, ones, 0.9, 0.95), "γ = 0.9: each step ahead is discounted"),
