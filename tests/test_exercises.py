@@ -12,10 +12,12 @@ import torch
 
 from companion import exercises as ex
 from companion.bpe import get_stats
+from companion.checkpoints import load_shipped
 from companion.corpus import generate_corpus
 from companion.data import encode_corpus, train_val_split
 from companion.model import GPT, GPTConfig
 from companion.pretraining import init_model, train
+from companion.sft import fine_tune
 from companion.tokenizer import BPETokenizer
 
 
@@ -344,6 +346,221 @@ def test_learning_rate_experiment(capsys, tokens):
     assert not passed and "every rate gave the same loss" in out
 
 
+# Chapter 5 ------------------------------------------------------------------------------------
+
+
+def trained_tokens(messages, tokenizer):
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    return sum(len(tokenizer.encode_ordinary(" " + reply)) + 1 for reply in replies)
+
+
+def loss_mask(ids, assistant_id, end_id):
+    mask, inside = torch.zeros(len(ids), dtype=torch.bool), False
+    for t, i in enumerate(ids.tolist()):
+        if i == assistant_id:
+            inside = True
+        elif inside:
+            mask[t] = True
+            inside = i != end_id
+    return mask
+
+
+def sft_batch(examples, pad_id, train_on_prompt):
+    T = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), T), pad_id)
+    y = torch.full((len(examples), T), -100)
+    for b, (ids, mask) in enumerate(examples):
+        n = len(ids) - 1
+        x[b, :n] = ids[:-1]
+        y[b, :n] = torch.where(mask[1:] | train_on_prompt, ids[1:], -100)
+    return x, y
+
+
+def test_trained_tokens(capsys):
+    assert verdict(capsys, ex.check_trained_tokens, trained_tokens)[0]
+
+    def no_end(messages, tokenizer):
+        return trained_tokens(messages, tokenizer) - sum(m["role"] == "assistant" for m in messages)
+
+    def no_space(messages, tokenizer):
+        return sum(
+            len(tokenizer.encode_ordinary(m["content"])) + 1
+            for m in messages
+            if m["role"] == "assistant"
+        )
+
+    def every_message(messages, tokenizer):
+        return trained_tokens([{**m, "role": "assistant"} for m in messages], tokenizer)
+
+    for wrong, hint in [
+        (no_end, "closing <|end|> is trained too"),
+        (no_space, "a space before the content"),
+        (every_message, "not the user's"),
+        (lambda messages, tokenizer: 15, "the docstring's chat"),
+    ]:
+        passed, out = verdict(capsys, ex.check_trained_tokens, wrong)
+        assert not passed and hint in out, out
+
+
+def test_loss_mask(capsys):
+    assert verdict(capsys, ex.check_loss_mask, loss_mask)[0]
+
+    def with_marker(ids, assistant_id, end_id):
+        return loss_mask(ids, assistant_id, end_id) | (ids == assistant_id)
+
+    def no_end(ids, assistant_id, end_id):
+        return loss_mask(ids, assistant_id, end_id) & (ids != end_id)
+
+    def every_token_after(ids, assistant_id, end_id):  # forgets that <|end|> closes the reply
+        seen = (ids == assistant_id).cumsum(0) > 0
+        return seen & (ids != assistant_id)
+
+    for wrong, hint in [
+        (with_marker, "marker itself is not trained"),
+        (no_end, "closing <|end|> of a reply is trained too"),
+        (lambda ids, a, e: loss_mask(ids, a, e).long(), "return a bool tensor"),
+        (every_token_after, "two exchanges"),
+    ]:
+        passed, out = verdict(capsys, ex.check_loss_mask, wrong)
+        assert not passed and hint in out, out
+
+
+def test_sft_batch(capsys):
+    assert verdict(capsys, ex.check_sft_batch, sft_batch)[0]
+
+    def unshifted_mask(examples, pad_id, train_on_prompt):
+        return sft_batch([(i, torch.cat([m[:1], m[:-1]])) for i, m in examples], pad_id,
+                         train_on_prompt)  # fmt: skip
+
+    def pad_targets(examples, pad_id, train_on_prompt):
+        x, y = sft_batch(examples, pad_id, train_on_prompt)
+        lengths = torch.tensor([len(i) - 1 for i, _ in examples])
+        padding = torch.arange(x.shape[1]) >= lengths[:, None]
+        return x, y.masked_fill(padding, pad_id)
+
+    def not_shifted(examples, pad_id, train_on_prompt):  # y = ids[:-1], the inputs again
+        x, y = sft_batch(examples, pad_id, train_on_prompt)
+        return x, torch.where(y == -100, -100, x)
+
+    for wrong, hint in [
+        (unshifted_mask, "shift the mask with the targets"),
+        (pad_targets, "never pad_id"),
+        (not_shifted, "the docstring's batch of two"),
+        (lambda e, p, t: sft_batch(e, p, t)[0], "expected: (tensor"),
+    ]:
+        passed, out = verdict(capsys, ex.check_sft_batch, wrong)
+        assert not passed and hint in out, out
+
+
+def short_run(steps, which="val"):
+    model, tokenizer = load_shipped("base", "cpu")
+    history = fine_tune(model, tokenizer, *ex.short_run_configs(steps), progress=False)
+    return history.val_loss[-1] if which == "val" else history.train_loss[-1]
+
+
+def test_short_run(capsys):
+    """Wrong answers fail on the first case (10 steps, a few seconds); the right one passes in
+    solutions/05_sft_solutions.ipynb, which the suite runs (three runs of 10 to 90 steps)."""
+    passed, out = verdict(capsys, ex.check_short_run, lambda steps: short_run(steps, "train"))
+    assert not passed and "not the train loss" in out
+    passed, out = verdict(capsys, ex.check_short_run, lambda steps: short_run(30))
+    assert not passed and "short_run_configs(steps)" in out
+
+
+# Chapter 6 ------------------------------------------------------------------------------------
+
+
+def bradley_terry_loss(chosen_rewards, rejected_rewards):
+    return -torch.nn.functional.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen = beta * (policy_chosen - ref_chosen)
+    rejected = beta * (policy_rejected - ref_rejected)
+    return bradley_terry_loss(chosen, rejected), chosen.detach(), rejected.detach()
+
+
+def gae(rewards, values, mask, gamma, lam):
+    advantages = torch.zeros_like(rewards)
+    B, T = rewards.shape
+    next_value, next_advantage = torch.zeros(B), torch.zeros(B)
+    for t in reversed(range(T)):
+        real = mask[:, t].float()
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * real
+        next_value, next_advantage = values[:, t] * real, advantages[:, t]
+    return advantages, advantages + values * mask
+
+
+def dpo_shift(beta, steps=ex.DPO_TOY_STEPS):
+    ref_logits, chosen, rejected = ex.toy_preferences()
+    ref = ref_logits.log_softmax(-1)
+    logits = ref_logits.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=ex.DPO_TOY_LR)
+    for _ in range(steps):
+        logp = logits.log_softmax(-1)
+        loss = dpo_loss(logp[chosen], logp[rejected], ref[chosen], ref[rejected], beta)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    logp = logits.detach().log_softmax(-1)
+    return ((logp[0] - logp[1]) - (ref[0] - ref[1])).item()
+
+
+def test_bradley_terry_loss(capsys):
+    assert verdict(capsys, ex.check_bradley_terry_loss, bradley_terry_loss)[0]
+    for wrong, hint in [
+        (lambda c, r: bradley_terry_loss(r, c), "the chosen reply should win"),
+        (lambda c, r: bradley_terry_loss(c, r) * len(c), "do not sum"),
+        (lambda c, r: -torch.sigmoid(c - r).log().mean(), "use F.logsigmoid"),
+    ]:
+        passed, out = verdict(capsys, ex.check_bradley_terry_loss, wrong)
+        assert not passed and hint in out, out
+
+
+def test_dpo_loss(capsys):
+    assert verdict(capsys, ex.check_dpo_loss, dpo_loss)[0]
+
+    def no_reference(pc, pr, rc, rr, beta):
+        return dpo_loss(pc, pr, 0 * rc, 0 * rr, beta)
+
+    def beta_outside(pc, pr, rc, rr, beta):
+        loss, c, r = dpo_loss(pc, pr, rc, rr, 1.0)
+        return beta * loss, beta * c, beta * r
+
+    for wrong, hint in [
+        (no_reference, "subtract the reference's log-probability"),
+        (lambda pc, pr, rc, rr, b: dpo_loss(rc, rr, pc, pr, b), "not the other way round"),
+        (beta_outside, "not the loss outside it"),
+        (lambda pc, pr, rc, rr, b: dpo_loss(pc, pr, rc, rr, b)[0], "return three things"),
+    ]:
+        passed, out = verdict(capsys, ex.check_dpo_loss, wrong)
+        assert not passed and hint in out, out
+
+
+def test_gae(capsys):
+    assert verdict(capsys, ex.check_gae, gae)[0]
+    for wrong, hint in [
+        (lambda r, v, m, g, lam: gae(r, v, torch.ones_like(m), g, lam), "outside the mask"),
+        (lambda r, v, m, g, lam: gae(r, v, m, g, 1.0), "multiply by λ too"),
+        (lambda r, v, m, g, lam: gae(r, v, m, g, lam)[0], "return two tensors"),
+    ]:
+        passed, out = verdict(capsys, ex.check_gae, wrong)
+        assert not passed and hint in out, out
+
+
+def test_dpo_beta(capsys):
+    passed, out = verdict(capsys, ex.check_dpo_beta, dpo_shift)
+    assert passed and "ln 3 / β" in out
+    for wrong, hint in [
+        (lambda b: dpo_shift(0.1), "every β gave the same shift"),
+        (lambda b: -dpo_shift(b), "the reply chosen more often"),
+        (lambda b: dpo_shift(b, steps=50), "β = 0.1"),
+    ]:
+        passed, out = verdict(capsys, ex.check_dpo_beta, wrong)
+        assert not passed and hint in out, out
+
+
 # Chapter 7 ------------------------------------------------------------------------------------
 
 
@@ -649,6 +866,14 @@ CHECKERS = [
     (ex.check_learning_rate, ()),
     (ex.check_adamw_step, ()),
     (ex.check_learning_rate_experiment, (None, None)),
+    (ex.check_trained_tokens, ()),
+    (ex.check_loss_mask, ()),
+    (ex.check_sft_batch, ()),
+    (ex.check_short_run, ()),
+    (ex.check_bradley_terry_loss, ()),
+    (ex.check_dpo_loss, ()),
+    (ex.check_gae, ()),
+    (ex.check_dpo_beta, ()),
     (ex.check_kv_bytes, ()),
     (ex.check_filtered_probs, ()),
     (ex.check_attend_step, ()),
