@@ -91,8 +91,11 @@ def _same_tensors(expected: Any, received: Any) -> bool:
     if not isinstance(received, torch.Tensor) or received.shape != expected.shape:
         return False
     try:
-        torch.testing.assert_close(received.detach(), expected, check_dtype=False)
-    except AssertionError:
+        # the float32 tolerances stated above, whatever the received dtype: left to choose,
+        # assert_close would take float16's (rtol 1e-3) for a float16 answer
+        torch.testing.assert_close(received.detach().cpu(), expected, check_dtype=False,
+                                   check_device=False, rtol=1.3e-6, atol=1e-5)  # fmt: skip
+    except (AssertionError, TypeError, RuntimeError):
         return False
     return True
 
@@ -160,6 +163,8 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
             and received.shape != expected.shape
         ):
             hint = f"the shape should be {tuple(expected.shape)}, not {tuple(received.shape)}"
+        elif _number_or_tensor(expected, received):
+            hint = _number_or_tensor(expected, received)
         elif exercise.diagnose and _holds(exercise.diagnose, expected, received):
             hint = exercise.diagnose(expected, received)
         for wrong, mistake in exercise.mistakes:
@@ -176,6 +181,17 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
         return False
     print(f"{exercise.name}: passed ({len(exercise.cases)} cases)")
     return True
+
+
+def _number_or_tensor(expected: Any, received: Any) -> str | None:
+    """A hint when a Python number came back for a tensor, or a tensor for a number."""
+    number = (int, float, np.number)
+    if isinstance(expected, torch.Tensor) and isinstance(received, number):
+        return (f"return a tensor (here of shape {tuple(expected.shape)}), not a Python "
+                "number: keep the result a torch.Tensor, no .item()")  # fmt: skip
+    if isinstance(expected, number) and isinstance(received, torch.Tensor):
+        return f"return a Python {type(expected).__name__}, not a tensor: call .item() on it"
+    return None
 
 
 def _holds(test: Callable[[Any, Any], Any], expected: Any, received: Any) -> Any:
@@ -1028,9 +1044,19 @@ def check_sft_batch(your_batch: Callable) -> bool:
         (_batch_variant(pad_target=True), "the padding's targets are IGNORE_INDEX, never pad_id"),
         (_batch_variant(left=True), "pad on the right: each row starts at position 0"),
     ]  # fmt: skip
+
+    def same(expected, received):  # int64 ids and targets, as F.cross_entropy needs
+        return _same_tensors(expected, received) and all(r.dtype == torch.int64 for r in received)
+
+    def diagnose(expected, received):
+        if _same_tensors(expected, received):
+            return ("the right numbers, but return int64 tensors (dtype=torch.long): "
+                    "F.cross_entropy needs integer targets")  # fmt: skip
+        return None
+
     exercise = Exercise(
         "check_sft_batch", "sft_batch(examples, pad_id, train_on_prompt)", _make_batch_reference,
-        cases, mistakes, _same_tensors,
+        cases, mistakes, same, diagnose,
     )  # fmt: skip
     return _verdict(exercise, your_batch)
 
@@ -1502,7 +1528,8 @@ def check_filtered_probs(your_probs: Callable) -> bool:
     def diagnose(expected, received):
         if isinstance(received, torch.Tensor) and received.shape == expected.shape:
             if not torch.isfinite(received).all():
-                return "not finite: temperature 0 is the argmax, never a division by 0"
+                return ("not finite (NaN or inf): a division by 0? (temperature 0 is the "
+                        "argmax, never a division by 0)")  # fmt: skip
             if not torch.allclose(received.sum(-1), torch.ones(received.shape[0])):
                 return "each row of probabilities must sum to 1"
         return None

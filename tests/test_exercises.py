@@ -921,3 +921,40 @@ def test_bad_input_gets_a_clear_message(capsys, checker, more):
 
     passed, out = verdict(capsys, checker, no_arguments, *more)
     assert passed is False and "cannot be called as" in out
+
+
+# Hostile answers: the wrong dtype, a number for a tensor, a tensor for a number ----------------
+
+
+def test_float16_answer_is_held_to_float32_tolerances(capsys):
+    # assert_close left to choose would take float16's rtol 1e-3 and pass this imprecise answer
+    def loss_float16(chosen_rewards, rejected_rewards):
+        return bradley_terry_loss(chosen_rewards.half(), rejected_rewards.half())
+
+    passed, out = verdict(capsys, ex.check_bradley_terry_loss, loss_float16)
+    assert not passed and "float16" in out, out
+
+
+def test_sft_batch_needs_int64(capsys):
+    def float_batch(examples, pad_id, train_on_prompt):
+        x, y = sft_batch(examples, pad_id, train_on_prompt)
+        return x.float(), y.float()
+
+    passed, out = verdict(capsys, ex.check_sft_batch, float_batch)
+    assert not passed and "int64" in out, out
+
+
+def test_number_for_a_tensor_is_named(capsys):
+    def loss_item(chosen_rewards, rejected_rewards):
+        return bradley_terry_loss(chosen_rewards, rejected_rewards).item()
+
+    passed, out = verdict(capsys, ex.check_bradley_terry_loss, loss_item)
+    assert not passed and "not a Python number" in out, out
+
+
+def test_tensor_for_a_number_is_named(capsys):
+    def bytes_tensor(config, dtype):
+        return torch.tensor(kv_bytes_per_token(config, dtype))
+
+    passed, out = verdict(capsys, ex.check_kv_bytes, bytes_tensor)
+    assert not passed and ".item()" in out, out
