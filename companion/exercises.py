@@ -1430,9 +1430,9 @@ def check_kv_bytes(your_bytes: Callable) -> bool:
          "not the whole context_length"),
     ]  # fmt: skip
 
-    def same(expected, received):
-        return isinstance(received, int | float) and not isinstance(received, bool) and (
-            received == expected)  # fmt: skip
+    def same(expected, received):  # a numpy integer (np.prod's, say) is a number too
+        return isinstance(received, int | float | np.integer | np.floating) and not isinstance(
+            received, bool | np.bool_) and bool(received == expected)  # fmt: skip
 
     exercise = Exercise(
         "check_kv_bytes", "kv_bytes_per_token(config, dtype)", _kv_bytes_reference, cases,
@@ -1765,9 +1765,9 @@ def check_gqa_kv_bytes(your_bytes: Callable) -> bool:
                                                                  "on dtype"),
     ]  # fmt: skip
 
-    def same(expected, received):
-        return isinstance(received, int | float) and not isinstance(received, bool) and (
-            received == expected)  # fmt: skip
+    def same(expected, received):  # a numpy integer (np.prod's, say) is a number too
+        return isinstance(received, int | float | np.integer | np.floating) and not isinstance(
+            received, bool | np.bool_) and bool(received == expected)  # fmt: skip
 
     exercise = Exercise(
         "check_gqa_kv_bytes", "kv_bytes_per_token(config, dtype)", _kv_bytes_reference, cases,

@@ -958,3 +958,12 @@ def test_tensor_for_a_number_is_named(capsys):
 
     passed, out = verdict(capsys, ex.check_kv_bytes, bytes_tensor)
     assert not passed and ".item()" in out, out
+
+
+def test_numpy_integer_bytes_pass(capsys):
+    def numpy_bytes(config, dtype):  # np.prod of the shape, as a learner may write it
+        return np.int64(kv_bytes_per_token(config, dtype))
+
+    assert verdict(capsys, ex.check_kv_bytes, numpy_bytes)[0]
+    passed, out = verdict(capsys, ex.check_kv_bytes, lambda c, d: np.int64(1))
+    assert not passed and "expected" in out, out
