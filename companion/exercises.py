@@ -986,6 +986,12 @@ def check_loss_mask(your_mask: Callable) -> bool:
             and torch.equal(received.bool(), expected)
         ):
             return "the right pattern, but return a bool tensor (dtype=torch.bool)"
+        if isinstance(received, list | tuple | np.ndarray) and torch.equal(
+            torch.as_tensor(np.asarray(received, dtype=bool)), expected
+        ):
+            return (
+                "the right pattern, but return a torch tensor (torch.tensor(m, dtype=torch.bool))"
+            )
         return None
 
     exercise = Exercise(

@@ -967,3 +967,11 @@ def test_numpy_integer_bytes_pass(capsys):
     assert verdict(capsys, ex.check_kv_bytes, numpy_bytes)[0]
     passed, out = verdict(capsys, ex.check_kv_bytes, lambda c, d: np.int64(1))
     assert not passed and "expected" in out, out
+
+
+def test_loss_mask_as_a_list_is_named(capsys):
+    def mask_list(ids, assistant_id, end_id):
+        return loss_mask(ids, assistant_id, end_id).tolist()
+
+    passed, out = verdict(capsys, ex.check_loss_mask, mask_list)
+    assert not passed and "return a torch tensor" in out, out
