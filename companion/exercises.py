@@ -104,6 +104,12 @@ def _same_floats(expected: Any, received: Any) -> bool:
     return isinstance(received, int | float) and math.isclose(received, expected, rel_tol=1e-9)
 
 
+def _same_number(expected: Any, received: Any) -> bool:
+    """Equal numbers; a numpy integer (``np.prod``'s, say) is a number too, a bool is not."""
+    return isinstance(received, int | float | np.integer | np.floating) and not isinstance(
+        received, bool | np.bool_) and bool(received == expected)  # fmt: skip
+
+
 def _show(value: Any) -> str:
     """A short printable form: tensors with their shape, long values cut."""
     if isinstance(value, torch.Tensor):
@@ -1436,13 +1442,9 @@ def check_kv_bytes(your_bytes: Callable) -> bool:
          "not the whole context_length"),
     ]  # fmt: skip
 
-    def same(expected, received):  # a numpy integer (np.prod's, say) is a number too
-        return isinstance(received, int | float | np.integer | np.floating) and not isinstance(
-            received, bool | np.bool_) and bool(received == expected)  # fmt: skip
-
     exercise = Exercise(
         "check_kv_bytes", "kv_bytes_per_token(config, dtype)", _kv_bytes_reference, cases,
-        mistakes, same,
+        mistakes, _same_number,
     )  # fmt: skip
     passed = _verdict(exercise, your_bytes)
     if passed:
@@ -1771,13 +1773,9 @@ def check_gqa_kv_bytes(your_bytes: Callable) -> bool:
                                                                  "on dtype"),
     ]  # fmt: skip
 
-    def same(expected, received):  # a numpy integer (np.prod's, say) is a number too
-        return isinstance(received, int | float | np.integer | np.floating) and not isinstance(
-            received, bool | np.bool_) and bool(received == expected)  # fmt: skip
-
     exercise = Exercise(
         "check_gqa_kv_bytes", "kv_bytes_per_token(config, dtype)", _kv_bytes_reference, cases,
-        mistakes, same,
+        mistakes, _same_number,
     )  # fmt: skip
     passed = _verdict(exercise, your_bytes)
     if passed:
