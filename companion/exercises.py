@@ -49,7 +49,7 @@ from companion.llama_layers import RMSNorm, RotaryEmbedding
 from companion.model import IGNORE_INDEX, GPTConfig, count_parameters, parameter_breakdown
 from companion.optimizer import learning_rate_at
 from companion.quantization import dequantize_q4_1, quantize_q4_1
-from companion.sft import make_batch
+from companion.sft import make_batch, short_run_configs
 from companion.tokenizer import BPETokenizer
 from companion.train_config import TrainConfig
 
@@ -1071,24 +1071,6 @@ def check_sft_batch(your_batch: Callable) -> bool:
         cases, mistakes, same, diagnose,
     )  # fmt: skip
     return _verdict(exercise, your_batch)
-
-
-def short_run_configs(steps: int):
-    """The recipe of chapter 5's short run (section 2) with ``steps`` optimiser steps: 500
-    training and 50 validation conversations, batches of 8, the shipped chat model's learning
-    rates, 5 warm-up steps, no weight decay, on the CPU.
-
-    >>> sft_config, train_config = short_run_configs(30)
-    >>> sft_config.n_train, train_config.steps, train_config.batch_size, train_config.learning_rate
-    (500, 30, 8, 0.0003)
-    """
-    from companion.sft import SFTConfig, chat_model_configs
-
-    _, recipe = chat_model_configs()
-    train = TrainConfig(steps=steps, batch_size=8, learning_rate=recipe.learning_rate,
-                        min_learning_rate=recipe.min_learning_rate, warmup_steps=5,
-                        weight_decay=0.0, eval_interval=5, eval_batches=2, seed=0, device="cpu")  # fmt: skip
-    return SFTConfig(n_train=500, n_val=50), train
 
 
 def check_short_run(your_run: Callable) -> bool:

@@ -176,6 +176,24 @@ def chat_model_configs() -> tuple[SFTConfig, TrainConfig]:
     return SFTConfig(), train_config
 
 
+def short_run_configs(steps: int, *, device: DeviceLike = "cpu") -> tuple[SFTConfig, TrainConfig]:
+    """The recipe of chapter 5's short run (section 2) with ``steps`` optimiser steps: 500
+    training and 50 validation conversations, batches of 8, the shipped chat model's learning
+    rates, 5 warm-up steps, no weight decay (chapter 5's exercise 4 changes ``steps``).
+
+    >>> sft_config, train_config = short_run_configs(30)
+    >>> sft_config.n_train, train_config.steps, train_config.batch_size, train_config.learning_rate
+    (500, 30, 8, 0.0003)
+    """
+    _, recipe = chat_model_configs()
+    train_config = TrainConfig(
+        steps=steps, batch_size=8, learning_rate=recipe.learning_rate,
+        min_learning_rate=recipe.min_learning_rate, warmup_steps=5, weight_decay=0.0,
+        eval_interval=5, eval_batches=2, seed=0, device=str(resolve_device(device)),
+    )  # fmt: skip
+    return SFTConfig(n_train=500, n_val=50), train_config
+
+
 def fine_tune(
     model: nn.Module,
     tokenizer,
