@@ -104,6 +104,15 @@ def _same_floats(expected: Any, received: Any) -> bool:
     return isinstance(received, int | float) and math.isclose(received, expected, rel_tol=1e-9)
 
 
+def _float32_only(expected: Any, received: Any) -> str | None:
+    """A hint when a float answer is right only to float32 precision (computed with tensors)."""
+    value = received.item() if isinstance(received, torch.Tensor) else received
+    if isinstance(value, int | float | np.floating) and math.isclose(value, expected, rel_tol=1e-6):
+        return ("right to float32 precision only: compute with Python floats (math.cos, "
+                "math.pi), not tensors or numpy float32, and return a Python float")  # fmt: skip
+    return None
+
+
 def _same_number(expected: Any, received: Any) -> bool:
     """Equal numbers; a numpy integer (``np.prod``'s, say) is a number too, a bool is not."""
     return isinstance(received, int | float | np.integer | np.floating) and not isinstance(
@@ -117,7 +126,10 @@ def _show(value: Any) -> str:
     elif isinstance(value, tuple) and any(isinstance(v, torch.Tensor) for v in value):
         return "(" + ",\n ".join(_show(v) for v in value) + ")"
     else:
-        text = repr(value)
+        try:
+            text = repr(value)
+        except Exception:  # an object whose repr raises is still shown, by its type
+            text = f"<a {type(value).__name__} that cannot be printed>"
     return text if len(text) < 600 else text[:600] + " ..."
 
 
@@ -173,6 +185,10 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
             hint = _number_or_tensor(expected, received)
         elif exercise.diagnose and _holds(exercise.diagnose, expected, received):
             hint = exercise.diagnose(expected, received)
+        elif _holds(_kind_hint, expected, received) and not _array_accepted(
+            same, expected, received
+        ):
+            hint = _kind_hint(expected, received)
         for wrong, mistake in exercise.mistakes:
             try:
                 if _holds(same, wrong(*copy.deepcopy(case.args)), received):
@@ -198,6 +214,54 @@ def _number_or_tensor(expected: Any, received: Any) -> str | None:
     if isinstance(expected, number) and isinstance(received, torch.Tensor):
         return f"return a Python {type(expected).__name__}, not a tensor: call .item() on it"
     return None
+
+
+def _kind_hint(expected: Any, received: Any, where: str = "") -> str | None:
+    """A hint when the received value is not the kind of value expected: a generator, tuple or
+    array for a list, a list or array for a tensor, one value for a tuple... (numbers for
+    tensors and back are :func:`_number_or_tensor`'s)."""
+    got = type(received).__name__
+    if isinstance(expected, torch.Tensor):
+        if (
+            isinstance(received, torch.Tensor)
+            and received.is_floating_point()
+            and expected.is_floating_point()
+            and torch.finfo(received.dtype).eps > torch.finfo(expected.dtype).eps
+        ):
+            return (f"{where}your tensor is {received.dtype}, too coarse to be checked: compute "
+                    f"in {expected.dtype}, the inputs' dtype")  # fmt: skip
+        if isinstance(received, torch.Tensor | int | float | np.number):
+            return None
+        return (f"{where}return a torch.Tensor (here of shape {tuple(expected.shape)}), not a "
+                f"{got}")  # fmt: skip
+    if isinstance(expected, list) and not isinstance(received, list):
+        return f"{where}return a list, not a {got}: wrap it in list(...)"
+    if isinstance(expected, tuple):
+        if not isinstance(received, tuple | list):
+            return f"{where}return a tuple of {len(expected)} values, not a {got}"
+        if len(received) != len(expected):
+            return f"{where}return a tuple of {len(expected)} values, not {len(received)} values"
+        if isinstance(received, list) and tuple(received) == expected:
+            return f"{where}return a tuple, not a list: tuple(...)"
+        for i, (e, r) in enumerate(zip(expected, received, strict=True)):
+            hint = _kind_hint(e, r, f"value {i} of the {len(expected)} returned: ")
+            if hint:
+                return hint
+        return None
+    if isinstance(expected, int | float) and not isinstance(
+        received, int | float | np.number | torch.Tensor
+    ):
+        return f"{where}return a number ({type(expected).__name__}), not a {got}"
+    return None
+
+
+def _array_accepted(same: Callable[[Any, Any], Any], expected: Any, received: Any) -> bool:
+    """Whether ``received`` is a numpy array where the checker accepts one for a tensor."""
+    return (
+        isinstance(received, np.ndarray)
+        and isinstance(expected, torch.Tensor)
+        and bool(_holds(same, expected, expected.detach().cpu().numpy()))
+    )
 
 
 def _holds(test: Callable[[Any, Any], Any], expected: Any, received: Any) -> Any:
@@ -378,6 +442,14 @@ def check_causal_mask(your_mask: Callable) -> bool:
             and torch.equal(received.bool(), expected)
         ):
             return "the right pattern, but return a bool tensor (dtype=torch.bool)"
+        if (
+            isinstance(received, torch.Tensor)
+            and received.is_floating_point()
+            and received.shape == expected.shape
+            and torch.equal(received == 0, expected)
+        ):
+            return ("that is the additive mask (0 where allowed, -inf where hidden): return the "
+                    "bool mask itself, True where query t may see key s")  # fmt: skip
         return None
 
     exercise = Exercise(
@@ -456,7 +528,7 @@ def check_top_weight(your_top_weight: Callable) -> bool:
     ]  # fmt: skip
 
     def close(expected, received):
-        return isinstance(received, int | float) and abs(received - expected) < 0.05
+        return isinstance(received, int | float | np.floating) and abs(received - expected) < 0.05
 
     def over_queries(D, n_keys, scaled):  # softmax over the single query: every weight is 1
         return 1.0
@@ -517,8 +589,9 @@ def check_parameter_count(your_count: Callable) -> bool:
         (no_positions, "the position embedding: context_length × C parameters"),
     ]
     exercise = Exercise(
-        "check_parameter_count", "parameter_count(config)", count_parameters, cases, mistakes
-    )
+        "check_parameter_count", "parameter_count(config)", count_parameters, cases, mistakes,
+        _same_number,
+    )  # fmt: skip
     return _verdict(exercise, your_count)
 
 
@@ -609,7 +682,7 @@ def check_embedding_share(your_share: Callable) -> bool:
     ]
     exercise = Exercise(
         "check_embedding_share", "embedding_share(n_layer, d_model)", _embedding_share_reference,
-        cases, mistakes, _same_floats,
+        cases, mistakes, _same_floats, _float32_only,
     )  # fmt: skip
     passed = _verdict(exercise, your_share)
     if passed:
@@ -726,7 +799,7 @@ def check_learning_rate(your_learning_rate: Callable) -> bool:
     ]
     exercise = Exercise(
         "check_learning_rate", "learning_rate(step, config)", learning_rate_at, cases, mistakes,
-        _same_floats,
+        _same_floats, _float32_only,
     )  # fmt: skip
     return _verdict(exercise, your_learning_rate)
 

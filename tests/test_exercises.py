@@ -975,3 +975,76 @@ def test_loss_mask_as_a_list_is_named(capsys):
 
     passed, out = verdict(capsys, ex.check_loss_mask, mask_list)
     assert not passed and "return a torch tensor" in out, out
+
+
+# Hostile answers to chapters 1-4: the wrong kind of value gets a hint naming it ------------------
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (lambda ids, pair, new_id: (i for i in merge(ids, pair, new_id)), "not a generator"),
+        (lambda ids, pair, new_id: tuple(merge(ids, pair, new_id)), "not a tuple"),
+        (lambda ids, pair, new_id: np.array(merge(ids, pair, new_id)), "not a ndarray"),
+    ],
+)
+def test_merge_of_the_wrong_kind_is_named(capsys, wrong, named):
+    passed, out = verdict(capsys, ex.check_merge, wrong)
+    assert not passed and f"return a list, {named}" in out, out
+
+
+def test_bpe_step_pair_as_a_list_is_named(capsys):
+    def pair_as_list(ids, new_id):
+        pair, new_ids = bpe_step(ids, new_id)
+        return list(pair), new_ids
+
+    passed, out = verdict(capsys, ex.check_bpe_step, pair_as_list)
+    assert not passed and "return a tuple, not a list" in out, out
+
+
+def test_attention_without_weights_is_named(capsys):
+    passed, out = verdict(capsys, ex.check_attention, lambda q, k, v, c: attention(q, k, v, c)[0])
+    assert not passed and "return a tuple of 2 values, not a Tensor" in out, out
+
+
+def test_float16_layer_norm_is_named(capsys):
+    def half(x, weight, bias, eps):
+        return layer_norm(x, weight, bias, eps).half()
+
+    passed, out = verdict(capsys, ex.check_layer_norm, half)
+    assert not passed and "your tensor is torch.float16" in out, out
+
+
+def test_additive_mask_is_named(capsys):
+    def additive(T):
+        allowed = torch.ones(T, T, dtype=torch.bool).tril()
+        return torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
+
+    passed, out = verdict(capsys, ex.check_causal_mask, additive)
+    assert not passed and "additive mask" in out, out
+
+
+def test_parameter_count_as_a_tensor_is_named(capsys):
+    def as_tensor(config):
+        return torch.tensor(parameter_count(config))
+
+    passed, out = verdict(capsys, ex.check_parameter_count, as_tensor)
+    assert not passed and ".item()" in out, out
+    assert verdict(capsys, ex.check_parameter_count, lambda c: np.int64(parameter_count(c)))[0]
+
+
+def test_learning_rate_in_float32_is_named(capsys):
+    def float32(step, config):  # the schedule computed with tensors: float32 rounding
+        return torch.tensor(learning_rate(step, config), dtype=torch.float32).item()
+
+    passed, out = verdict(capsys, ex.check_learning_rate, float32)
+    assert not passed and "right to float32 precision only" in out, out
+
+
+def test_an_answer_that_cannot_be_printed_is_reported(capsys):
+    class Unprintable:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    passed, out = verdict(capsys, ex.check_merge, lambda ids, pair, new_id: Unprintable())
+    assert not passed and "cannot be printed" in out, out
