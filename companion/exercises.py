@@ -113,6 +113,15 @@ def _float32_only(expected: Any, received: Any) -> str | None:
     return None
 
 
+def _share_hint(expected: Any, received: Any) -> str | None:
+    """A fraction's hint: a percentage, or a right answer to float32 precision only."""
+    if isinstance(received, int | float | np.floating) and math.isclose(
+        received, 100 * expected, rel_tol=1e-6
+    ):
+        return "return the fraction (0.385), not a percentage (38.5)"
+    return _float32_only(expected, received)
+
+
 def _same_number(expected: Any, received: Any) -> bool:
     """Equal numbers; a numpy integer (``np.prod``'s, say) is a number too, a bool is not."""
     return isinstance(received, int | float | np.integer | np.floating) and not isinstance(
@@ -230,6 +239,14 @@ def _kind_hint(expected: Any, received: Any, where: str = "") -> str | None:
         ):
             return (f"{where}your tensor is {received.dtype}, too coarse to be checked: compute "
                     f"in {expected.dtype}, the inputs' dtype")  # fmt: skip
+        if (
+            isinstance(received, torch.Tensor)
+            and received.shape == expected.shape
+            and received.is_floating_point()
+            and torch.isfinite(expected).all()
+            and not torch.isfinite(received).all()
+        ):
+            return f"{where}your tensor has NaN or inf where every expected value is finite"
         if isinstance(received, torch.Tensor | int | float | np.number):
             return None
         return (f"{where}return a torch.Tensor (here of shape {tuple(expected.shape)}), not a "
@@ -382,8 +399,12 @@ def check_vocab_experiment(your_count: Callable, train_text: str, sample: str) -
     tokenizer trained on ``train_text`` with that vocabulary size (reference:
     :class:`companion.tokenizer.BPETokenizer`). Prints the counts for the learner to explain."""
 
+    counts: dict[int, int] = {}  # each size trained once: the table below reuses the cases'
+
     def reference(vocab_size: int) -> int:
-        return len(BPETokenizer.train(train_text, vocab_size).encode(sample))
+        if vocab_size not in counts:
+            counts[vocab_size] = len(BPETokenizer.train(train_text, vocab_size).encode(sample))
+        return counts[vocab_size]
 
     def merges_not_size(vocab_size):  # trained with vocab_size merges: 256 too many ids
         return reference(vocab_size + 256)
@@ -682,7 +703,7 @@ def check_embedding_share(your_share: Callable) -> bool:
     ]
     exercise = Exercise(
         "check_embedding_share", "embedding_share(n_layer, d_model)", _embedding_share_reference,
-        cases, mistakes, _same_floats, _float32_only,
+        cases, mistakes, _same_floats, _share_hint,
     )  # fmt: skip
     passed = _verdict(exercise, your_share)
     if passed:
@@ -905,6 +926,9 @@ def check_learning_rate_experiment(your_run: Callable, train_tokens, val_tokens)
 
     vocab_size = load_course_tokenizer().vocab_size
     runs: dict[float, Any] = {}
+    # the reference trains on its own copy: an answer that changes the tokens in place cannot
+    # change what the later cases are compared with
+    train_tokens, val_tokens = copy.deepcopy(train_tokens), copy.deepcopy(val_tokens)
 
     def history(learning_rate):
         if learning_rate not in runs:

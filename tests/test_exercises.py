@@ -1048,3 +1048,20 @@ def test_an_answer_that_cannot_be_printed_is_reported(capsys):
 
     passed, out = verdict(capsys, ex.check_merge, lambda ids, pair, new_id: Unprintable())
     assert not passed and "cannot be printed" in out, out
+
+
+def test_nan_in_a_tensor_answer_is_named(capsys):
+    def with_nan(q, k, v, causal):
+        out, weights = attention(q, k, v, causal)
+        return out * float("nan"), weights
+
+    passed, out = verdict(capsys, ex.check_attention, with_nan)
+    assert not passed and "NaN or inf" in out, out
+
+
+def test_embedding_share_as_a_percentage_is_named(capsys):
+    def percent(n_layer, d_model):
+        return 100 * embedding_share(n_layer, d_model)
+
+    passed, out = verdict(capsys, ex.check_embedding_share, percent)
+    assert not passed and "not a percentage" in out, out
