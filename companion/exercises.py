@@ -108,8 +108,8 @@ def _float32_only(expected: Any, received: Any) -> str | None:
     """A hint when a float answer is right only to float32 precision (computed with tensors)."""
     value = received.item() if isinstance(received, torch.Tensor) else received
     if isinstance(value, int | float | np.floating) and math.isclose(value, expected, rel_tol=1e-6):
-        return ("right to float32 precision only: compute with Python floats (math.cos, "
-                "math.pi), not tensors or numpy float32, and return a Python float")  # fmt: skip
+        return ("right to float32 precision only: compute with Python floats (math.cos, not "
+                "torch.cos), not tensors or numpy float32, and return a Python float")  # fmt: skip
     return None
 
 
@@ -118,7 +118,7 @@ def _share_hint(expected: Any, received: Any) -> str | None:
     if isinstance(received, int | float | np.floating) and math.isclose(
         received, 100 * expected, rel_tol=1e-6
     ):
-        return "return the fraction (0.385), not a percentage (38.5)"
+        return f"return the fraction ({expected:.3f}), not a percentage ({received:.1f})"
     return _float32_only(expected, received)
 
 
@@ -231,6 +231,9 @@ def _kind_hint(expected: Any, received: Any, where: str = "") -> str | None:
     tensors and back are :func:`_number_or_tensor`'s)."""
     got = type(received).__name__
     if isinstance(expected, torch.Tensor):
+        if isinstance(received, torch.Tensor) and received.shape != expected.shape:
+            return (f"{where}the shape should be {tuple(expected.shape)}, not "
+                    f"{tuple(received.shape)}")  # fmt: skip
         if (
             isinstance(received, torch.Tensor)
             and received.is_floating_point()
@@ -252,7 +255,8 @@ def _kind_hint(expected: Any, received: Any, where: str = "") -> str | None:
         return (f"{where}return a torch.Tensor (here of shape {tuple(expected.shape)}), not a "
                 f"{got}")  # fmt: skip
     if isinstance(expected, list) and not isinstance(received, list):
-        return f"{where}return a list, not a {got}: wrap it in list(...)"
+        wrap = ": wrap it in list(...)" if hasattr(received, "__iter__") else ""
+        return f"{where}return a list, not a {got}{wrap}"
     if isinstance(expected, tuple):
         if not isinstance(received, tuple | list):
             return f"{where}return a tuple of {len(expected)} values, not a {got}"

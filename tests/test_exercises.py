@@ -1065,3 +1065,12 @@ def test_embedding_share_as_a_percentage_is_named(capsys):
 
     passed, out = verdict(capsys, ex.check_embedding_share, percent)
     assert not passed and "not a percentage" in out, out
+
+
+def test_a_tuple_in_the_wrong_order_is_named(capsys):
+    def swapped(q, k, v, causal):
+        out, weights = attention(q, k, v, causal)
+        return weights, out
+
+    passed, out = verdict(capsys, ex.check_attention, swapped)
+    assert not passed and "value 0 of the 2 returned: the shape should be (3, 2)" in out, out
