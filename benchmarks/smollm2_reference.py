@@ -1,4 +1,4 @@
-"""Write transformers' logits for SmolLM2 on one prompt, for chapter 8 to compare with its own.
+"""Write transformers' logits for SmolLM2 on one prompt, for chapter 9 to compare with its own.
 
 Run: ``python benchmarks/smollm2_reference.py`` (needs ``transformers``, ``accelerate`` and
 ``gguf``; about 20 s). It writes ``companion/assets/smollm2_transformers_logits.json``: the

@@ -19,7 +19,7 @@ What is here:
 Later chapters build on this module without changing it: the KV cache
 (:mod:`companion.kv_cache`, ``07_inference.ipynb``) runs attention over stored keys, and
 Llama-style grouped-query attention with rotary positions (:mod:`companion.llama`,
-``08_real_model.ipynb``) is a subclass. What is left out: cross-attention from a second sequence.
+``09_real_model.ipynb``) is a subclass. What is left out: cross-attention from a second sequence.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ Three rules make the template safe to train on and to talk to:
 
 The model has no memory between calls: every reply is generated from the re-sent history.
 
-**Other templates.** The same rules render a real model's template (``08_real_model.ipynb``):
+**Other templates.** The same rules render a real model's template (``09_real_model.ipynb``):
 a :class:`ChatTemplate` names each role's opening special token, the ordinary text around the
 content, and the closing token. :data:`COURSE_CHAT` is the course's; :data:`SMOLLM2_CHAT` is
 SmolLM2's ChatML, ``<|im_start|>user\nHi<|im_end|>\n``, with its system role and the default
@@ -307,7 +307,7 @@ def render_chat(
 
 def question_ids(question: str, tokenizer, *, template: ChatTemplate = COURSE_CHAT) -> list[int]:
     """One user message in the template, then the assistant's opening: the ids a chat model
-    continues with its reply (chapters 6-8 ask their questions this way).
+    continues with its reply (chapters 6-9 ask their questions this way).
 
     >>> from companion.data import load_course_tokenizer
     >>> tok = load_course_tokenizer()

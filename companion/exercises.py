@@ -1,4 +1,4 @@
-"""Checkers for the exercises at the end of chapters 1-8: instant feedback on a learner's function.
+"""Checkers for the exercises that end chapters 1-7 and 9: instant feedback on a learner's function.
 
 Each ``check_<what>(your_function)`` calls the learner's function on hand-picked edge cases and
 on seeded random cases, compares every result with the package's own tested reference
@@ -22,7 +22,7 @@ a few units of float32 rounding (2^-23 ≈ 1.2e-7 relative) per operation, well 
 every typical mistake changes the result by far more. Python floats (float64) use
 ``math.isclose(rel_tol=1e-9)``.
 
-Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``08_real_model.ipynb``; the
+Taught in the "Exercises" section of ``01_tokenization.ipynb`` to ``09_real_model.ipynb``; the
 reference solutions are in ``solutions/``.
 """
 
@@ -1765,7 +1765,7 @@ def check_top_p_experiment(your_share: Callable, model, tokenizer, world) -> boo
     return passed
 
 
-# Chapter 8: a real model ---------------------------------------------------------------------
+# Chapter 9: a real model ---------------------------------------------------------------------
 
 
 def _rms_norm_reference(x, weight, eps):
@@ -2005,7 +2005,7 @@ def check_rope(your_rope: Callable) -> bool:
 
 
 def check_top_p_paris(your_share: Callable, model, tokenizer) -> bool:
-    """``paris_share(top_p) -> float``: chapter 8's France question in SmolLM2's chat template,
+    """``paris_share(top_p) -> float``: chapter 9's France question in SmolLM2's chat template,
     10 replies of 8 tokens, ``generate(model, asked.expand(10, -1), 8, temperature=1.0,
     top_p=top_p, stop_tokens=[END], generator=make_generator(0))``; the share whose text contains
     "Paris". Prints it by top_p, with the replies' first words, to explain.
@@ -2018,7 +2018,7 @@ def check_top_p_paris(your_share: Callable, model, tokenizer) -> bool:
 
     def replies(top_p):
         if top_p not in runs:
-            _check_model(model, "model, chapter 8's SmolLM2")
+            _check_model(model, "model, chapter 9's SmolLM2")
             end = tokenizer.special_tokens["<|im_end|>"]
             asked = torch.tensor([question_ids("What is the capital of France?", tokenizer,
                                                template=SMOLLM2_CHAT)])  # (1, T)  # fmt: skip

@@ -21,7 +21,7 @@ copied), a ``forward(idx, cache=cache)`` that runs only the new tokens, and the 
 function :func:`companion.generation.generate` uses. Nothing in chapter 3's code changes:
 :func:`attend_with_cache` runs a block's own attention projections over the stored keys.
 
-With grouped-query attention (``n_kv_head`` < ``n_head``, ``08_real_model.ipynb``) the buffers hold
+With grouped-query attention (``n_kv_head`` < ``n_head``, ``09_real_model.ipynb``) the buffers hold
 only the ``n_kv_head`` key/value heads. Left out: paged or shared caches across requests,
 quantised caches, and sliding-window attention
 (the model has absolute position embeddings; :func:`companion.generation.generate` explains what

@@ -1,7 +1,7 @@
 """A Llama-style model: GPT-2's pre-norm stack with RMSNorm, rotary positions, SwiGLU,
 grouped-query attention and an untied LM head; it decodes with a KV cache of its own.
 
-Taught in ``08_real_model.ipynb`` (section 2); SmolLM2-135M is one (:mod:`companion.smollm2`
+Taught in ``09_real_model.ipynb`` (section 2); SmolLM2-135M is one (:mod:`companion.smollm2`
 loads it from its GGUF file). Shape vocabulary: B batch, T time, C channels, H query heads,
 Hkv key/value heads, D head size, F feed-forward width, V vocabulary.
 

@@ -1,6 +1,6 @@
 """What changed since GPT-2: RMSNorm, rotary position embeddings and the SwiGLU feed-forward.
 
-Taught in ``08_real_model.ipynb`` (section 2). Llama-style models (Llama, Mistral, Qwen,
+Taught in ``09_real_model.ipynb`` (section 2). Llama-style models (Llama, Mistral, Qwen,
 SmolLM2) keep GPT-2's pre-norm block and change four of its parts; :mod:`companion.llama` builds
 the model from these pieces:
 

@@ -9,7 +9,7 @@ once, so that "correct", "in format" and "does not know" mean the same in every 
 * :func:`in_format`: the model ended its reply by itself, in one line, writing no turn marker
   (chapter 5's compliance, chapter 6's rater and effects). A question mark is allowed: a reply
   to "Hello! How are you?" may ask back;
-* :func:`says_do_not_know`: the reply declines (chapter 6's refusals, chapter 8's SmolLM2);
+* :func:`says_do_not_know`: the reply declines (chapter 6's refusals, chapter 9's SmolLM2);
 * :func:`find_answer`: the first answer of the right kind in a reply, with the probability the
   model gave its tokens (chapter 7's hallucination; the probabilities come from
   :func:`companion.generation.generate_many` with ``with_probs=True``).

@@ -14,7 +14,7 @@ from-scratch attention; the forward pass itself always uses PyTorch's fused kern
 
 Later chapters build on this module without changing it: the KV cache
 (:mod:`companion.kv_cache`, ``07_inference.ipynb``) and the Llama-style model
-(:mod:`companion.llama`, ``08_real_model.ipynb``). Left out: weight decay groups and the optimiser
+(:mod:`companion.llama`, ``09_real_model.ipynb``). Left out: weight decay groups and the optimiser
 (the training loop builds those), mixed precision, and any download: weights come from you.
 """
 

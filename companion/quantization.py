@@ -1,6 +1,6 @@
 """Quantised weights: GGUF's Q8_0 and Q4_1 blocks, turned back into float32 by hand.
 
-Taught in ``08_real_model.ipynb`` (section 1). A quantised tensor is stored row by row in
+Taught in ``09_real_model.ipynb`` (section 1). A quantised tensor is stored row by row in
 **blocks of 32 weights**; each block keeps one or two float16 numbers and 32 small integers:
 
 * **Q8_0** (34 bytes a block, 8.5 bits a weight): a scale d and 32 signed bytes q;

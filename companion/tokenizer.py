@@ -18,7 +18,7 @@ makes :meth:`BPETokenizer.to_tiktoken` exact; pre-token encodings are cached.
 
 A model file's tokenizer numbers its ids its own way (SmolLM2's: 17 special tokens first, then
 235 bytes, then the merges): :meth:`BPETokenizer.from_vocab` takes that table as it is
-(``08_real_model.ipynb``).
+(``09_real_model.ipynb``).
 
 Left out: Unicode normalisation, SentencePiece-style tokenizers, and training on more text than
 fits in memory.

