@@ -65,9 +65,12 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ),
     ("06_rlhf", "RLHF", "a reward model, PPO, DPO and Constitutional AI, each effect measured"),
     ("07_inference", "Inference", "sampling, a KV cache, streaming, hallucination measured"),
+    # Chapter 8, "08_reasoning" (Reasoning), goes here once notebooks/08_reasoning.ipynb exists;
+    # until then its stage on the course map is drawn as coming.
     ("09_real_model", "A real model", "SmolLM2-135M-Instruct run by the course's own code"),
 )
-"""(notebook stem, title, what you build) for each chapter that exists, in course order."""
+"""(notebook stem, title, what you build) for each chapter that exists, in course order (a test
+keeps it equal to the notebooks in ``notebooks/``)."""
 
 COURSE_MAP: tuple[tuple[str, str], ...] = (
     ("Tokens", "text → integers"),

@@ -1,6 +1,6 @@
 """Two-hop questions, chain of thought, and GRPO: reinforcement learning with checkable answers.
 
-For the reasoning chapter (issue 27; its notebook is not written yet, so no chapter teaches this
+For chapter 8, reasoning (issue 27; its notebook is not written yet, so no chapter teaches this
 module today). A *two-hop* question needs two facts the base model already knows: "Which river
 flows through the town where Kofi lives?" needs Kofi's home town (Pebbleton) and Pebbleton's
 river (Dove). (The corpus also states these two answers next to the person directly, see
