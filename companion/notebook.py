@@ -87,7 +87,9 @@ COURSE_MAP: tuple[tuple[str, str], ...] = (
 
 
 def chapter_exists(number: int) -> bool:
-    """Whether chapter ``number`` has a notebook yet, read from :data:`CHAPTERS`.
+    """Whether chapter ``number`` has a notebook yet, read from :data:`CHAPTERS` (which a test keeps
+    equal to the files in ``notebooks/``; the package itself may be installed without them, as on
+    Colab, so it does not look for the files).
 
     >>> chapter_exists(1), chapter_exists(99)
     (True, False)

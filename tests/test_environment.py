@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,18 @@ def test_course_map_marks_the_chapters_without_a_notebook_as_coming(monkeypatch)
     assert "ch. 5" in labels() and "ch. 5 (coming)" not in labels()
     monkeypatch.setattr(companion.notebook, "CHAPTERS", CHAPTERS[:2])
     assert "ch. 2 (coming)" in labels()
+
+
+def test_course_map_draws_as_coming_exactly_the_chapters_without_a_notebook():
+    """Chapter 8 (Reasoning) is drawn as coming while notebooks/08_reasoning.ipynb does not exist;
+    when it lands, test_repository asks for its entry in CHAPTERS, and the map draws it."""
+    from companion.notebook import chapter_exists
+
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    written = {int(path.name[:2]) for path in notebooks.glob("[0-9][0-9]_*.ipynb")}
+    stages = range(1, len(COURSE_MAP) + 1)
+    assert {n for n in stages if not chapter_exists(n)} == set(stages) - written
+    assert COURSE_MAP[7][0] == "Reasoning" and COURSE_MAP[8][0] == "A real model"
 
 
 def test_block_diagram_names_every_part_of_a_block():
