@@ -327,13 +327,14 @@ SHIPPED: dict[str, str] = {  # name -> the command that recreates companion/asse
     "ppo": "python -m companion.rlhf ppo --out companion/assets/ppo_model",
     "dpo": "python -m companion.rlhf dpo --out companion/assets/dpo_model",
     "cai": "python -m companion.rlhf cai --out companion/assets/cai_model",
+    "reasoning": "python -m companion.reasoning --out companion/assets/reasoning_model",
 }
 
 
 def load_shipped(name: str, device: DeviceLike = None) -> tuple[GPT, BPETokenizer]:
     """A model shipped in ``companion/assets`` and its tokenizer: ``(GPT in eval mode on
     device, BPETokenizer)``. ``name`` is one of :data:`SHIPPED`: "base" (chapter 4), "chat"
-    (chapter 5), "ppo", "dpo", "cai" (chapter 6). Nothing is trained or downloaded.
+    (chapter 5), "ppo", "dpo", "cai" (chapter 6), "reasoning" (chapter 8). Nothing is trained or downloaded.
 
     >>> model, tokenizer = load_shipped("chat", "cpu")
     >>> model.training, model.config.vocab_size == tokenizer.vocab_size

@@ -1,61 +1,56 @@
-"""Two-hop questions, chain of thought, and GRPO: reinforcement learning with checkable answers.
+"""Two-hop questions, chain of thought, GRPO on them, and spending compute at inference time.
 
-For chapter 8, reasoning (issue 27; its notebook is not written yet, so no chapter teaches this
-module today). A *two-hop* question needs two facts the base model already knows: "Which river
-flows through the town where Kofi lives?" needs Kofi's home town (Pebbleton) and Pebbleton's
-river (Dove). (The corpus also states these two answers next to the person directly, see
-``TWO_HOP``, so the chapter still needs a chain the corpus never puts together.) Every reply ends with
-its answer as ``So: Dove.``, which :func:`check_answer` reads: *right*, *wrong* or *malformed*.
-A *trace* (chain of thought) writes the middle fact down first::
+Taught in ``08_reasoning.ipynb``. A *two-hop* question needs two facts the model already knows:
+"Which river flows through the town where Kofi lives?" needs Kofi's home town (Pebbleton) and
+Pebbleton's river (Dove). Every reply ends with its answer as ``So: Dove.``, which
+:func:`check_answer` reads: *right*, *wrong* or *malformed*. A *trace* (chain of thought) writes
+the middle fact down first::
 
     Kofi lives in Pebbleton. Pebbleton lies on the river Dove. So: Dove.
 
 The questions are split by *person* (:func:`split_people`): training sees some people's
-questions, evaluation asks only the others', so an accuracy measures composing facts, not
-answers remembered. :func:`majority_baseline` is the score of always giving a relation's
-commonest answer.
+questions, evaluation asks only the others', so an accuracy on the held-out side is not a
+remembered answer to a trained question. :func:`majority_baseline` is the score of always giving
+a relation's commonest answer. The corpus, though, also states a person's river and goods next to
+their name (:func:`co_statements` counts them), so a direct answer can be recalled rather than
+composed: the chapter measures this.
 
-**GRPO** (Shao et al. 2024, DeepSeekMath, section 4.1) samples a *group* of G replies per
-question, rewards each 1 if its final answer is right by the world and 0 otherwise (malformed
-included), and uses the reward minus its group's mean, over the group's standard deviation, as
-every token's advantage (:func:`group_advantages`): no value model. A group whose rewards are all
-equal has zero advantages and teaches nothing; the trainer counts such groups and says when a
-whole batch is like that. The loss (:func:`grpo_loss`) is PPO's per-token clipped ratio
-(:func:`companion.ppo.clipped_objective`) averaged over *every reply token of the batch* (the
-token-mean of DAPO, Yu et al. 2025; DeepSeekMath averages each reply first), plus optionally
-``β`` times the k3 estimate of KL to the starting model (:func:`kl_k3`). Shape vocabulary: B
-questions (groups), G replies per group, T time, V vocabulary.
+GRPO itself is in :mod:`companion.grpo`; :func:`two_hop_grpo` runs it with the world as the
+judge. At inference time, :func:`sample_answers` draws N replies per question, and
+:func:`majority_vote` (self-consistency), best-of-N with the world as a perfect verifier, and
+:func:`pass_at_k` turn them into accuracies (:func:`scaling_table`). :func:`train_reasoning_model`
+is the recipe of the shipped model (``python -m companion.reasoning --out DIR``).
 
-Left out: process rewards, a learned verifier, length penalties, and questions of more than two
-hops.
+Left out: questions of more than two hops, learned verifiers, and process rewards.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
-import math
+import json
 import random
 import re
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from companion.chat import END, chat_many, question_ids, special_ids
-from companion.environment import model_device
+from companion.checkpoints import load_shipped, save_checkpoint
 from companion.evaluation import most_common_answers
 from companion.generation import generate_many
+from companion.grpo import GRPOConfig, GRPOLog, train_grpo
 from companion.kv_cache import CachedGPT
 from companion.measurement import has_word
 from companion.model import GPT
-from companion.ppo import clipped_objective
-from companion.replies import pad_sequences, token_logprobs
 from companion.sft import SFTBatches, encode_conversations
-from companion.train_config import TrainConfig, check_loss, check_recipe
-from companion.world import RELATIONS, Fact, Person, World
+from companion.train_config import TrainConfig
+from companion.world import RELATIONS, Fact, Person, World, build_world
 
 # relation of the town -> the two-hop question about a person. The hops are the person's
 # home_town fact and the town's fact; their replies (RELATIONS) are the trace's two sentences.
@@ -310,240 +305,6 @@ def answer_outcomes(
     return [where_wrong(r, q, finished=r.finished) for r, q in zip(replies, questions, strict=True)]
 
 
-# --- GRPO -------------------------------------------------------------------------------------
-
-
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(advantages (B, G), equal (B,))``: each reward minus its group's mean, over the group's
-    standard deviation (population, ``(r − mean) / (std + eps)``); ``equal`` marks the groups
-    whose rewards are all the same: their advantages are exactly 0.
-
-    >>> adv, equal = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
-    >>> adv.round(decimals=4).tolist(), equal.tolist()
-    ([[1.0, -1.0, -1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], [False, True])
-    """
-    if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError(
-            f"rewards must be (B, G) with G >= 2 replies per group, got {tuple(rewards.shape)}"
-        )
-    if not rewards.is_floating_point() or not bool(torch.isfinite(rewards).all()):
-        raise ValueError(
-            "rewards must be finite floating-point numbers (a NaN or inf makes every advantage of "
-            "its group NaN); check the reward function's return values"
-        )
-    if isinstance(eps, bool) or not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps={eps!r} must be a small number >= 0, e.g. 1e-6")
-    mean = rewards.mean(dim=1, keepdim=True)  # (B, 1)
-    std = rewards.std(dim=1, unbiased=False, keepdim=True)  # (B, 1)
-    equal = (rewards == rewards[:, :1]).all(dim=1)  # (B,)
-    advantages = (rewards - mean) / (std + eps)  # (B, G)
-    return advantages.masked_fill(equal[:, None], 0.0), equal
-
-
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """The k3 estimate of ``KL(π ‖ π_ref)`` per token (Schulman 2020): ``exp(d) − d − 1`` with
-    ``d = log π_ref(y) − log π(y)``; never negative, unbiased for ``y`` drawn from π (any shape).
-
-    >>> [round(k, 4) for k in kl_k3(torch.tensor([0.0, -1.0]), torch.zeros(2)).tolist()]  # e − 2
-    [0.0, 0.7183]
-    """
-    d = ref_logp - logp
-    return torch.exp(d) - d - 1
-
-
-def grpo_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-    clip: float = 0.2, ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """``(loss, clip_fraction, kl)``: the clipped surrogate with one advantage per reply,
-    token-mean over every masked token of the batch, plus ``kl_coef`` times the token-mean k3
-    KL (0 without ``ref_logp``). ``logp``, ``old_logp``, ``ref_logp``, ``mask`` (N, T) for N
-    replies; ``advantages`` (N,).
-
-    >>> one = torch.ones(1, 1, dtype=torch.bool)
-    >>> loss, frac, _ = grpo_loss(torch.log(torch.tensor([[1.5]])), torch.zeros(1, 1),
-    ...                           torch.tensor([1.0]), one)
-    >>> round(loss.item(), 4), frac.item()  # ρ = 1.5 counts as 1.2
-    (-1.2, 1.0)
-    """
-    given = [logp, old_logp, mask] + ([] if ref_logp is None else [ref_logp])
-    if (
-        logp.dim() != 2
-        or any(t.shape != logp.shape for t in given)
-        or (advantages.shape != logp.shape[:1])
-    ):
-        shapes = ", ".join(str(tuple(t.shape)) for t in [*given, advantages])
-        raise ValueError(
-            "logp, old_logp, mask (and ref_logp) must all be (N, T) and advantages (N,); got "
-            f"{shapes} (logp, old_logp, mask, [ref_logp,] advantages)"
-        )
-    if not mask.any():
-        raise ValueError("the mask selects no token: every reply is empty, so there is no loss")
-    if not (0 < clip < 1 and 0 <= kl_coef < math.inf) or (kl_coef and ref_logp is None):
-        raise ValueError(
-            f"clip={clip!r} must be in (0, 1) and kl_coef={kl_coef!r} a finite number >= 0, "
-            "with ref_logp given when kl_coef > 0 (without it there is no KL to add)"
-        )
-    mask = mask.bool()
-    # what the mask leaves out (prompt, padding) is set to 0 first: it cannot reach the loss,
-    # not even as inf * 0 = NaN when the policy and the reference disagree there
-    logp, old_logp = torch.where(mask, logp, 0.0), torch.where(mask, old_logp, 0.0)
-    per_token = advantages[:, None].expand_as(logp)  # (N, T): every token gets its reply's
-    loss, fraction = clipped_objective(logp, old_logp, per_token, mask, clip=clip)
-    kl = logp.new_zeros(())
-    if ref_logp is not None:
-        m = mask.float()
-        kl = (kl_k3(logp, torch.where(mask, ref_logp, 0.0)) * m).sum() / m.sum()
-    return loss + kl_coef * kl, fraction, kl
-
-
-@dataclass
-class GRPOConfig:
-    """A GRPO run's recipe."""
-
-    iterations: int = 20  # roll-out + update rounds
-    questions: int = 8  # B: questions (groups) per iteration
-    group_size: int = 8  # G: replies sampled per question
-    updates: int = 2  # gradient steps on each roll-out (the first has ratio 1)
-    learning_rate: float = 1e-4  # AdamW, constant
-    clip: float = 0.2  # ε of the clipped ratio
-    kl_coef: float = 0.0  # β of the k3 KL to the starting model (0: no KL term)
-    temperature: float = 1.0  # sampling temperature of the roll-outs
-    max_new_tokens: int = 32  # reply length limit
-    seed: int = 0  # draws questions and replies
-
-    def __post_init__(self) -> None:
-        check_recipe(self, {
-            "iterations": "int >= 1", "questions": "int >= 1", "group_size": "int >= 1",
-            "updates": "int >= 1", "learning_rate": "> 0", "clip": "(0, 1)",
-            "kl_coef": ">= 0", "temperature": "> 0", "max_new_tokens": "int >= 1", "seed": "int",
-        })  # fmt: skip
-        if self.group_size < 2:
-            raise ValueError("GRPOConfig.group_size must be >= 2: a group of one has no mean")
-
-
-@dataclass
-class GRPOLog:
-    """One entry per iteration (the glossary is in the notebook)."""
-
-    reward: list[float] = field(default_factory=list)  # mean reward of the sampled replies
-    equal_groups: list[float] = field(default_factory=list)  # share of all-equal groups
-    length: list[float] = field(default_factory=list)  # mean reply length, tokens
-    kl: list[float] = field(default_factory=list)  # token-mean k3 KL to the start, last update
-    clip_fraction: list[float] = field(default_factory=list)  # share of clipped tokens
-    skipped: list[int] = field(default_factory=list)  # iterations with no update (all equal)
-    seconds: list[float] = field(default_factory=list)  # wall time so far
-
-
-Reward = Callable[[int, Sequence[int], bool], float]  # (prompt index, reply ids, finished)
-
-
-def train_grpo(
-    model: nn.Module, prompts: Sequence[Sequence[int]], reward: Reward, stop_id: int,
-    config: GRPOConfig | None = None,
-) -> tuple[nn.Module, GRPOLog]:  # fmt: skip
-    """GRPO from a copy of ``model`` (the caller's is neither changed nor moved); returns the
-    tuned copy (eval mode) and its :class:`GRPOLog`. ``prompts`` are token ids (e.g.
-    :func:`companion.chat.question_ids`); ``reward(i, reply_ids, finished)`` scores a reply to
-    prompt ``i``; ``stop_id`` ends a reply (``<|end|>``). One iteration:
-
-    1. **Questions**: draw B prompts; each is asked G times.
-    2. **Roll out**: sample the B·G replies at ``temperature`` (:func:`generate_many`).
-    3. **Reward** each reply; :func:`group_advantages`. If every group is all-equal there is
-       nothing to learn: no step; the iteration goes in ``log.skipped`` and the run ends with a
-       warning that counts them.
-    4. **Log-probabilities** of the reply tokens (the stop token included when written) under
-       the policy before the update and the frozen reference (:mod:`companion.replies`).
-    5. **Update**: ``updates`` AdamW steps on :func:`grpo_loss` over the whole roll-out.
-    """
-    config = GRPOConfig() if config is None else config
-    if not isinstance(config, GRPOConfig):
-        raise TypeError(f"config must be a GRPOConfig, got a {type(config).__name__}")
-    if not prompts:
-        raise ValueError("prompts is empty; pass at least one prompt's token ids")
-    if config.questions > len(prompts):  # each iteration asks B different prompts
-        raise ValueError(
-            f"GRPOConfig.questions={config.questions} but there are only {len(prompts)} prompts: "
-            f"each iteration asks {config.questions} different ones; pass questions <= "
-            f"{len(prompts)} or more prompts"
-        )
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if isinstance(stop_id, bool) or not isinstance(stop_id, int) or stop_id < 0 or (
-        vocab is not None and stop_id >= vocab
-    ):  # fmt: skip
-        raise ValueError(
-            f"stop_id={stop_id!r} must be a token id (an int from 0 to {vocab or 'V'} - 1), e.g. "
-            "special_ids(tokenizer)[END]"
-        )
-    policy = copy.deepcopy(model).eval()  # no dropout: logp and old_logp must agree
-    reference = copy.deepcopy(model).eval()
-    # Chapter 7's KV cache samples the roll-outs (same tokens, about 10x faster here); it holds
-    # the policy's own parameters, so the updates reach it.
-    sampler = CachedGPT(policy) if isinstance(policy, GPT) else policy
-    device = model_device(policy)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    rng, log, start = random.Random(config.seed), GRPOLog(), time.perf_counter()
-    B, G = config.questions, config.group_size
-    for it in range(config.iterations):
-        # 1. Questions: B prompts, each G times.
-        chosen = rng.sample(range(len(prompts)), B)
-        asked = [prompts[i] for i in chosen for _ in range(G)]
-        # 2. Roll out (torch takes seeds mod 2**64: wrapping here keeps every seed's draws and
-        # spares a large one an overflow).
-        out = generate_many(
-            sampler, asked, [stop_id], max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature, seed=(config.seed * 100_003 + it) % 2**64,
-        )  # fmt: skip
-        # 3. Reward and group advantages.
-        rewards = torch.tensor(
-            [reward(chosen[k // G], c.ids, c.finished) for k, c in enumerate(out)],
-            dtype=torch.float,
-        ).view(B, G)  # (B, G)
-        advantages, equal = group_advantages(rewards)
-        replies = [[*c.ids, stop_id] if c.finished else list(c.ids) for c in out]
-        log.reward.append(rewards.mean().item())
-        log.equal_groups.append(equal.float().mean().item())
-        log.length.append(sum(map(len, replies)) / len(replies))
-        if equal.all():  # every advantage is 0: nothing to learn from this roll-out
-            log.skipped.append(it)
-            log.kl.append(log.kl[-1] if log.kl else 0.0)
-            log.clip_fraction.append(0.0)
-            log.seconds.append(time.perf_counter() - start)
-            continue
-        # 4. Log-probabilities before the update, and under the reference.
-        ids, mask = pad_sequences(asked, replies, stop_id)
-        ids, mask, m = ids.to(device), mask.to(device), mask[:, 1:].to(device)  # m: (N, T-1)
-        with torch.no_grad():
-            old_logp = token_logprobs(policy(ids)[0], ids)  # (N, T-1)
-            ref_logp = token_logprobs(reference(ids)[0], ids)  # (N, T-1)
-        flat = advantages.reshape(-1).to(device)  # (N,) = (B·G,)
-        # 5. Update.
-        for _ in range(config.updates):
-            logp = token_logprobs(policy(ids)[0], ids)  # (N, T-1)
-            loss, fraction, kl = grpo_loss(
-                logp, old_logp, flat, m, clip=config.clip, ref_logp=ref_logp,
-                kl_coef=config.kl_coef,
-            )  # fmt: skip
-            check_loss(loss, "GRPO")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            optimizer.step()
-        log.kl.append(kl.item())
-        log.clip_fraction.append(fraction.item())
-        log.seconds.append(time.perf_counter() - start)
-    if log.skipped:
-        warnings.warn(
-            f"in {len(log.skipped)} of {config.iterations} GRPO iterations every group's rewards "
-            "were equal, so every advantage was 0 and no update was made (log.skipped lists "
-            "them). If the rewards were all 0, sample more replies per question, at a higher "
-            "temperature, or start from a model that is sometimes right; if all 1, the task is "
-            "learnt",
-            stacklevel=2,
-        )
-    return policy.eval(), log
-
-
 def two_hop_grpo(
     model: nn.Module, tokenizer, questions: Sequence[TwoHop], config: GRPOConfig | None = None
 ) -> tuple[nn.Module, GRPOLog]:
@@ -557,3 +318,205 @@ def two_hop_grpo(
         return float(check_answer(text, questions[i].answer, finished=finished) == "right")
 
     return train_grpo(model, prompts, reward, special_ids(tokenizer)[END], config)
+
+
+def co_statements(corpus: str, questions: Sequence[TwoHop]) -> list[int]:
+    """For each question, how many sentences of ``corpus`` name its person and its answer
+    together (as whole words): a count above 0 means the answer could be recalled, not composed.
+
+    >>> q = TwoHop("Kofi", "river", "Pebbleton", "Dove", "")
+    >>> co_statements("Kofi lives by the Dove. Kofi bakes. The Dove is wide.", [q])
+    [1]
+    """
+    if not isinstance(corpus, str):
+        raise TypeError(f"corpus must be a str, got {type(corpus).__name__}")
+    _check_questions(questions, "questions")
+    people = {q.person for q in questions}
+    by_person: dict[str, list[set[str]]] = {p: [] for p in people}
+    for sentence in re.split(r"(?<=[.!?])\s+", corpus):  # one pass: linear in the corpus
+        words = set(re.findall(r"[A-Za-z]+", sentence))
+        for person in people & words:
+            by_person[person].append(words)
+    return [sum(q.answer in words for words in by_person[q.person]) for q in questions]
+
+
+# --- spending compute at inference time -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled reply: its final answer (None if malformed) and its length in tokens."""
+
+    answer: str | None  # the word of "So: X.", or None
+    tokens: int  # reply tokens, the stop token included when written
+
+
+def sample_answers(
+    model: nn.Module, tokenizer, questions: Sequence[TwoHop], n: int, *,
+    temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
+) -> list[list[Sample]]:  # fmt: skip
+    """``n`` replies to each question, sampled at ``temperature`` through chapter 7's KV cache;
+    ``[question][sample]``. The model is used where it is, in eval mode, and not changed."""
+    _check_questions(questions, "questions")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} must be an int >= 1: the number of replies per question")
+    stop = special_ids(tokenizer)[END]
+    prompts = [question_ids(q.question, tokenizer) for q in questions for _ in range(n)]
+    sampler = CachedGPT(model) if isinstance(model, GPT) else model
+    was_training = model.training
+    model.eval()
+    try:
+        out = generate_many(
+            sampler, prompts, [stop], max_new_tokens=max_new_tokens, temperature=temperature,
+            seed=seed,
+        )  # fmt: skip
+    finally:
+        model.train(was_training)
+    samples = []
+    for c in out:
+        answer = final_answer(tokenizer.decode(list(c.ids))) if c.finished else None
+        samples.append(Sample(answer, len(c.ids) + int(c.finished)))
+    return [samples[i * n : (i + 1) * n] for i in range(len(questions))]
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+    """The commonest answer, malformed replies (None) left out; a tie goes to the answer that
+    came first; None if every reply is malformed.
+
+    >>> majority_vote(["Dove", None, "Elm", "Elm", "Dove"]), majority_vote([None, None])
+    ('Dove', None)
+    """
+    counts = Counter(a for a in answers if a is not None)  # keeps first-seen order on ties
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The chance that at least one of k replies drawn without replacement from n, of which c
+    are right, is right: ``1 − C(n−c, k) / C(n, k)`` (the unbiased estimator of Chen et al.
+    2021), computed as a product so that large n does not overflow.
+
+    >>> pass_at_k(4, 1, 2), pass_at_k(4, 0, 4), pass_at_k(4, 4, 1)
+    (0.5, 0.0, 1.0)
+    """
+    for name, value in (("n", n), ("c", c), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(
+            f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}: c counts the right "
+            "replies among the n drawn, and k of those n are picked"
+        )
+    if n - c < k:  # every pick of k holds a right reply
+        return 1.0
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):  # C(n-c, k) / C(n, k) = prod (1 - k / i)
+        miss *= 1.0 - k / i
+    return 1.0 - miss
+
+
+def scaling_table(
+    samples: Sequence[Sequence[Sample]], questions: Sequence[TwoHop], ks: Sequence[int]
+) -> list[dict[str, float]]:
+    """For each k: accuracy of the majority vote over each question's first k samples
+    (self-consistency), of best-of-k picked by the world (right if any of the first k is right:
+    a perfect verifier), the mean :func:`pass_at_k` over all n samples, and the reply tokens
+    spent per question (the first k samples' lengths, summed, averaged over questions)."""
+    _check_questions(questions, "questions")
+    if len(samples) != len(questions):
+        raise ValueError(
+            f"{len(samples)} lists of samples for {len(questions)} questions: pass the output of "
+            "sample_answers for these questions"
+        )
+    n = min(map(len, samples))
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n]
+    if bad or not ks:
+        raise ValueError(f"ks={list(ks)!r} must be ints from 1 to {n}, the samples per question")
+    rows = []
+    for k in ks:
+        vote = best = passed = spent = 0.0
+        for q, drawn in zip(questions, samples, strict=True):
+            first = drawn[:k]
+            vote += majority_vote([s.answer for s in first]) == q.answer
+            best += any(s.answer == q.answer for s in first)
+            passed += pass_at_k(len(drawn), sum(s.answer == q.answer for s in drawn), k)
+            spent += sum(s.tokens for s in first)
+        m = len(questions)
+        rows.append({"k": k, "majority_vote": vote / m, "best_of_k": best / m,
+                     "pass_at_k": passed / m, "tokens": spent / m})  # fmt: skip
+    return rows
+
+
+# --- the shipped reasoning model ---------------------------------------------------------------
+
+
+def two_hop_config(steps: int, seed: int) -> TrainConfig:
+    """The SFT recipe on two-hop conversations: batches of 8, AdamW at 3e-4 after 10 warm-up
+    steps (fewer for a very short run), cosine to 3e-5, no weight decay, on the CPU."""
+    return TrainConfig(
+        steps=steps, batch_size=8, learning_rate=3e-4, min_learning_rate=3e-5,
+        warmup_steps=min(10, steps - 1), weight_decay=0.0, eval_interval=steps, eval_batches=1,
+        seed=seed, device="cpu",
+    )  # fmt: skip
+
+
+SHORT_SFT_STEPS = 20  # the chain-of-thought SFT GRPO starts from: deliberately too short
+SHIPPED_GRPO = GRPOConfig(iterations=20, questions=8, group_size=8, updates=2, learning_rate=1e-4,
+                          clip=0.2, kl_coef=0.0, temperature=1.0, max_new_tokens=32, seed=0)  # fmt: skip
+COMMAND = "python -m companion.reasoning --out companion/assets/reasoning_model"
+
+
+def short_cot_then_grpo(
+    chat: nn.Module, tokenizer, world: World, *, seed: int, config: GRPOConfig = SHIPPED_GRPO,
+) -> tuple[nn.Module, nn.Module, GRPOLog]:  # fmt: skip
+    """One run of the chapter's recipe, on ``split_people(world, seed=seed)``'s training side:
+    a copy of ``chat`` fine-tuned :data:`SHORT_SFT_STEPS` steps on traces, then GRPO from it
+    (``config`` with ``seed``). Returns ``(short, tuned, log)``; ``chat`` is left as it is."""
+
+    train_people, _ = split_people(world, seed=seed)
+    questions = two_hop_questions(train_people)
+    short = copy.deepcopy(chat)
+    fine_tune_two_hop(
+        short, tokenizer, questions, two_hop_config(SHORT_SFT_STEPS, seed), trace=True
+    )
+    short.eval()
+    tuned, log = two_hop_grpo(short, tokenizer, questions, _with_seed(config, seed))
+    return short, tuned, log
+
+
+def _with_seed(config: GRPOConfig, seed: int) -> GRPOConfig:
+    return GRPOConfig(**{**asdict(config), "seed": seed})
+
+
+def train_reasoning_model(out_dir: str | Path) -> dict:
+    """The shipped reasoning model: :func:`short_cot_then_grpo` from the shipped chat model on
+    world 0, seed 0; saved to ``out_dir`` with its figures (also returned)."""
+
+    chat, tokenizer = load_shipped("chat", "cpu")
+    world = build_world(0)
+    start = time.perf_counter()
+    short, tuned, log = short_cot_then_grpo(chat, tokenizer, world, seed=0)
+    train_people, held_people = split_people(world, seed=0)
+    figures = {
+        "command": COMMAND, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "seconds": round(time.perf_counter() - start, 1), "grpo_config": asdict(SHIPPED_GRPO),
+        "short_sft_steps": SHORT_SFT_STEPS, "log": asdict(log),
+    }  # fmt: skip
+    for name, model in (("short", short), ("grpo", tuned)):
+        for side, people in (("train", train_people), ("held_out", held_people)):
+            outcomes = answer_outcomes(model, tokenizer, two_hop_questions(people))
+            figures[f"{name}_{side}"] = dict(Counter(outcomes))
+    save_checkpoint(out_dir, tuned, extra=figures)
+    return figures
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m companion.reasoning --out DIR``: retrain the shipped reasoning model."""
+    parser = argparse.ArgumentParser(prog="python -m companion.reasoning", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    args = parser.parse_args(argv)
+    figures = train_reasoning_model(args.out)
+    print(json.dumps({k: v for k, v in figures.items() if k != "log"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

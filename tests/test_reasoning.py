@@ -1,9 +1,8 @@
-"""Two-hop questions, the answer checker, group advantages, the GRPO loss and trainer."""
+"""Two-hop questions, the answer checker, SFT on them, and the inference-time scaling measures."""
 
 from __future__ import annotations
 
 import doctest
-import math
 
 import pytest
 import torch
@@ -11,17 +10,18 @@ import torch
 import companion.reasoning
 from companion.model import GPT, GPTConfig
 from companion.reasoning import (
-    GRPOConfig,
+    Sample,
     TwoHop,
     check_answer,
+    co_statements,
     conversations,
     final_answer,
-    group_advantages,
-    grpo_loss,
-    kl_k3,
     majority_baseline,
+    majority_vote,
+    pass_at_k,
+    sample_answers,
+    scaling_table,
     split_people,
-    train_grpo,
     two_hop_questions,
     where_wrong,
 )
@@ -115,108 +115,6 @@ def test_where_the_trace_went_wrong():
     assert where_wrong("Pebbleton.", KOFI) == "format"
 
 
-def test_group_advantages_by_hand():
-    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    adv, equal = group_advantages(rewards, eps=0.0)
-    # group 0: mean 1/4, population std sqrt(3)/4: (1 − 1/4)/(√3/4) = √3, (0 − 1/4)/(√3/4) = −1/√3
-    r3 = math.sqrt(3)
-    assert adv[0].tolist() == pytest.approx([r3, -1 / r3, -1 / r3, -1 / r3], abs=1e-6)
-    assert adv[1:].eq(0).all()  # all-equal groups: exactly zero, whatever eps is
-    assert equal.tolist() == [False, True, True]
-    assert adv[0].sum().item() == pytest.approx(0.0, abs=1e-6)  # advantages centre each group
-
-
-@pytest.mark.parametrize("shape", [(4,), (3, 1), (2, 2, 2)])
-def test_group_advantages_refuse_bad_shapes(shape):
-    with pytest.raises(ValueError, match=r"\(B, G\)"):
-        group_advantages(torch.zeros(shape))
-
-
-def test_grpo_loss_inside_and_outside_the_clip():
-    # Four one-token replies, ε = 0.2. Per token min(ρA, clip(ρ)A):
-    #   ρ = 1.1, A = +1 → 1.1 (inside the clip)      ρ = 1.5, A = +1 → 1.2 (clipped)
-    #   ρ = 0.5, A = +1 → 0.5 (min keeps ρA)         ρ = 0.5, A = −1 → −0.8 (clipped)
-    # loss = −(1.1 + 1.2 + 0.5 − 0.8) / 4 = −0.5. The clip fraction counts |ρ − 1| > ε: 3 of 4.
-    ratio = torch.tensor([[1.1], [1.5], [0.5], [0.5]])
-    logp = torch.log(ratio).requires_grad_()
-    adv = torch.tensor([1.0, 1.0, 1.0, -1.0])
-    mask = torch.ones(4, 1, dtype=torch.bool)
-    loss, fraction, kl = grpo_loss(logp, torch.zeros(4, 1), adv, mask, clip=0.2)
-    assert loss.item() == pytest.approx(-0.5, abs=1e-6)
-    assert fraction.item() == pytest.approx(0.75) and kl.item() == 0.0
-    loss.backward()
-    # d loss / d logp = −ρA/4 where not clipped, 0 where clipped.
-    assert logp.grad[:, 0].tolist() == pytest.approx([-1.1 / 4, 0.0, -0.5 / 4, 0.0], abs=1e-6)
-
-
-def test_grpo_loss_is_a_token_mean_and_adds_the_kl():
-    # Reply 0 has one token with A = +1, reply 1 three with A = −1, ratio 1 everywhere:
-    # the token-mean is −(1 − 3)/4 = 0.5 (a mean of the replies' means would be 0).
-    logp = torch.zeros(2, 3)
-    mask = torch.tensor([[True, False, False], [True, True, True]])
-    adv = torch.tensor([1.0, -1.0])
-    loss, _, _ = grpo_loss(logp, logp, adv, mask)
-    assert loss.item() == pytest.approx(0.5)
-    # the reference gives each token log-prob −1 more than the policy: k3 = e − 2 per token
-    ref = logp - 1.0
-    loss_kl, _, kl = grpo_loss(logp, logp, adv, mask, ref_logp=ref, kl_coef=0.1)
-    assert kl.item() == pytest.approx(math.e**-1 + 1 - 1, abs=1e-6)  # exp(−1) − (−1) − 1
-    assert loss_kl.item() == pytest.approx(0.5 + 0.1 * kl.item(), abs=1e-6)
-    assert kl_k3(torch.zeros(3), torch.zeros(3)).eq(0).all()
-
-
-def test_grpo_config_refuses_bad_recipes():
-    with pytest.raises(ValueError, match="group_size"):
-        GRPOConfig(group_size=1)
-    with pytest.raises(ValueError, match="kl_coef"):
-        GRPOConfig(kl_coef=-0.1)
-
-
-def _toy_model(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=4, context_length=16, n_layer=1, n_head=1, d_model=16))
-
-
-def _first_token_is_one(i, reply, finished):
-    """Toy reward: 1 if the reply starts with token 1 (a quarter of the vocabulary)."""
-    return float(len(reply) > 0 and reply[0] == 1)
-
-
-@pytest.mark.filterwarnings("ignore:in .* GRPO iterations every group")  # all right at the end
-def test_grpo_raises_the_reward_on_a_toy_task():
-    torch.set_num_threads(1)
-    model = _toy_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    prompts = [[0], [2], [0, 2], [2, 0]]
-    config = GRPOConfig(
-        iterations=25, questions=4, group_size=8, learning_rate=3e-2, max_new_tokens=3, seed=0
-    )
-    tuned, log = train_grpo(model, prompts, _first_token_is_one, 3, config)
-    # Start: a random tiny model is nearly uniform over 4 tokens, so about 1/4 of the first
-    # tokens are 1; of 32 replies, more than 16 would be 4 standard deviations above 8.
-    assert log.reward[0] < 0.5
-    # End: the last five iterations (160 replies) above 0.9: a policy still at the start's
-    # 1/4 would be more than 20 standard deviations below it.
-    assert sum(log.reward[-5:]) / 5 > 0.9
-    assert len(log.equal_groups) == len(log.length) == len(log.kl) == config.iterations
-    assert log.kl[-1] > 0  # it moved away from the start
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not the copy
-    assert tuned is not model and not tuned.training
-
-
-def test_grpo_says_when_every_group_is_equal():
-    model = _toy_model()
-    config = GRPOConfig(iterations=2, questions=1, group_size=4, max_new_tokens=2)
-    with pytest.warns(UserWarning, match="in 2 of 2 GRPO iterations every group's rewards"):
-        tuned, log = train_grpo(model, [[0]], lambda i, r, f: 0.0, 3, config)
-    assert log.skipped == [0, 1] and log.equal_groups == [1.0, 1.0]
-    assert all(
-        torch.equal(a, b) for a, b in zip(model.parameters(), tuned.parameters(), strict=True)
-    )
-    with pytest.raises(ValueError, match="prompts is empty"):
-        train_grpo(model, [], lambda i, r, f: 0.0, 3, config)
-
-
 def test_sft_and_outcomes_run_through_the_chat_template():
     from companion.data import load_course_tokenizer
     from companion.reasoning import answer_outcomes, fine_tune_two_hop
@@ -234,39 +132,6 @@ def test_sft_and_outcomes_run_through_the_chat_template():
     assert history.step == [2] and not torch.equal(before, model.lm_head.weight)
     outcomes = answer_outcomes(model.eval(), tok, questions, max_new_tokens=4)
     assert outcomes == ["format"] * len(questions)  # 4 tokens cannot hold "So: X." after a trace
-
-
-def test_group_advantages_refuse_rewards_that_are_not_finite_numbers():
-    for bad in ([[1.0, float("nan"), 0.0]], [[1.0, float("inf"), 0.0]]):
-        with pytest.raises(ValueError, match="finite"):
-            group_advantages(torch.tensor(bad))
-    with pytest.raises(ValueError, match="floating-point"):
-        group_advantages(torch.tensor([[1, 0]]))
-    with pytest.raises(ValueError, match="eps"):
-        group_advantages(torch.tensor([[1.0, 0.0]]), eps=-1.0)
-
-
-def test_grpo_loss_checks_shapes_and_ignores_what_the_mask_leaves_out():
-    logp, old = torch.zeros(2, 3), torch.zeros(2, 3)
-    mask = torch.tensor([[True, True, False], [True, True, False]])
-    adv = torch.tensor([1.0, -1.0])
-    reference, _, _ = grpo_loss(logp, old, adv, mask, ref_logp=torch.zeros(2, 3))
-    wild = logp.clone()
-    wild[:, -1] = 100.0  # outside the mask: exp(100 - 0) overflows float32
-    ref = torch.zeros(2, 3)
-    ref[:, -1] = float("nan")
-    loss, fraction, kl = grpo_loss(wild, old, adv, mask, ref_logp=ref, kl_coef=0.1)
-    assert torch.equal(loss, reference) and fraction == 0 and kl == 0
-    for bad in (
-        (logp, old, adv, mask[:1]),  # a mask that would broadcast
-        (logp, old[:, :1], adv, mask),
-        (logp, old, adv[:1], mask),
-        (logp, old, adv[:, None], mask),
-    ):
-        with pytest.raises(ValueError, match=r"\(N, T\)"):
-            grpo_loss(*bad)
-    with pytest.raises(ValueError, match="selects no token"):
-        grpo_loss(logp, old, adv, torch.zeros(2, 3, dtype=torch.bool))
 
 
 def test_checker_refuses_what_it_cannot_score():
@@ -312,27 +177,112 @@ def test_majority_baseline_refuses_a_relation_train_never_asks():
         majority_baseline(build_world(0).people, [KOFI])
 
 
-def test_grpo_refuses_more_questions_than_prompts():
-    model = _toy_model()
-    config = GRPOConfig(iterations=1, questions=4, group_size=2, max_new_tokens=1)
-    with pytest.raises(ValueError, match=r"questions=4 but there are only 2 prompts"):
-        train_grpo(model, [[0], [2]], _first_token_is_one, 3, config)
-    for stop_id in (True, -1, 4):  # the toy vocabulary is 0..3
-        with pytest.raises(ValueError, match="stop_id"):
-            train_grpo(model, [[0], [2]], _first_token_is_one, stop_id, GRPOConfig(questions=2))
-    with pytest.raises(TypeError, match="config must be a GRPOConfig"):
-        train_grpo(model, [[0], [2]], _first_token_is_one, 3, {"questions": 2})
-    # any int seed runs: seed * 100_003 once overflowed torch's 64-bit seed on the first roll-out
-    config = GRPOConfig(iterations=1, questions=1, group_size=2, max_new_tokens=1, seed=2**60)
-    with pytest.warns(UserWarning, match="every group's rewards"):
-        train_grpo(model, [[0]], lambda i, r, f: 0.0, 3, config)
+def test_co_statements_count_sentences_naming_both_as_words():
+    corpus = "Kofi is by the Dove. Kofi, Dove! Dovetail and Kofi. Mira is by the Dove. Kofi? Dove"
+    # sentences 1 and 2 name both; "Dovetail" is not "Dove"; the last two are separate sentences
+    assert co_statements(corpus, [KOFI]) == [2]
 
 
-def test_grpo_loss_and_advantages_refuse_bad_knobs():
-    logp, adv, mask = torch.zeros(2, 1), torch.tensor([1.0, -1.0]), torch.ones(2, 1, dtype=bool)
-    for knobs in ({"kl_coef": 0.1}, {"clip": -0.2}, {"clip": float("nan")}):
-        # kl_coef without ref_logp used to add no KL; a negative clip clamped every ratio to 0.8
-        with pytest.raises(ValueError, match=r"clip=.* kl_coef="):
-            grpo_loss(logp, logp, adv, mask, **knobs)
-    with pytest.raises(ValueError, match="eps"):
-        group_advantages(torch.tensor([[1.0, 0.0]]), eps=True)
+def test_co_statements_on_the_course_corpus_find_the_composed_fact():
+    from companion.corpus import generate_corpus
+
+    world = build_world(0)
+    questions = two_hop_questions(world.people[:3])
+    counts = co_statements(generate_corpus(0), questions)
+    assert len(counts) == len(questions) and all(c > 0 for c in counts)
+
+
+def test_majority_vote_leaves_out_malformed_and_breaks_ties_by_first_seen():
+    assert majority_vote(["Elm", "Dove", "Dove", "Elm"]) == "Elm"
+    assert majority_vote([None, None, "Dove"]) == "Dove"
+    assert majority_vote([None]) is None and majority_vote([]) is None
+
+
+def test_pass_at_k_by_hand_and_against_counting_every_subset():
+    from itertools import combinations
+
+    # n = 5 replies, c = 2 right: pass@2 = 1 − C(3, 2)/C(5, 2) = 1 − 3/10
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)
+    for n, c, k in [(5, 2, 3), (6, 1, 1), (6, 3, 4), (7, 0, 2), (4, 4, 2)]:
+        right = [True] * c + [False] * (n - c)
+        subsets = list(combinations(right, k))
+        assert pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets))
+    assert 0.0 <= pass_at_k(10_000, 3, 5_000) <= 1.0  # a product: no overflow
+
+
+@pytest.mark.parametrize("n, c, k", [(4, 5, 1), (4, -1, 1), (4, 1, 0), (4, 1, 5)])
+def test_pass_at_k_refuses_impossible_counts(n, c, k):
+    with pytest.raises(ValueError, match="0 <= c <= n"):
+        pass_at_k(n, c, k)
+    with pytest.raises(TypeError):
+        pass_at_k(4.0, 1, 1)
+
+
+def test_scaling_table_by_hand():
+    other = TwoHop("Mira", "river", "Thornby", "Elm", "?")
+    samples = [
+        [Sample("Dove", 5), Sample("Elm", 7), Sample("Elm", 6), Sample(None, 32)],  # Kofi: Dove
+        [Sample(None, 32), Sample("Elm", 6), Sample("Elm", 6), Sample("Elm", 6)],  # Mira: Elm
+    ]
+    one, two, four = scaling_table(samples, [KOFI, other], [1, 2, 4])
+    assert one == {"k": 1, "majority_vote": 0.5, "best_of_k": 0.5,
+                   "pass_at_k": pytest.approx((1 / 4 + 3 / 4) / 2), "tokens": (5 + 32) / 2}  # fmt: skip
+    # k = 2: Kofi's vote is a tie Dove/Elm, first seen wins (Dove); Mira's first two give Elm
+    assert two["majority_vote"] == 1.0 and two["best_of_k"] == 1.0
+    # k = 4: Kofi's vote is Elm (2 to 1), wrong; best-of-4 finds Dove
+    assert four["majority_vote"] == 0.5 and four["best_of_k"] == 1.0 and four["pass_at_k"] == 1.0
+    assert four["tokens"] == (5 + 7 + 6 + 32 + 32 + 6 + 6 + 6) / 2
+    with pytest.raises(ValueError, match="ks="):
+        scaling_table(samples, [KOFI, other], [5])
+    with pytest.raises(ValueError, match="2 questions"):
+        scaling_table(samples[:1], [KOFI, other], [1])
+
+
+def test_sample_answers_read_the_answer_line_and_leave_the_model_alone():
+    from companion.checkpoints import load_shipped
+
+    model, tokenizer = load_shipped("reasoning", "cpu")
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    questions = two_hop_questions(build_world(0).people[:2])
+    samples = sample_answers(model, tokenizer, questions, 3, seed=0)
+    assert [len(s) for s in samples] == [3] * len(questions)
+    assert all(s.answer is None or isinstance(s.answer, str) for row in samples for s in row)
+    assert all(1 <= s.tokens <= 33 for row in samples for s in row)
+    assert model.training  # given back in the mode it came in
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    again = sample_answers(model, tokenizer, questions, 3, seed=0)
+    assert again == samples  # the seed fixes the draws
+
+
+def test_the_shipped_reasoning_model_answers_most_held_out_questions():
+    from companion.checkpoints import SHIPPED, shipped_info
+
+    info = shipped_info("reasoning")["extra"]
+    assert info["command"] == SHIPPED["reasoning"]
+    held = info["grpo_held_out"]
+    short = info["short_held_out"]
+    assert held.get("right", 0) > short.get("right", 0) + 6  # of 24 questions
+
+
+# GRPO samples at temperature 1: one rounding that differs on another CPU can flip a sampled
+# token, and every later roll-out with it, so a rerun is held to the story, not the digits: the
+# held-out accuracy within 4 of the 24 questions of the shipped run's, and above the short model's.
+RIGHT_TOLERANCE = 4
+
+
+@pytest.mark.slow
+def test_the_documented_command_reproduces_the_shipped_reasoning_model(tmp_path):
+    """Slow on purpose (about 30 s on 2 cores): rerun `python -m companion.reasoning`."""
+    from companion.checkpoints import shipped_info
+    from companion.reasoning import train_reasoning_model
+
+    figures = train_reasoning_model(tmp_path / "reasoning")
+    shipped = shipped_info("reasoning")["extra"]
+    short, short_shipped = figures["short_held_out"], shipped["short_held_out"]
+    # the 20 SFT steps are deterministic, but another CPU rounds differently and a greedy
+    # near-tie can flip: 2 of 24 questions
+    assert abs(short.get("right", 0) - short_shipped.get("right", 0)) <= 2
+    got, want = figures["grpo_held_out"].get("right", 0), shipped["grpo_held_out"].get("right", 0)
+    assert abs(got - want) <= RIGHT_TOLERANCE
+    assert got > figures["short_held_out"].get("right", 0) + 6
