@@ -42,12 +42,13 @@ Read the modules in course order; each one names the notebook that teaches it.
     kv_cache            keys and values kept between steps; the cached GPT      (07_inference)
     sampling_explorer   temperature, top-k, top-p as a widget and figures       (07_inference)
     hallucination       invented answers about held-out entities, measured      (07_inference)
-    reasoning           two-hop questions, chain of thought, GRPO               (08_reasoning)
+    grpo                group advantages, the GRPO loss and trainer             (08_reasoning)
+    reasoning           two-hop questions, chain of thought, votes, pass@k      (08_reasoning)
     llama_layers        RMSNorm, RoPE, SwiGLU: what changed since GPT-2         (09_real_model)
     llama               the Llama-style model: grouped-query attention, blocks  (09_real_model)
     quantization        GGUF's Q8_0 and Q4_1 blocks, dequantised by hand        (09_real_model)
     smollm2             SmolLM2-135M-Instruct from its GGUF file, load_smollm2  (09_real_model)
-    exercises           checkers for the exercises of chapters 1-7 and 9        (09_real_model)
+    exercises           checkers for the exercises of chapters 1-9              (09_real_model)
 
 Words with one meaning throughout: *ids* are token ids (ints); *tokens* is a 1-D tensor of ids,
 a stream such as a tokenised corpus; a token's *bytes* (a *piece*) are what it stands for, its

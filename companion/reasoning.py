@@ -42,6 +42,7 @@ from torch import nn
 
 from companion.chat import END, chat_many, question_ids, special_ids
 from companion.checkpoints import load_shipped, save_checkpoint
+from companion.corpus import END_OF_TEXT
 from companion.evaluation import most_common_answers
 from companion.generation import generate_many
 from companion.grpo import GRPOConfig, GRPOLog, train_grpo
@@ -320,12 +321,16 @@ def two_hop_grpo(
     return train_grpo(model, prompts, reward, special_ids(tokenizer)[END], config)
 
 
+# where a sentence ends: after . ! or ? and a space, or at a document's end marker
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|" + re.escape(END_OF_TEXT))
+
+
 def co_statements(corpus: str, questions: Sequence[TwoHop]) -> list[int]:
     """For each question, how many sentences of ``corpus`` name its person and its answer
     together (as whole words): a count above 0 means the answer could be recalled, not composed.
 
     >>> q = TwoHop("Kofi", "river", "Pebbleton", "Dove", "")
-    >>> co_statements("Kofi lives by the Dove. Kofi bakes. The Dove is wide.", [q])
+    >>> co_statements("Kofi lives by the Dove. Kofi bakes.<|endoftext|>The Dove is wide.", [q])
     [1]
     """
     if not isinstance(corpus, str):
@@ -333,7 +338,7 @@ def co_statements(corpus: str, questions: Sequence[TwoHop]) -> list[int]:
     _check_questions(questions, "questions")
     people = {q.person for q in questions}
     by_person: dict[str, list[set[str]]] = {p: [] for p in people}
-    for sentence in re.split(r"(?<=[.!?])\s+", corpus):  # one pass: linear in the corpus
+    for sentence in SENTENCE_END.split(corpus):  # one pass: linear in the corpus
         words = set(re.findall(r"[A-Za-z]+", sentence))
         for person in people & words:
             by_person[person].append(words)

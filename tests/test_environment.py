@@ -114,8 +114,8 @@ def test_course_map_marks_the_chapters_without_a_notebook_as_coming(monkeypatch)
 
 
 def test_course_map_draws_as_coming_exactly_the_chapters_without_a_notebook():
-    """Chapter 8 (Reasoning) is drawn as coming while notebooks/08_reasoning.ipynb does not exist;
-    when it lands, test_repository asks for its entry in CHAPTERS, and the map draws it."""
+    """A stage is drawn as coming exactly when its notebook is missing (test_repository keeps
+    CHAPTERS, which the map reads, equal to notebooks/)."""
     from companion.notebook import chapter_exists
 
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"
