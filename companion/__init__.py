@@ -47,7 +47,7 @@ Read the modules in course order; each one names the notebook that teaches it.
     llama               the Llama-style model: grouped-query attention, blocks  (09_real_model)
     quantization        GGUF's Q8_0 and Q4_1 blocks, dequantised by hand        (09_real_model)
     smollm2             SmolLM2-135M-Instruct from its GGUF file, load_smollm2  (09_real_model)
-    exercises           checkers for the exercises of chapters 1-7 and 9        (09_real_model)
+    exercises           checkers for the exercises of chapters 1-9              (09_real_model)
 
 Words with one meaning throughout: *ids* are token ids (ints); *tokens* is a 1-D tensor of ids,
 a stream such as a tokenised corpus; a token's *bytes* (a *piece*) are what it stands for, its
