@@ -1,15 +1,15 @@
-"""Checkers for the exercises that end chapters 1-7 and 9: instant feedback on a learner's function.
+"""Checkers for the exercises that end chapters 1-9: instant feedback on a learner's function.
 
 Each ``check_<what>(your_function)`` calls the learner's function on hand-picked edge cases and
 on seeded random cases, compares every result with the package's own tested reference
 (:mod:`companion.bpe`, :mod:`companion.attention`, :mod:`companion.model`,
 :mod:`companion.optimizer`, :mod:`companion.chat`, :mod:`companion.sft`, :mod:`companion.ppo`,
-:mod:`companion.generation`, :mod:`companion.kv_cache`,
-:mod:`companion.llama_layers`, :mod:`companion.quantization` ...), prints a short verdict and
-returns True when all cases pass, False otherwise. A verdict names the first failing input, the
-expected and the received output, and a hint: the mistake when the received output matches a
-typical wrong answer, else what that case tests. An exception raised by the learner's function
-is reported, never raised.
+:mod:`companion.generation`, :mod:`companion.kv_cache`, :mod:`companion.grpo`,
+:mod:`companion.reasoning`, :mod:`companion.llama_layers`, :mod:`companion.quantization` ...),
+prints a short verdict and returns True when all cases pass, False otherwise. A verdict names
+the first failing input, the expected and the received output, and a hint: the mistake when the
+received output matches a typical wrong answer, else what that case tests. An exception raised
+by the learner's function is reported, never raised.
 
 **The stub convention.** An exercise's stub is a function whose body is
 ``raise NotImplementedError``; its checker prints "not attempted yet" and returns False, so a
@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -1762,6 +1763,346 @@ def check_top_p_experiment(your_share: Callable, model, tokenizer, world) -> boo
             distinct = len({(fact.prompt, text) for fact, text in completions(p)})
             print(f"  top_p {p:<3}: {reference(p):.0%} contain the true answer; "
                   f"{distinct} distinct completions of 200")  # fmt: skip
+    return passed
+
+
+# Chapter 8: reasoning ------------------------------------------------------------------------
+
+
+def _group_advantages_reference(rewards):
+    from companion.grpo import group_advantages
+
+    # eps 0: the formula as the exercise states it; an all-equal group still gets exactly 0
+    return group_advantages(rewards, eps=0.0)[0]
+
+
+def _same_advantages(expected: Any, received: Any) -> bool:
+    """Equal up to float32 rounding, NaN equal to NaN (so that a wrong answer's NaN can match a
+    typical mistake's; the reference has none). Tolerance 1e-5 relative and absolute: the mean,
+    the standard deviation (sums of G ≤ 16 rewards, a square root) and one division round by a
+    few units of 2^-24 ≈ 6e-8 each, about 1e-6 relative at most, so 1e-5 leaves room for another
+    order of operations, and also for an ``eps`` of 1e-6 or less added to the std (the cases'
+    non-zero stds are 0.12 or more: 1e-6 / 0.12 ≈ 8e-6), while the smallest typical mistake,
+    the unbiased std at G = 16, is off by 3%."""
+    if not isinstance(received, torch.Tensor) or received.shape != expected.shape:
+        return False
+    try:
+        torch.testing.assert_close(received.detach().cpu(), expected, check_dtype=False,
+                                   check_device=False, rtol=1e-5, atol=1e-5, equal_nan=True)  # fmt: skip
+    except (AssertionError, TypeError, RuntimeError):
+        return False
+    return True
+
+
+def check_group_advantages(your_advantages: Callable) -> bool:
+    """``group_advantages(rewards) -> (B, G)``: each reward minus its group's mean, over the
+    group's population standard deviation; an all-equal group's advantages are exactly 0;
+    rewards (B, G), a group per row (reference: :func:`companion.grpo.group_advantages`, its
+    ``eps`` at 0)."""
+    g = make_generator(12)
+    cases = [
+        Case((torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]),),
+             "two groups, one right reply among four in each: +√3 for it, −1/√3 for the "
+             "others (mean 1/4, std √3/4)"),
+        Case((torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]),),
+             "an all-0 and an all-1 group: no reply is better than another, every advantage is "
+             "exactly 0"),
+        Case((torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),),
+             "G = 2: a group of one right and one wrong reply gives +1 and −1"),
+        Case((torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]),),
+             "grpo.group_advantages's docstring: ±1, then an all-equal group"),
+        Case((torch.tensor([[0.0, 0.5, 1.0, 1.0]]),), "partial credit: rewards need not be 0 or 1"),
+    ]  # fmt: skip
+    for B, G in ((8, 8), (3, 16), (6, 2)):
+        rewards = torch.randint(0, 2, (B, G), generator=g).float()
+        cases.append(Case((rewards,), f"random rewards 0 or 1, (B, G) = ({B}, {G})"))
+    rewards = torch.randint(0, 3, (4, 16), generator=g) / 2  # 0, 0.5 or 1
+    cases.append(Case((rewards,), "random rewards 0, 0.5 or 1, (B, G) = (4, 16)"))
+
+    def centred(r):
+        return r - r.mean(dim=1, keepdim=True)
+
+    def unbiased(r):
+        std = r.std(dim=1, keepdim=True)  # torch's default: divides by G − 1
+        return torch.where(std > 0, centred(r) / std, 0.0)
+
+    def over_batch(r, guarded=True):
+        mean, std = r.mean(dim=0, keepdim=True), r.std(dim=0, unbiased=False, keepdim=True)
+        return torch.where(std > 0, (r - mean) / std, 0.0) if guarded else (r - mean) / std
+
+    def unguarded(r):
+        return centred(r) / r.std(dim=1, unbiased=False, keepdim=True)
+
+    over_batch_hint = ("the mean and std of each GROUP, over its G replies (dim=1, keepdim=True), "
+                       "not over the batch (dim=0)")  # fmt: skip
+    mistakes = [
+        (unbiased, "the population standard deviation: divide by G (unbiased=False), not by "
+                   "G − 1 (torch.std's default)"),
+        (centred, "divide by the group's standard deviation too: (r − mean) / std"),
+        (over_batch, over_batch_hint),
+        (lambda r: over_batch(r, guarded=False), over_batch_hint),
+        (unguarded, "an all-equal group has std 0, and 0 / 0 is NaN: give its advantages "
+                    "exactly 0 (torch.where(std > 0, ..., 0.0))"),
+    ]  # fmt: skip
+
+    def diagnose(expected, received):
+        if not (isinstance(received, torch.Tensor) and received.shape == expected.shape):
+            return None
+        if (  # float32 or finer (float16's own rounding is _kind_hint's), finite, and close
+            received.is_floating_point()
+            and torch.finfo(received.dtype).eps <= torch.finfo(expected.dtype).eps
+            and torch.isfinite(received).all()
+        ):
+            try:
+                torch.testing.assert_close(received.detach().cpu(), expected, check_dtype=False,
+                                           check_device=False, rtol=1e-3, atol=1e-3)  # fmt: skip
+            except (AssertionError, TypeError, RuntimeError):
+                return None
+            return ("close, but off by more than float32 rounding: an eps added to the std? "
+                    "Leave it out (or keep it at 1e-6 or below): an all-equal group needs its "
+                    "own case instead")  # fmt: skip
+        return None
+
+    exercise = Exercise(
+        "check_group_advantages", "group_advantages(rewards)", _group_advantages_reference,
+        cases, mistakes, _same_advantages, diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_advantages)
+
+
+def _grpo_loss_reference(logp, old_logp, advantages, mask, clip):
+    from companion.grpo import grpo_loss
+
+    return grpo_loss(logp, old_logp, advantages, mask, clip=clip, kl_coef=0.0)[0]
+
+
+def _grpo_loss_variant(clipped=True, pick=torch.minimum, mean="tokens", sign=-1.0):
+    """The loss with one typical mistake: no clip, max for min, another mean, no minus."""
+
+    def loss(logp, old_logp, advantages, mask, clip):
+        m = mask.float()  # (N, T)
+        ratio = torch.exp(logp - old_logp)  # (N, T); the cases' masked-out values are finite
+        A = advantages[:, None]  # (N, 1): one advantage per reply
+        bounded = ratio.clamp(1 - clip, 1 + clip) if clipped else ratio
+        objective = pick(ratio * A, bounded * A)  # (N, T)
+        if mean == "tokens":  # the token-mean over the batch's reply tokens
+            value = (objective * m).sum() / m.sum()
+        elif mean == "replies":  # each reply first, then the replies (DeepSeekMath)
+            value = ((objective * m).sum(1) / m.sum(1)).mean()
+        elif mean == "positions":  # every position, the masked-out ones as 0
+            value = (objective * m).mean()
+        else:  # every position as it is, prompt and padding included
+            value = objective.mean()
+        return sign * value
+
+    return loss
+
+
+def check_grpo_loss(your_loss: Callable) -> bool:
+    """``grpo_loss(logp, old_logp, advantages, mask, clip) -> scalar tensor``: minus the
+    token-mean, over every masked token of the batch, of ``min(ρ·A, clip(ρ, 1 − ε, 1 + ε)·A)``,
+    ``ρ = exp(logp − old_logp)``; logp, old_logp, mask (N, T), advantages (N,) (reference:
+    :func:`companion.grpo.grpo_loss` with ``kl_coef=0``)."""
+    g = make_generator(13)
+    log = torch.log
+    hand = (
+        log(torch.tensor([[1.5, 0.5], [0.5, 2.0]])),
+        torch.zeros(2, 2),
+        torch.tensor([1.0, -1.0]),
+        torch.tensor([[True, True], [True, False]]),
+        0.2,
+    )
+
+    def one(ratio, advantage):  # one reply of one token
+        return (log(torch.tensor([[ratio]])), torch.zeros(1, 1), torch.tensor([advantage]),
+                torch.ones(1, 1, dtype=torch.bool), 0.2)  # fmt: skip
+
+    def batch(N, T, spread, clip):  # prompt, reply, padding: the reply's tokens in the middle
+        start = torch.randint(0, T // 3, (N, 1), generator=g)
+        length = torch.randint(1, T - T // 3, (N, 1), generator=g)
+        position = torch.arange(T)  # (T,)
+        mask = (position >= start) & (position < start + length)  # (N, T)
+        old = -3 * torch.rand(N, T, generator=g)  # log-probabilities, padding's included
+        logp = old + spread * torch.randn(N, T, generator=g)
+        return logp, old, torch.randn(N, generator=g), mask, clip
+
+    lengths = torch.tensor([[True] * 5, [True, True] + [False] * 3, [True] + [False] * 4])
+    cases = [
+        Case(hand, "by hand: reply 0 (A = +1) has ratios 1.5 and 0.5, terms min(1.5, 1.2) = 1.2 "
+             "and min(0.5, 0.8) = 0.5; reply 1 (A = −1) has ratio 0.5, term min(−0.5, −0.8) = "
+             "−0.8, then a padding token; the loss is −(1.2 + 0.5 − 0.8) / 3"),
+        Case(one(1.5, 1.0), "grpo_loss's docstring: ρ = 1.5 with A = +1 counts as 1.2"),
+        Case(one(0.5, 1.0), "ρ = 0.5 with A = +1: the min keeps 0.5, the clip never raises a "
+                            "worse term"),
+        Case(one(0.5, -1.0), "ρ = 0.5 with A = −1: clipped to 0.8, the min is −0.8"),
+        Case(one(1.5, -1.0), "ρ = 1.5 with A = −1: the min keeps −1.5 unclipped"),
+        Case((torch.zeros(3, 5) - 1, torch.zeros(3, 5) - 1, torch.tensor([2.0, -1.0, 0.5]),
+              lengths, 0.2), "ratio 1 (the first update), replies of 5, 2 and 1 tokens: the "
+             "token-mean weighs the 5 tokens of the first reply 5 times as much as the last "
+             "reply's one"),
+        Case(batch(8, 12, 0.3, 0.2), "a random batch: 8 replies (after a prompt, before padding) "
+                                     "of different lengths, ε = 0.2"),
+        Case(batch(4, 9, 0.5, 0.1), "a random batch, ε = 0.1"),
+    ]  # fmt: skip
+    mistakes = [
+        (_grpo_loss_variant(clipped=False), "clip the ratio to [1 − ε, 1 + ε] and keep the min "
+         "of ρ·A and clip(ρ)·A: without the clip one update can move the policy far"),
+        (_grpo_loss_variant(pick=torch.maximum), "the MIN of ρ·A and clip(ρ)·A (the pessimistic "
+                                                 "of the two), not the max"),
+        (_grpo_loss_variant(mean="replies"), "this chapter averages over every reply token of "
+         "the batch at once (the token-mean, DAPO's), not each reply first and then the replies "
+         "(DeepSeekMath's sample-mean): every token counts the same, so a long reply weighs more "
+         "than a short one"),
+        (_grpo_loss_variant(mean="positions"), "average over the masked tokens only: divide by "
+                                               "mask.sum(), not by every position N·T"),
+        (_grpo_loss_variant(mean="everything"), "only the masked tokens count: the prompt and "
+         "the padding are not the reply (multiply by the mask, divide by mask.sum())"),
+        (_grpo_loss_variant(sign=1.0), "the loss is MINUS the objective: gradient descent on it "
+                                       "must raise the objective"),
+    ]  # fmt: skip
+
+    exercise = Exercise(
+        "check_grpo_loss", "grpo_loss(logp, old_logp, advantages, mask, clip)",
+        _grpo_loss_reference, cases, mistakes, _same_tensors,
+    )  # fmt: skip
+    return _verdict(exercise, your_loss)
+
+
+def _pass_at_k_reference(n, c, k):
+    from companion.reasoning import pass_at_k
+
+    return pass_at_k(n, c, k)
+
+
+def check_pass_at_k(your_pass_at_k: Callable) -> bool:
+    """``pass_at_k(n, c, k) -> float``: the unbiased pass@k, ``1 − C(n − c, k) / C(n, k)``, the
+    chance that k of n replies drawn without replacement, c of them right, hold a right one
+    (reference: :func:`companion.reasoning.pass_at_k`).
+
+    Tolerance 1e-9 absolute: pass@k lies in [0, 1], and any exact method (math.comb, a product
+    of fractions, log-gamma) lands far closer; float32 does not (about 1e-7)."""
+    g = make_generator(14)
+    cases = [
+        Case((4, 1, 2), "pass_at_k's docstring: 1 − C(3, 2) / C(4, 2) = 1 − 3/6"),
+        Case((16, 4, 4), "16 replies, 4 right, 4 drawn: 1 − C(12, 4) / C(16, 4)"),
+        Case((10, 0, 3), "no right reply: pass@k is 0"),
+        Case((10, 10, 1), "every reply right: pass@k is 1"),
+        Case((5, 3, 3), "fewer wrong replies (2) than picks (3): every pick holds a right one, "
+                        "C(2, 3) = 0, pass@k is 1"),
+        Case((10, 3, 1), "k = 1: pass@1 is c / n"),
+        Case((16, 1, 8), "one right among 16, half of them drawn: 1/2"),
+        Case((200, 7, 100), "n = 200: C(200, 100) ≈ 9·10^58 fits a float, but 200! ≈ 8·10^374 "
+                            "does not: keep Python ints (math.comb) or multiply fractions"),
+        Case((200, 150, 10), "n = 200, most replies right"),
+    ]  # fmt: skip
+    for _ in range(12):
+        n = int(torch.randint(1, 60, (), generator=g))
+        c = int(torch.randint(0, n + 1, (), generator=g))
+        k = int(torch.randint(1, n + 1, (), generator=g))
+        cases.append(Case((n, c, k), "random n, c and k"))
+    mistakes = [
+        (lambda n, c, k: 1 - (1 - c / n) ** k, "the k replies are drawn WITHOUT replacement (k "
+         "different ones of the n): 1 − C(n − c, k) / C(n, k), not 1 − (1 − c/n)^k"),
+        (lambda n, c, k: c / n, "c / n is pass@1: with k > 1 picks, the chance that at least "
+                                "one of them is right"),
+        (lambda n, c, k: min(1.0, k * c / n), "k · c / n counts twice a pick of two right "
+         "replies: it bounds the chance, it is not the chance; 1 − C(n − c, k) / C(n, k)"),
+    ]  # fmt: skip
+
+    def close(expected, received):
+        return isinstance(received, int | float | np.floating) and not isinstance(
+            received, bool) and abs(received - expected) <= 1e-9  # fmt: skip
+
+    def diagnose(expected, received):
+        if isinstance(received, int | float | np.floating) and abs(received - expected) < 1e-6:
+            return ("right to about 7 digits only (float32): compute with Python ints and "
+                    "floats (math.comb), not float32 tensors or arrays")  # fmt: skip
+        return None
+
+    exercise = Exercise(
+        "check_pass_at_k", "pass_at_k(n, c, k)", _pass_at_k_reference, cases, mistakes, close,
+        diagnose,
+    )  # fmt: skip
+    return _verdict(exercise, your_pass_at_k)
+
+
+VOTE_SAMPLES = 16  # replies per question in chapter 8's temperature experiment
+
+
+def check_temperature_experiment(your_accuracy: Callable, reasoner, tokenizer, questions) -> bool:
+    """``vote_accuracy(temperature) -> float``: the share of ``questions`` whose majority vote
+    over :data:`VOTE_SAMPLES` replies is right, the replies drawn by
+    ``sample_answers(reasoner, tokenizer, questions, 16, temperature=temperature, seed=0)``
+    (:func:`companion.reasoning.sample_answers` and :func:`~companion.reasoning.majority_vote`).
+    Prints, by temperature, the vote's accuracy, one sample's, the share of malformed replies
+    and the different answers per question, and the greedy reply's accuracy, to explain.
+
+    Exact equality: the same calls with the same seed on the same machine draw the same
+    replies, and a count over the same questions divided by their number is the same float."""
+    from companion.reasoning import majority_vote, sample_answers
+
+    drawn: dict[float, list] = {}
+
+    def samples(temperature):
+        if temperature not in drawn:
+            _check_model(reasoner, "reasoner, the shipped reasoning model")
+            drawn[temperature] = sample_answers(reasoner, tokenizer, questions, VOTE_SAMPLES,
+                                                temperature=temperature, seed=0)  # fmt: skip
+        return drawn[temperature]
+
+    def right_share(t, pick) -> float:  # the share of questions where pick(answers) is right
+        rows = samples(t)
+        return sum(pick([s.answer for s in row]) == q.answer
+                   for q, row in zip(questions, rows, strict=True)) / len(questions)  # fmt: skip
+
+    def reference(t):
+        return right_share(t, majority_vote)
+
+    def single(t):  # the share of right replies, all samples pooled
+        right = sum(s.answer == q.answer for q, row in zip(questions, samples(t), strict=True)
+                    for s in row)  # fmt: skip
+        return right / (len(questions) * VOTE_SAMPLES)
+
+    def none_votes(answers):  # malformed replies voting as one more answer, None
+        return Counter(answers).most_common(1)[0][0]
+
+    temperatures = (0.3, 1.0, 1.5)
+    # 1.0 first: there an answer that ignores the temperature (and samples at 1.0) is right, so
+    # a share it gives at another temperature cannot be mistaken for another mistake's
+    cases = [Case((1.0,), "temperature 1.0, the model's own distribution")]
+    cases += [Case((t,), f"temperature {t}") for t in (0.3, 1.5)]
+    mistakes = [
+        (lambda t: reference(1.0), "pass temperature to sample_answers: every temperature gave "
+                                   "the same accuracy"),
+        (single, "vote first: majority_vote of each question's 16 answers, compared with "
+                 "q.answer; this is the share of right replies, all samples pooled"),
+        (lambda t: right_share(t, none_votes), "leave the malformed replies (None) out of the "
+                                               "vote, as majority_vote does"),
+        (lambda t: right_share(t, lambda answers: answers[0]), "that is each question's first "
+                                                               "reply alone: vote over all 16"),
+        (lambda t: len(questions) * reference(t), "return the share of questions (count / "
+                                                  "len(questions)), not the count"),
+    ]  # fmt: skip
+    exercise = Exercise(
+        "check_temperature_experiment", "vote_accuracy(temperature)", reference, cases, mistakes,
+        _same_floats, _share_hint,
+    )  # fmt: skip
+    passed = _verdict(exercise, your_accuracy)
+    if passed:
+        greedy = sample_answers(reasoner, tokenizer, questions, 1, temperature=0.0)
+        right = sum(row[0].answer == q.answer for q, row in zip(questions, greedy, strict=True))
+        print(
+            f"  greedy (temperature 0), one reply per question: {right / len(questions):.0%} right"
+        )
+        for t in temperatures:
+            rows = samples(t)
+            malformed = sum(s.answer is None for row in rows for s in row) / (
+                len(rows) * VOTE_SAMPLES)  # fmt: skip
+            different = sum(len({s.answer for s in row} - {None}) for row in rows) / len(rows)
+            print(
+                f"  temperature {t}: vote {reference(t):.0%} right, one reply {single(t):.0%}; "
+                f"{malformed:.0%} malformed; {different:.1f} different answers per question"
+            )
     return passed
 
 

@@ -707,6 +707,204 @@ def test_top_p_experiment(capsys, tiny_generator):
         ex.check_top_p_experiment(right_share, None, tokenizer, world)
 
 
+# Chapter 8 ------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards):
+    mean = rewards.mean(dim=1, keepdim=True)  # (B, 1)
+    std = rewards.std(dim=1, unbiased=False, keepdim=True)  # (B, 1)
+    return torch.where(std > 0, (rewards - mean) / std, 0.0)
+
+
+def grpo_loss(logp, old_logp, advantages, mask, clip):
+    ratio = torch.exp(logp - old_logp)  # (N, T)
+    A = advantages[:, None]  # (N, 1)
+    objective = torch.minimum(ratio * A, ratio.clamp(1 - clip, 1 + clip) * A)
+    m = mask.float()
+    return -(objective * m).sum() / m.sum()
+
+
+def pass_at_k(n, c, k):
+    return 1 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def test_group_advantages(capsys):
+    passed, out = verdict(capsys, ex.check_group_advantages, group_advantages)
+    assert passed, out
+
+    def with_eps(rewards, eps):
+        mean = rewards.mean(dim=1, keepdim=True)
+        return (rewards - mean) / (rewards.std(dim=1, unbiased=False, keepdim=True) + eps)
+
+    assert verdict(capsys, ex.check_group_advantages, lambda r: with_eps(r, 1e-6))[0]
+
+    def unbiased(rewards):
+        std = rewards.std(dim=1, keepdim=True)
+        return torch.where(std > 0, (rewards - rewards.mean(dim=1, keepdim=True)) / std, 0.0)
+
+    def over_batch(rewards):
+        mean, std = rewards.mean(dim=0), rewards.std(dim=0, unbiased=False)
+        return (rewards - mean) / std
+
+    def unguarded(rewards):
+        mean = rewards.mean(dim=1, keepdim=True)
+        return (rewards - mean) / rewards.std(dim=1, unbiased=False, keepdim=True)
+
+    for wrong, hint in [
+        (unbiased, "not by G − 1"),
+        (lambda r: r - r.mean(dim=1, keepdim=True), "divide by the group's standard deviation"),
+        (over_batch, "not over the batch"),
+        (unguarded, "0 / 0 is NaN"),
+        (lambda r: with_eps(r, 1e-4), "an eps added to the std?"),
+        (lambda r: group_advantages(r)[:, :1], "should be (2, 4), not (2, 1)"),
+        (lambda r: group_advantages(r).half(), "your tensor is torch.float16"),
+    ]:
+        passed, out = verdict(capsys, ex.check_group_advantages, wrong)
+        assert not passed and hint in out, out
+
+
+def test_grpo_loss(capsys):
+    from companion.grpo import grpo_loss as reference
+
+    assert verdict(capsys, ex.check_grpo_loss, grpo_loss)[0]
+    assert verdict(capsys, ex.check_grpo_loss, lambda *a: reference(*a[:4], clip=a[4])[0])[0]
+
+    def sample_mean(logp, old_logp, advantages, mask, clip):  # DeepSeekMath's
+        ratio = torch.exp(logp - old_logp)
+        A = advantages[:, None]
+        objective = torch.minimum(ratio * A, ratio.clamp(1 - clip, 1 + clip) * A)
+        m = mask.float()
+        return -((objective * m).sum(dim=1) / m.sum(dim=1)).mean()
+
+    def no_clip(logp, old_logp, advantages, mask, clip):
+        return grpo_loss(logp, old_logp, advantages, mask, 100.0)
+
+    def maximum(logp, old_logp, advantages, mask, clip):
+        ratio = torch.exp(logp - old_logp)
+        A = advantages[:, None]
+        objective = torch.maximum(ratio * A, ratio.clamp(1 - clip, 1 + clip) * A)
+        return -(objective * mask).sum() / mask.sum()
+
+    def every_position(logp, old_logp, advantages, mask, clip):
+        ratio = torch.exp(logp - old_logp)
+        A = advantages[:, None]
+        return -torch.minimum(ratio * A, ratio.clamp(1 - clip, 1 + clip) * A).mean()
+
+    def over_positions(logp, old_logp, advantages, mask, clip):  # padding counted as 0
+        ratio = torch.exp(logp - old_logp)
+        A = advantages[:, None]
+        return -(torch.minimum(ratio * A, ratio.clamp(1 - clip, 1 + clip) * A) * mask).mean()
+
+    for wrong, hint in [
+        (no_clip, "clip the ratio to [1 − ε, 1 + ε]"),
+        (over_positions, "divide by mask.sum(), not by every position N·T"),
+        (maximum, "not the max"),
+        (every_position, "the prompt and the padding are not the reply"),
+        (sample_mean, "the token-mean, DAPO's"),
+        (lambda *a: -grpo_loss(*a), "MINUS the objective"),
+        (lambda *a: grpo_loss(*a).reshape(1), "should be (), not (1,)"),
+    ]:
+        passed, out = verdict(capsys, ex.check_grpo_loss, wrong)
+        assert not passed and hint in out, out
+
+
+def test_pass_at_k(capsys):
+    assert verdict(capsys, ex.check_pass_at_k, pass_at_k)[0]
+
+    def product(n, c, k):  # another exact method
+        miss = 1.0
+        for i in range(k):
+            miss *= (n - c - i) / (n - i)
+        return 1.0 - miss
+
+    assert verdict(capsys, ex.check_pass_at_k, product)[0]
+
+    def through_floats(n, c, k):
+        def comb(a, b):
+            if b > a:
+                return 0.0
+            f = math.factorial
+            return float(f(a)) / (float(f(b)) * float(f(a - b)))
+
+        return 1 - comb(n - c, k) / comb(n, k)
+
+    def float32(n, c, k):
+        return torch.tensor(pass_at_k(n, c, k), dtype=torch.float32).item()
+
+    for wrong, hint in [
+        (lambda n, c, k: 1 - (1 - c / n) ** k, "WITHOUT replacement"),
+        (lambda n, c, k: c / n, "c / n is pass@1"),
+        (lambda n, c, k: min(1.0, k * c / n), "it is not the chance"),
+        (through_floats, "OverflowError"),
+        (float32, "right to about 7 digits only"),
+    ]:
+        passed, out = verdict(capsys, ex.check_pass_at_k, wrong)
+        assert not passed and hint in out, out
+    passed, out = verdict(capsys, ex.check_pass_at_k, through_floats)
+    assert "200! ≈ 8·10^374" in out, out
+
+
+@pytest.fixture(scope="module")
+def reasoning_setup():
+    """The shipped reasoning model and 4 of the held-out questions (the notebook asks 24): each
+    typical mistake below still gives another share than the vote on one of the temperatures."""
+    from companion.reasoning import split_people, two_hop_questions
+    from companion.world import build_world
+
+    reasoner, tokenizer = load_shipped("reasoning", "cpu")
+    questions = two_hop_questions(split_people(build_world(0), seed=0)[1])[:4]
+    return reasoner, tokenizer, questions
+
+
+def test_temperature_experiment(capsys, reasoning_setup):
+    from collections import Counter
+
+    from companion.reasoning import majority_vote, sample_answers
+
+    reasoner, tokenizer, questions = reasoning_setup
+    drawn = {}  # temperature -> samples: the answers below share one draw per temperature
+
+    def samples_at(temperature):
+        if temperature not in drawn:
+            drawn[temperature] = sample_answers(
+                reasoner, tokenizer, questions, 16, temperature=temperature, seed=0
+            )
+        return drawn[temperature]
+
+    def vote_accuracy(temperature, vote=majority_vote):
+        rows = samples_at(temperature)
+        right = [
+            vote([s.answer for s in row]) == q.answer
+            for q, row in zip(questions, rows, strict=True)
+        ]
+        return sum(right) / len(questions)
+
+    more = (reasoner, tokenizer, questions)
+    passed, out = verdict(capsys, ex.check_temperature_experiment, vote_accuracy, *more)
+    assert passed and "greedy (temperature 0)" in out and "temperature 1.5: vote" in out, out
+
+    def single(temperature):
+        rows = samples_at(temperature)
+        right = [s.answer == q.answer for q, row in zip(questions, rows, strict=True) for s in row]
+        return sum(right) / len(right)
+
+    def none_votes(answers):
+        return Counter(answers).most_common(1)[0][0]
+
+    for wrong, hint in [
+        (lambda t: vote_accuracy(1.0), "pass temperature to sample_answers"),
+        (single, "vote first"),
+        (lambda t: vote_accuracy(t, vote=lambda answers: answers[0]), "first reply alone"),
+        (lambda t: vote_accuracy(t, vote=none_votes), "leave the malformed replies (None) out"),
+        (lambda t: 100 * vote_accuracy(t), "not a percentage"),
+        (lambda t: len(questions) * vote_accuracy(t), "not the count"),
+    ]:
+        passed, out = verdict(capsys, ex.check_temperature_experiment, wrong, *more)
+        assert not passed and hint in out, out
+    with pytest.raises(TypeError, match="pass reasoner"):
+        ex.check_temperature_experiment(vote_accuracy, None, tokenizer, questions)
+
+
 # Chapter 9 ------------------------------------------------------------------------------------
 
 
@@ -878,6 +1076,10 @@ CHECKERS = [
     (ex.check_filtered_probs, ()),
     (ex.check_attend_step, ()),
     (ex.check_top_p_experiment, (None, None, None)),
+    (ex.check_group_advantages, ()),
+    (ex.check_grpo_loss, ()),
+    (ex.check_pass_at_k, ()),
+    (ex.check_temperature_experiment, (None, None, None)),
     (ex.check_rms_norm, ()),
     (ex.check_gqa_kv_bytes, ()),
     (ex.check_dequantize_block, ()),
