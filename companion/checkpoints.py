@@ -96,8 +96,8 @@ def save_checkpoint(
     """
     path = Path(path)
     previous = path.parent / f".{path.name}.previous"
-    _check_replaceable(path)
-    _check_replaceable(previous)
+    check_replaceable(path)
+    check_replaceable(previous)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = generator is not None  # a training run: save where both random streams stand
     meta: dict[str, Any] = {
@@ -132,8 +132,10 @@ def save_checkpoint(
     return path
 
 
-def _check_replaceable(path: Path) -> None:
-    """A ``ValueError`` naming ``path`` if it exists and is not a checkpoint we may replace."""
+def check_replaceable(path: str | Path) -> None:
+    """A ``ValueError`` naming ``path`` if it exists and is not a checkpoint we may replace (what
+    :func:`save_checkpoint` refuses; a long run can ask before it starts)."""
+    path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
     names = {e.name for e in path.iterdir()} if path.is_dir() and not path.is_symlink() else set()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import linecache
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -102,7 +103,11 @@ def _same_tensors(expected: Any, received: Any) -> bool:
 
 
 def _same_floats(expected: Any, received: Any) -> bool:
-    return isinstance(received, int | float) and math.isclose(received, expected, rel_tol=1e-9)
+    return (
+        isinstance(received, int | float)
+        and not isinstance(received, bool)  # True is 1, but no share is a yes/no
+        and math.isclose(received, expected, rel_tol=1e-9)
+    )
 
 
 def _float32_only(expected: Any, received: Any) -> str | None:
@@ -168,6 +173,12 @@ def _verdict(exercise: Exercise, function: Any) -> bool:
             received = function(*copy.deepcopy(case.args))
         except NotImplementedError as error:
             stub = _raised_in(error)
+            if stub is None:  # raised by something else (torch's C++, a backend): feedback
+                print(f"{exercise.name}: failed on {_inputs(exercise, case)}")
+                print(f"  your function raised NotImplementedError: {error}")
+                print("  hint: an operation your function uses is not implemented for these "
+                      "inputs (dtype or device); use plain float tensor operations")  # fmt: skip
+                return False
             if stub is getattr(function, "__code__", None):
                 print(f"{exercise.name}: {NOT_ATTEMPTED} (replace `raise NotImplementedError`)")
             else:  # the learner's function calls another stub, e.g. an earlier exercise's
@@ -296,11 +307,14 @@ def _holds(test: Callable[[Any, Any], Any], expected: Any, received: Any) -> Any
 
 
 def _raised_in(error: BaseException):
-    """The code object of the function that raised ``error`` (the innermost frame)."""
+    """The code object of the stub that raised ``error``: the innermost frame, if its line is a
+    ``raise NotImplementedError`` (else None: torch or a backend raised it, not a stub)."""
     tb = error.__traceback__
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return tb.tb_frame.f_code
+    code = tb.tb_frame.f_code
+    line = linecache.getline(code.co_filename, tb.tb_lineno, tb.tb_frame.f_globals).strip()
+    return code if line.startswith("raise NotImplementedError") else None
 
 
 def _inputs(exercise: Exercise, case: Case) -> str:
@@ -2011,10 +2025,13 @@ def check_pass_at_k(your_pass_at_k: Callable) -> bool:
 
     def close(expected, received):
         return isinstance(received, int | float | np.floating) and not isinstance(
-            received, bool) and abs(received - expected) <= 1e-9  # fmt: skip
+            received, bool) and abs(float(received) - expected) <= 1e-9  # fmt: skip
 
     def diagnose(expected, received):
-        if isinstance(received, int | float | np.floating) and abs(received - expected) < 1e-6:
+        if (
+            isinstance(received, int | float | np.floating)
+            and abs(float(received) - expected) < 1e-6
+        ):
             return ("right to about 7 digits only (float32): compute with Python ints and "
                     "floats (math.comb), not float32 tensors or arrays")  # fmt: skip
         return None
@@ -2039,13 +2056,22 @@ def check_temperature_experiment(your_accuracy: Callable, reasoner, tokenizer, q
 
     Exact equality: the same calls with the same seed on the same machine draw the same
     replies, and a count over the same questions divided by their number is the same float."""
-    from companion.reasoning import majority_vote, sample_answers
+    from companion.reasoning import TwoHop, majority_vote, sample_answers
 
+    given = questions
+    # the reference's own copy: the learner's function cannot change the questions it is scored on
+    questions = tuple(given) if isinstance(given, list | tuple) else given
     drawn: dict[float, list] = {}
 
     def samples(temperature):
         if temperature not in drawn:
             _check_model(reasoner, "reasoner, the shipped reasoning model")
+            if not (isinstance(given, list | tuple) and given
+                    and all(isinstance(q, TwoHop) for q in given)):  # fmt: skip
+                raise TypeError(
+                    "questions must be a non-empty list of TwoHop questions: pass the "
+                    "chapter's held_q"
+                )
             drawn[temperature] = sample_answers(reasoner, tokenizer, questions, VOTE_SAMPLES,
                                                 temperature=temperature, seed=0)  # fmt: skip
         return drawn[temperature]

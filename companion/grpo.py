@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import random
 import time
 import warnings
@@ -48,6 +49,8 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Te
     >>> adv.round(decimals=4).tolist(), equal.tolist()
     ([[1.0, -1.0, -1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], [False, True])
     """
+    if not isinstance(rewards, torch.Tensor):
+        raise TypeError(f"rewards must be a torch tensor (B, G), got a {type(rewards).__name__}")
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(
             f"rewards must be (B, G) with G >= 2 replies per group, got {tuple(rewards.shape)}"
@@ -93,6 +96,8 @@ def grpo_loss(
     (-1.2, 1.0)
     """
     given = [logp, old_logp, mask] + ([] if ref_logp is None else [ref_logp])
+    if not all(isinstance(t, torch.Tensor) for t in [*given, advantages]):
+        raise TypeError("logp, old_logp, advantages, mask (and ref_logp) must be torch tensors")
     if (
         logp.dim() != 2
         or any(t.shape != logp.shape for t in given)
@@ -164,6 +169,23 @@ class GRPOLog:
 Reward = Callable[[int, Sequence[int], bool], float]  # (prompt index, reply ids, finished)
 
 
+def _score(reward: Reward, i: int, continuation) -> float:
+    """The reward of one sampled reply (ids passed as a tuple: the function cannot change what
+    is trained on), checked to be a real number a float32 can hold."""
+    value = reward(i, tuple(continuation.ids), continuation.finished)
+    if not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"the reward function returned {value!r} ({type(value).__name__}) for prompt {i}: "
+            "it must return a number (e.g. 1.0 for right, 0.0 for wrong)"
+        )
+    if not abs(value) < 3.4e38:  # NaN, inf, or beyond float32
+        raise ValueError(
+            f"the reward function returned {value!r} for prompt {i}: rewards must be finite "
+            "numbers a float32 holds (a NaN or inf would make every advantage of its group NaN)"
+        )
+    return float(value)
+
+
 def train_grpo(
     model: nn.Module, prompts: Sequence[Sequence[int]], reward: Reward, stop_id: int,
     config: GRPOConfig | None = None,
@@ -185,8 +207,25 @@ def train_grpo(
     config = GRPOConfig() if config is None else config
     if not isinstance(config, GRPOConfig):
         raise TypeError(f"config must be a GRPOConfig, got a {type(config).__name__}")
-    if not prompts:
-        raise ValueError("prompts is empty; pass at least one prompt's token ids")
+    config.__post_init__()  # a field changed after the config was made is checked too
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got a {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("no parameter of the model requires grad: nothing could be trained")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("train_grpo trains: call it outside torch.inference_mode()")
+    if not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError("prompts must be a non-empty list of prompts' token ids")
+    if any(not isinstance(p, Sequence) or not p for p in prompts):
+        raise ValueError("every prompt must be a non-empty list of token ids")
+    window = getattr(getattr(model, "config", None), "context_length", None)
+    longest = max(map(len, prompts))
+    if window is not None and longest + config.max_new_tokens > window:
+        raise ValueError(
+            f"the longest prompt ({longest} tokens) plus max_new_tokens={config.max_new_tokens} "
+            f"does not fit the model's context of {window}: the update scores prompt and reply "
+            f"together; pass max_new_tokens <= {window - longest} or shorter prompts"
+        )
     if config.questions > len(prompts):  # each iteration asks B different prompts
         raise ValueError(
             f"GRPOConfig.questions={config.questions} but there are only {len(prompts)} prompts: "
@@ -221,10 +260,8 @@ def train_grpo(
             temperature=config.temperature, seed=(config.seed * 100_003 + it) % 2**64,
         )  # fmt: skip
         # 3. Reward and group advantages.
-        rewards = torch.tensor(
-            [reward(chosen[k // G], c.ids, c.finished) for k, c in enumerate(out)],
-            dtype=torch.float,
-        ).view(B, G)  # (B, G)
+        scores = [_score(reward, chosen[k // G], c) for k, c in enumerate(out)]
+        rewards = torch.tensor(scores, dtype=torch.float).view(B, G)  # (B, G)
         advantages, equal = group_advantages(rewards)
         replies = [[*c.ids, stop_id] if c.finished else list(c.ids) for c in out]
         log.reward.append(rewards.mean().item())
@@ -243,13 +280,14 @@ def train_grpo(
             old_logp = token_logprobs(policy(ids)[0], ids)  # (N, T-1)
             ref_logp = token_logprobs(reference(ids)[0], ids)  # (N, T-1)
         flat = advantages.reshape(-1).to(device)  # (N,) = (B·G,)
-        # 5. Update.
+        # 5. Update (with gradients on, even if the caller turned them off).
         for _ in range(config.updates):
-            logp = token_logprobs(policy(ids)[0], ids)  # (N, T-1)
-            loss, fraction, kl = grpo_loss(
-                logp, old_logp, flat, m, clip=config.clip, ref_logp=ref_logp,
-                kl_coef=config.kl_coef,
-            )  # fmt: skip
+            with torch.enable_grad():
+                logp = token_logprobs(policy(ids)[0], ids)  # (N, T-1)
+                loss, fraction, kl = grpo_loss(
+                    logp, old_logp, flat, m, clip=config.clip, ref_logp=ref_logp,
+                    kl_coef=config.kl_coef,
+                )  # fmt: skip
             check_loss(loss, "GRPO")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -65,7 +65,11 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ),
     ("06_rlhf", "RLHF", "a reward model, PPO, DPO and Constitutional AI, each effect measured"),
     ("07_inference", "Inference", "sampling, a KV cache, streaming, hallucination measured"),
-    ("08_reasoning", "Reasoning", "chain of thought, GRPO with checkable answers, votes and verifiers"),
+    (
+        "08_reasoning",
+        "Reasoning",
+        "chain of thought, GRPO with checkable answers, votes and verifiers",
+    ),
     ("09_real_model", "A real model", "SmolLM2-135M-Instruct run by the course's own code"),
 )
 """(notebook stem, title, what you build) for each chapter that exists, in course order (a test

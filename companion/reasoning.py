@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from companion.chat import END, chat_many, question_ids, special_ids
-from companion.checkpoints import load_shipped, save_checkpoint
+from companion.checkpoints import check_replaceable, load_shipped, save_checkpoint
 from companion.corpus import END_OF_TEXT
 from companion.evaluation import most_common_answers
 from companion.generation import generate_many
@@ -84,6 +84,9 @@ class TwoHop:
                 raise TypeError(
                     f"TwoHop.{name} must be a str, got {type(value).__name__} {value!r}"
                 )
+        for name in ("person", "town"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"TwoHop.{name} is empty: give the {name}'s name, e.g. 'Kofi'")
         if self.relation not in TWO_HOP:
             raise ValueError(
                 f"TwoHop.relation={self.relation!r} is not a two-hop relation; the known ones are "
@@ -144,6 +147,10 @@ def split_people(
     >>> len(train), len(held), set(train) & set(held)
     (12, 12, set())
     """
+    if not isinstance(world, World):
+        raise TypeError(
+            f"world must be a World, got a {type(world).__name__}; pass e.g. build_world(0)"
+        )
     n = len(world.people)
     if isinstance(n_held_out, bool) or not isinstance(n_held_out, int) or not 1 <= n_held_out < n:
         raise ValueError(
@@ -236,8 +243,24 @@ def _check_answer(answer: str) -> None:
         )
 
 
+def _check_model(model: nn.Module) -> None:
+    """A TypeError unless ``model`` is a language model of the course (an nn.Module with a
+    ``config`` that has a ``context_length``)."""
+    config = getattr(model, "config", None)
+    if not isinstance(model, nn.Module) or not hasattr(config, "context_length"):
+        raise TypeError(
+            f"model must be the course's GPT (an nn.Module with a config), got a "
+            f"{type(model).__name__}; e.g. load_shipped('chat')[0]"
+        )
+
+
 def _check_questions(questions: Sequence[TwoHop], name: str) -> None:
     """A ValueError if ``questions`` is empty, a TypeError if one is not a :class:`TwoHop`."""
+    if isinstance(questions, TwoHop) or not isinstance(questions, Sequence):
+        raise TypeError(
+            f"{name} must be a list or tuple of TwoHop questions, got a "
+            f"{type(questions).__name__}; for one question pass [question]"
+        )
     if not questions:
         raise ValueError(f"{name} is empty: pass a non-empty list of TwoHop questions")
     bad = next((q for q in questions if not isinstance(q, TwoHop)), None)
@@ -268,6 +291,8 @@ def conversations(questions: Sequence[TwoHop], *, trace: bool) -> list[list[dict
     """One conversation per question: the question, and the trace (``trace=True``) or the
     answer alone."""
     _check_questions(questions, "questions")
+    if not isinstance(trace, bool):  # "no" would be read as True
+        raise TypeError(f"trace must be True or False, got {type(trace).__name__} {trace!r}")
     return [
         [
             {"role": "user", "content": q.question},
@@ -285,6 +310,12 @@ def fine_tune_two_hop(
     for the validation loss); returns the :class:`companion.train_config.History`."""
     from companion.pretraining import train
 
+    if not isinstance(config, TrainConfig):
+        raise TypeError(
+            f"config must be a TrainConfig, got a {type(config).__name__}; e.g. "
+            "two_hop_config(steps=60, seed=0)"
+        )
+    _check_model(model)
     examples = encode_conversations(
         conversations(questions, trace=trace), tokenizer,
         context_length=model.config.context_length,
@@ -355,28 +386,37 @@ class Sample:
     answer: str | None  # the word of "So: X.", or None
     tokens: int  # reply tokens, the stop token included when written
 
+    def __post_init__(self) -> None:
+        if not (self.answer is None or isinstance(self.answer, str)):
+            raise TypeError(f"Sample.answer must be a str or None, got {self.answer!r}")
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 0:
+            raise ValueError(f"Sample.tokens must be an int >= 0, got {self.tokens!r}")
+
 
 def sample_answers(
     model: nn.Module, tokenizer, questions: Sequence[TwoHop], n: int, *,
     temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
 ) -> list[list[Sample]]:  # fmt: skip
     """``n`` replies to each question, sampled at ``temperature`` through chapter 7's KV cache;
-    ``[question][sample]``. The model is used where it is, in eval mode, and not changed."""
+    ``[question][sample]``. A copy of the model samples, on the model's device, in eval mode: the
+    model itself is not changed."""
     _check_questions(questions, "questions")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r} must be an int >= 1: the number of replies per question")
+    _check_model(model)
+    for name, value in (("n", n), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be an int >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
     stop = special_ids(tokenizer)[END]
     prompts = [question_ids(q.question, tokenizer) for q in questions for _ in range(n)]
-    sampler = CachedGPT(model) if isinstance(model, GPT) else model
-    was_training = model.training
-    model.eval()
-    try:
-        out = generate_many(
-            sampler, prompts, [stop], max_new_tokens=max_new_tokens, temperature=temperature,
-            seed=seed,
-        )  # fmt: skip
-    finally:
-        model.train(was_training)
+    # Chapter 7's KV cache re-lays the weights it is given, so it samples from a copy (on the
+    # model's own device, in eval mode): the caller's model, weights and modes stay as they are.
+    sampler = copy.deepcopy(model).eval()
+    sampler = CachedGPT(sampler) if isinstance(sampler, GPT) else sampler
+    out = generate_many(
+        sampler, prompts, [stop], max_new_tokens=max_new_tokens, temperature=temperature,
+        seed=seed % 2**64,
+    )  # fmt: skip
     samples = []
     for c in out:
         answer = final_answer(tokenizer.decode(list(c.ids))) if c.finished else None
@@ -391,6 +431,14 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
     >>> majority_vote(["Dove", None, "Elm", "Elm", "Dove"]), majority_vote([None, None])
     ('Dove', None)
     """
+    if isinstance(answers, str) or not isinstance(answers, Sequence):
+        raise TypeError(f"answers must be a list of answers, got a {type(answers).__name__}")
+    bad = next((a for a in answers if not (a is None or isinstance(a, str))), None)
+    if bad is not None:
+        raise TypeError(
+            f"answers must be strs or None, got a {type(bad).__name__}; from samples pass "
+            "[s.answer for s in row]"
+        )
     counts = Counter(a for a in answers if a is not None)  # keeps first-seen order on ties
     return counts.most_common(1)[0][0] if counts else None
 
@@ -398,7 +446,8 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
 def pass_at_k(n: int, c: int, k: int) -> float:
     """The chance that at least one of k replies drawn without replacement from n, of which c
     are right, is right: ``1 − C(n−c, k) / C(n, k)`` (the unbiased estimator of Chen et al.
-    2021), computed as a product so that large n does not overflow.
+    2021), computed as a product of min(c, k) factors, so that a large n neither overflows nor
+    takes long.
 
     >>> pass_at_k(4, 1, 2), pass_at_k(4, 0, 4), pass_at_k(4, 4, 1)
     (0.5, 0.0, 1.0)
@@ -413,9 +462,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         )
     if n - c < k:  # every pick of k holds a right reply
         return 1.0
-    miss = 1.0
-    for i in range(n - c + 1, n + 1):  # C(n-c, k) / C(n, k) = prod (1 - k / i)
-        miss *= 1.0 - k / i
+    miss = 1.0  # C(n-c, k) / C(n, k), as a product of min(c, k) factors
+    if c <= k:
+        for i in range(n - c + 1, n + 1):  # = prod over the c right ones of (1 - k / i)
+            miss *= 1.0 - k / i
+    else:
+        for i in range(k):  # = prod over the k picks of (n - c - i) / (n - i)
+            miss *= (n - c - i) / (n - i)
     return 1.0 - miss
 
 
@@ -427,12 +480,21 @@ def scaling_table(
     a perfect verifier), the mean :func:`pass_at_k` over all n samples, and the reply tokens
     spent per question (the first k samples' lengths, summed, averaged over questions)."""
     _check_questions(questions, "questions")
-    if len(samples) != len(questions):
+    if not isinstance(samples, Sequence) or len(samples) != len(questions):
         raise ValueError(
-            f"{len(samples)} lists of samples for {len(questions)} questions: pass the output of "
-            "sample_answers for these questions"
+            f"samples must hold one list of samples per question ({len(questions)}): pass the "
+            "output of sample_answers for these questions"
         )
-    n = min(map(len, samples))
+    if any(not isinstance(s, Sample) for row in samples for s in row):
+        raise TypeError("samples must hold Sample objects: pass the output of sample_answers")
+    n = len(samples[0])
+    if n == 0 or any(len(row) != n for row in samples):
+        raise ValueError(
+            f"every question needs the same number (>= 1) of samples, got "
+            f"{sorted({len(row) for row in samples})}"
+        )
+    if isinstance(ks, str | int) or not isinstance(ks, Sequence):
+        raise TypeError(f"ks must be a list of sample counts, e.g. [1, 4, 16], got {ks!r}")
     bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n]
     if bad or not ks:
         raise ValueError(f"ks={list(ks)!r} must be ints from 1 to {n}, the samples per question")
@@ -443,7 +505,7 @@ def scaling_table(
             first = drawn[:k]
             vote += majority_vote([s.answer for s in first]) == q.answer
             best += any(s.answer == q.answer for s in first)
-            passed += pass_at_k(len(drawn), sum(s.answer == q.answer for s in drawn), k)
+            passed += pass_at_k(n, sum(s.answer == q.answer for s in drawn), k)
             spent += sum(s.tokens for s in first)
         m = len(questions)
         rows.append({"k": k, "majority_vote": vote / m, "best_of_k": best / m,
@@ -457,6 +519,11 @@ def scaling_table(
 def two_hop_config(steps: int, seed: int) -> TrainConfig:
     """The SFT recipe on two-hop conversations: batches of 8, AdamW at 3e-4 after 10 warm-up
     steps (fewer for a very short run), cosine to 3e-5, no weight decay, on the CPU."""
+    for name, value in (("steps", steps), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if steps < 2:
+        raise ValueError(f"steps={steps} must be at least 2 (one warm-up step, one more)")
     return TrainConfig(
         steps=steps, batch_size=8, learning_rate=3e-4, min_learning_rate=3e-5,
         warmup_steps=min(10, steps - 1), weight_decay=0.0, eval_interval=steps, eval_batches=1,
@@ -471,11 +538,16 @@ COMMAND = "python -m companion.reasoning --out companion/assets/reasoning_model"
 
 
 def short_cot_then_grpo(
-    chat: nn.Module, tokenizer, world: World, *, seed: int, config: GRPOConfig = SHIPPED_GRPO,
+    chat: nn.Module, tokenizer, world: World, *, seed: int, config: GRPOConfig | None = None,
 ) -> tuple[nn.Module, nn.Module, GRPOLog]:  # fmt: skip
     """One run of the chapter's recipe, on ``split_people(world, seed=seed)``'s training side:
     a copy of ``chat`` fine-tuned :data:`SHORT_SFT_STEPS` steps on traces, then GRPO from it
-    (``config`` with ``seed``). Returns ``(short, tuned, log)``; ``chat`` is left as it is."""
+    (``config``, :data:`SHIPPED_GRPO` by default, with ``seed``). Returns ``(short, tuned,
+    log)``; ``chat`` is left as it is."""
+    config = SHIPPED_GRPO if config is None else config
+    if not isinstance(config, GRPOConfig):
+        raise TypeError(f"config must be a GRPOConfig, got a {type(config).__name__}")
+    _check_model(chat)
 
     train_people, _ = split_people(world, seed=seed)
     questions = two_hop_questions(train_people)
@@ -494,7 +566,13 @@ def _with_seed(config: GRPOConfig, seed: int) -> GRPOConfig:
 
 def train_reasoning_model(out_dir: str | Path) -> dict:
     """The shipped reasoning model: :func:`short_cot_then_grpo` from the shipped chat model on
-    world 0, seed 0; saved to ``out_dir`` with its figures (also returned)."""
+    world 0, seed 0; saved to ``out_dir`` with its figures (also returned). ``out_dir`` is
+    checked before any training: it must be new, or a checkpoint folder to replace."""
+    if not isinstance(out_dir, str | Path) or not str(out_dir):
+        raise TypeError(f"out_dir must be a folder's path, got {out_dir!r}")
+    out_dir = Path(out_dir)
+    for path in (out_dir, out_dir.parent / f".{out_dir.name}.previous"):
+        check_replaceable(path)  # what save_checkpoint would refuse, refused before training
 
     chat, tokenizer = load_shipped("chat", "cpu")
     world = build_world(0)

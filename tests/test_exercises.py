@@ -1276,3 +1276,12 @@ def test_a_tuple_in_the_wrong_order_is_named(capsys):
 
     passed, out = verdict(capsys, ex.check_attention, swapped)
     assert not passed and "value 0 of the 2 returned: the shape should be (3, 2)" in out, out
+
+
+def test_a_not_implemented_error_from_torch_is_feedback_not_a_stub(capsys):
+    def quantised(rewards):  # torch's C++ raises NotImplementedError for this op on quint8
+        q = torch.quantize_per_tensor(rewards, 0.1, 0, torch.quint8)
+        return q - q.mean(1, keepdim=True)
+
+    passed, out = verdict(capsys, ex.check_group_advantages, quantised)
+    assert not passed and "not attempted" not in out and "not implemented for these inputs" in out

@@ -116,7 +116,7 @@ def test_grpo_says_when_every_group_is_equal():
     assert all(
         torch.equal(a, b) for a, b in zip(model.parameters(), tuned.parameters(), strict=True)
     )
-    with pytest.raises(ValueError, match="prompts is empty"):
+    with pytest.raises(ValueError, match="non-empty list"):
         train_grpo(model, [], lambda i, r, f: 0.0, 3, config)
 
 
@@ -160,7 +160,8 @@ def test_grpo_refuses_more_questions_than_prompts():
         train_grpo(model, [[0], [2]], _first_token_is_one, 3, config)
     for stop_id in (True, -1, 4):  # the toy vocabulary is 0..3
         with pytest.raises(ValueError, match="stop_id"):
-            train_grpo(model, [[0], [2]], _first_token_is_one, stop_id, GRPOConfig(questions=2))
+            train_grpo(model, [[0], [2]], _first_token_is_one, stop_id,
+                       GRPOConfig(questions=2, max_new_tokens=1))  # fmt: skip
     with pytest.raises(TypeError, match="config must be a GRPOConfig"):
         train_grpo(model, [[0], [2]], _first_token_is_one, 3, {"questions": 2})
     # any int seed runs: seed * 100_003 once overflowed torch's 64-bit seed on the first roll-out
@@ -177,3 +178,27 @@ def test_grpo_loss_and_advantages_refuse_bad_knobs():
             grpo_loss(logp, logp, adv, mask, **knobs)
     with pytest.raises(ValueError, match="eps"):
         group_advantages(torch.tensor([[1.0, 0.0]]), eps=True)
+
+
+def test_grpo_checks_the_window_the_rewards_and_keeps_the_replies_it_samples():
+    model = _toy_model()  # context 16
+    config = GRPOConfig(iterations=1, questions=2, group_size=2, max_new_tokens=15)
+    with pytest.raises(ValueError, match=r"longest prompt \(2 tokens\) plus max_new_tokens=15"):
+        train_grpo(model, [[0, 1], [2]], _first_token_is_one, 3, config)  # found before sampling
+    small = GRPOConfig(iterations=1, questions=2, group_size=2, max_new_tokens=2)
+    for bad, error in ((None, TypeError), ("1", TypeError), (1e300, ValueError)):
+        with pytest.raises(error, match="the reward function returned"):
+            train_grpo(model, [[0], [2]], lambda i, r, f, bad=bad: bad, 3, small)
+    with pytest.raises(AttributeError, match="tuple"):
+        # the reply reaches the reward as a tuple: it cannot be changed in place
+        train_grpo(model, [[0], [2]], lambda i, r, f: r.clear(), 3, small)
+    with torch.no_grad():  # a caller's no_grad does not stop the update
+        _, log = train_grpo(model, [[0], [2]], lambda i, r, f: float(r[:1] == (1,)), 3,
+                            GRPOConfig(iterations=2, questions=2, group_size=4,
+                                       max_new_tokens=2, seed=1))  # fmt: skip
+    assert len(log.reward) == 2
+    frozen = _toy_model().requires_grad_(False)
+    with pytest.raises(ValueError, match="requires grad"):
+        train_grpo(frozen, [[0], [2]], _first_token_is_one, 3, small)
+    with pytest.raises(TypeError, match="torch tensor"):
+        group_advantages([[1.0, 0.0]])

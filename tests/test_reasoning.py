@@ -234,7 +234,7 @@ def test_scaling_table_by_hand():
     assert four["tokens"] == (5 + 7 + 6 + 32 + 32 + 6 + 6 + 6) / 2
     with pytest.raises(ValueError, match="ks="):
         scaling_table(samples, [KOFI, other], [5])
-    with pytest.raises(ValueError, match="2 questions"):
+    with pytest.raises(ValueError, match="one list of samples per question"):
         scaling_table(samples[:1], [KOFI, other], [1])
 
 
@@ -286,3 +286,50 @@ def test_the_documented_command_reproduces_the_shipped_reasoning_model(tmp_path)
     got, want = figures["grpo_held_out"].get("right", 0), shipped["grpo_held_out"].get("right", 0)
     assert abs(got - want) <= RIGHT_TOLERANCE
     assert got > figures["short_held_out"].get("right", 0) + 6
+
+
+def test_sample_answers_leave_the_callers_weights_and_modes_alone():
+    from companion.checkpoints import load_shipped
+
+    model, tokenizer = load_shipped("reasoning", "cpu")
+    model.train()
+    model.blocks[0].eval()  # a mixed state, kept as it is
+    pointers = [p.data_ptr() for p in model.parameters()]
+    modes = [m.training for m in model.modules()]
+    sample_answers(model, tokenizer, two_hop_questions(build_world(0).people[:1]), 2)
+    assert [p.data_ptr() for p in model.parameters()] == pointers  # the cache re-lays a copy
+    assert [m.training for m in model.modules()] == modes
+    assert all(t.is_contiguous() for t in model.state_dict().values())
+
+
+def test_the_scaling_measures_refuse_what_they_cannot_score():
+    row = [Sample("Dove", 5), Sample("Elm", 6)]
+    with pytest.raises(TypeError, match=r"\[s.answer for s in row\]"):
+        majority_vote(row)
+    with pytest.raises(TypeError, match="list of answers"):
+        majority_vote("Dove")
+    with pytest.raises(ValueError, match="same number"):
+        scaling_table([row, row[:1]], [KOFI, KOFI], [1])
+    with pytest.raises(TypeError, match="list of sample counts"):
+        scaling_table([row], [KOFI], (k for k in [1, 2]))
+    with pytest.raises(TypeError, match="list or tuple of TwoHop"):
+        scaling_table([row], KOFI, [1])
+    with pytest.raises(ValueError, match="tokens"):
+        Sample("Dove", -1)
+    assert pass_at_k(10**9 + 1, 10**9, 1) == pytest.approx(1.0)  # min(c, k) factors: instant
+
+
+def test_the_reasoning_model_command_checks_its_folder_before_training(tmp_path, monkeypatch):
+    import companion.reasoning as reasoning
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the folder was checked")
+
+    monkeypatch.setattr(reasoning, "load_shipped", no_training)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        reasoning.train_reasoning_model(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(TypeError, match="folder's path"):
+        reasoning.train_reasoning_model(None)
