@@ -10,7 +10,10 @@ are upper bounds (≤): every sequence is counted as 64 tokens. What is counted 
   KV cache in chapter 6), forward passes of the policy, the reference and the reward model, and
   ``epochs`` training passes;
 * DPO and CAI: the reference's forward pass over every pair once, steps × batch pairs × 2
-  sequences trained. CAI's judging and revising are not counted.
+  sequences trained. CAI's judging and revising are not counted;
+* reasoning: the short SFT (steps × batch sequences), then per GRPO reply one forward pass per
+  position to sample it (chapter 7's KV cache), the policy's and the reference's forward passes,
+  and ``updates`` training passes.
 
 Only the shipped model's own run is counted: the commands also train the comparison runs
 (PPO without the KL leash, PPO on a miscalibrated rater, DPO without the NLL term).
@@ -22,6 +25,7 @@ from companion.base_model import base_model_configs
 from companion.checkpoints import shipped_info
 from companion.compute import COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER, flops_per_token
 from companion.model import count_parameters
+from companion.reasoning import SHIPPED_GRPO, SHORT_SFT_STEPS, two_hop_config
 from companion.rlhf import SHIPPED_DPO, SHIPPED_PPO, SHIPPED_REWARD
 from companion.sft import chat_model_configs
 
@@ -57,6 +61,14 @@ def shipped_run_flops() -> list[dict]:
         pairs = shipped_info(name)["extra"][key]
         trained = SHIPPED_DPO.steps * SHIPPED_DPO.batch_size * 2 * T
         row(f"{name} (DPO)", trained, trained * train + pairs * 2 * T * forward, False)
+    grpo, short = SHIPPED_GRPO, two_hop_config(SHORT_SFT_STEPS, 0)
+    sft_tokens = short.steps * short.batch_size * T
+    replies = grpo.iterations * grpo.questions * grpo.group_size
+    sampling = replies * T * forward  # with the KV cache, each position is computed once
+    scoring = replies * 2 * T * forward  # the policy before the update, the reference
+    updates = replies * grpo.updates * T
+    trained = sft_tokens + updates
+    row("reasoning (SFT + GRPO)", trained, trained * train + sampling + scoring, False)
     return rows
 
 

@@ -376,6 +376,38 @@ def co_statements(corpus: str, questions: Sequence[TwoHop]) -> list[int]:
     return [sum(q.answer in words for words in by_person[q.person]) for q in questions]
 
 
+def answers_after_first_hop(
+    model: nn.Module, tokenizer, questions: Sequence[TwoHop], towns: Sequence[str], *,
+    max_new_tokens: int = 24,
+) -> list[str | None]:  # fmt: skip
+    """The greedy final answer of each question when its reply is begun for the model with a
+    first hop of our choosing, ``"Kofi lives in <towns[i]>."``: does the second hop follow the
+    town written, or the person? None where the reply has no answer line. A copy of the model
+    runs, on its device; the model itself is not changed."""
+    _check_questions(questions, "questions")
+    _check_model(model)
+    if isinstance(towns, str) or len(towns) != len(questions):
+        raise ValueError(f"towns must hold one town per question ({len(questions)})")
+    starts = [
+        RELATIONS["home_town"][2].format(name=q.person, town=t)
+        for q, t in zip(questions, towns, strict=True)
+    ]
+    prompts = [
+        question_ids(q.question, tokenizer) + list(tokenizer.encode_ordinary(" " + start))
+        for q, start in zip(questions, starts, strict=True)
+    ]
+    sampler = copy.deepcopy(model).eval()
+    sampler = CachedGPT(sampler) if isinstance(sampler, GPT) else sampler
+    out = generate_many(
+        sampler, prompts, [special_ids(tokenizer)[END]], max_new_tokens=max_new_tokens,
+        temperature=0.0,
+    )  # fmt: skip
+    return [
+        final_answer(start + tokenizer.decode(list(c.ids))) if c.finished else None
+        for start, c in zip(starts, out, strict=True)
+    ]
+
+
 # --- spending compute at inference time -------------------------------------------------------
 
 
