@@ -95,9 +95,8 @@ def save_checkpoint(
     (['checkpoint.json', 'model.safetensors'], 3)
     """
     path = Path(path)
-    previous = path.parent / f".{path.name}.previous"
-    check_replaceable(path)
-    check_replaceable(previous)
+    previous = _previous(path)
+    check_can_save(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = generator is not None  # a training run: save where both random streams stand
     meta: dict[str, Any] = {
@@ -132,10 +131,21 @@ def save_checkpoint(
     return path
 
 
-def check_replaceable(path: str | Path) -> None:
-    """A ``ValueError`` naming ``path`` if it exists and is not a checkpoint we may replace (what
-    :func:`save_checkpoint` refuses; a long run can ask before it starts)."""
+def _previous(path: Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the old checkpoint while it swaps in the new one."""
+    return path.parent / f".{path.name}.previous"
+
+
+def check_can_save(path: str | Path) -> None:
+    """The ``ValueError`` :func:`save_checkpoint` would raise for ``path``, raised now: a long run
+    can ask before it starts. ``path`` and its ``.previous`` must be new or checkpoints."""
     path = Path(path)
+    _check_replaceable(path)
+    _check_replaceable(_previous(path))
+
+
+def _check_replaceable(path: Path) -> None:
+    """A ``ValueError`` naming ``path`` if it exists and is not a checkpoint we may replace."""
     if not path.exists() and not path.is_symlink():
         return
     names = {e.name for e in path.iterdir()} if path.is_dir() and not path.is_symlink() else set()
@@ -228,7 +238,7 @@ def _saved_config(fields: Any, file: Path) -> GPTConfig:
 def _resolve(path: str | Path) -> Path:
     """The checkpoint directory, or its ``.previous`` if a save died between the two renames."""
     path = Path(path)
-    previous = path.parent / f".{path.name}.previous"
+    previous = _previous(path)
     if not (path / META_FILE).is_file() and (previous / META_FILE).is_file():
         return previous
     if not path.is_dir():

@@ -34,14 +34,14 @@ import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from companion.chat import END, chat_many, question_ids, special_ids
-from companion.checkpoints import check_replaceable, load_shipped, save_checkpoint
+from companion.checkpoints import check_can_save, load_shipped, save_checkpoint
 from companion.corpus import END_OF_TEXT
 from companion.evaluation import most_common_answers
 from companion.generation import generate_many
@@ -376,6 +376,14 @@ def co_statements(corpus: str, questions: Sequence[TwoHop]) -> list[int]:
     return [sum(q.answer in words for words in by_person[q.person]) for q in questions]
 
 
+def _sampling_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` to sample from, in eval mode on its device, behind chapter 7's KV
+    cache for a GPT: the cache re-lays the weights it is given, so the caller's model, its
+    weights and its modes stay as they are."""
+    copied = copy.deepcopy(model).eval()
+    return CachedGPT(copied) if isinstance(copied, GPT) else copied
+
+
 def answers_after_first_hop(
     model: nn.Module, tokenizer, questions: Sequence[TwoHop], towns: Sequence[str], *,
     max_new_tokens: int = 24,
@@ -396,11 +404,9 @@ def answers_after_first_hop(
         question_ids(q.question, tokenizer) + list(tokenizer.encode_ordinary(" " + start))
         for q, start in zip(questions, starts, strict=True)
     ]
-    sampler = copy.deepcopy(model).eval()
-    sampler = CachedGPT(sampler) if isinstance(sampler, GPT) else sampler
     out = generate_many(
-        sampler, prompts, [special_ids(tokenizer)[END]], max_new_tokens=max_new_tokens,
-        temperature=0.0,
+        _sampling_copy(model), prompts, [special_ids(tokenizer)[END]],
+        max_new_tokens=max_new_tokens, temperature=0.0,
     )  # fmt: skip
     return [
         final_answer(start + tokenizer.decode(list(c.ids))) if c.finished else None
@@ -441,13 +447,9 @@ def sample_answers(
         raise ValueError(f"seed must be an int, got {seed!r}")
     stop = special_ids(tokenizer)[END]
     prompts = [question_ids(q.question, tokenizer) for q in questions for _ in range(n)]
-    # Chapter 7's KV cache re-lays the weights it is given, so it samples from a copy (on the
-    # model's own device, in eval mode): the caller's model, weights and modes stay as they are.
-    sampler = copy.deepcopy(model).eval()
-    sampler = CachedGPT(sampler) if isinstance(sampler, GPT) else sampler
     out = generate_many(
-        sampler, prompts, [stop], max_new_tokens=max_new_tokens, temperature=temperature,
-        seed=seed % 2**64,
+        _sampling_copy(model), prompts, [stop], max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed % 2**64,
     )  # fmt: skip
     samples = []
     for c in out:
@@ -564,8 +566,10 @@ def two_hop_config(steps: int, seed: int) -> TrainConfig:
 
 
 SHORT_SFT_STEPS = 20  # the chain-of-thought SFT GRPO starts from: deliberately too short
-SHIPPED_GRPO = GRPOConfig(iterations=20, questions=8, group_size=8, updates=2, learning_rate=1e-4,
-                          clip=0.2, kl_coef=0.0, temperature=1.0, max_new_tokens=32, seed=0)  # fmt: skip
+SHIPPED_GRPO = GRPOConfig(
+    iterations=20, questions=8, group_size=8, updates=2, learning_rate=1e-4, clip=0.2,
+    kl_coef=0.0, temperature=1.0, max_new_tokens=32, seed=0,
+)  # fmt: skip
 COMMAND = "python -m companion.reasoning --out companion/assets/reasoning_model"
 
 
@@ -588,12 +592,8 @@ def short_cot_then_grpo(
         short, tokenizer, questions, two_hop_config(SHORT_SFT_STEPS, seed), trace=True
     )
     short.eval()
-    tuned, log = two_hop_grpo(short, tokenizer, questions, _with_seed(config, seed))
+    tuned, log = two_hop_grpo(short, tokenizer, questions, replace(config, seed=seed))
     return short, tuned, log
-
-
-def _with_seed(config: GRPOConfig, seed: int) -> GRPOConfig:
-    return GRPOConfig(**{**asdict(config), "seed": seed})
 
 
 def train_reasoning_model(out_dir: str | Path) -> dict:
@@ -602,9 +602,7 @@ def train_reasoning_model(out_dir: str | Path) -> dict:
     checked before any training: it must be new, or a checkpoint folder to replace."""
     if not isinstance(out_dir, str | Path) or not str(out_dir):
         raise TypeError(f"out_dir must be a folder's path, got {out_dir!r}")
-    out_dir = Path(out_dir)
-    for path in (out_dir, out_dir.parent / f".{out_dir.name}.previous"):
-        check_replaceable(path)  # what save_checkpoint would refuse, refused before training
+    check_can_save(out_dir)  # what save_checkpoint would refuse, refused before training
 
     chat, tokenizer = load_shipped("chat", "cpu")
     world = build_world(0)
