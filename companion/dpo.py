@@ -13,7 +13,11 @@ never sample itself (the rater's written refusals), which PPO, learning only fro
 roll-outs, cannot; but plain DPO can satisfy a pair by pushing the rejected reply down rather
 than the chosen one up, so a reply the model finds very unlikely may stay unlikely.
 ``DPOConfig.nll_weight`` adds the chosen replies' mean token negative log-likelihood to the loss
-(RPO, Pang et al. 2024), which pulls them up. The trainer runs where the chat model is, like PPO's.
+(RPO, Pang et al. 2024), which pulls them up; with ``preference_weight=0`` only that term is left,
+plain SFT on the chosen replies: the control that tells what DPO adds to imitation. The log
+keeps, per step, how far the chosen and the rejected replies have moved from the reference
+(``chosen_logratio``, ``rejected_logratio``: the mechanism, seen). The trainer runs where the chat
+model is, like PPO's.
 Shape vocabulary: B batch.
 
 Left out: IPO, KTO and other variants, label smoothing (conservative DPO), and reference-free DPO.
@@ -78,12 +82,18 @@ class DPOConfig:
     beta: float = 0.1  # β: the KL leash
     seed: int = 0  # draws the batches
     nll_weight: float = 0.0  # α: add α × the chosen replies' mean token NLL (RPO); 0 = plain DPO
+    preference_weight: float = 1.0  # weight of dpo_loss; 0 with nll_weight > 0 = SFT on the chosen
 
     def __post_init__(self) -> None:
         check_recipe(self, {
             "steps": "int >= 1", "batch_size": "int >= 1", "learning_rate": "> 0",
-            "beta": "> 0", "seed": "int", "nll_weight": ">= 0",
+            "beta": "> 0", "seed": "int", "nll_weight": ">= 0", "preference_weight": ">= 0",
         })  # fmt: skip
+        if self.nll_weight == 0 and self.preference_weight == 0:
+            raise ValueError(
+                "nll_weight and preference_weight are both 0: the loss would be 0 and nothing "
+                "would train; set preference_weight=1.0 (DPO) or nll_weight=1.0 (SFT on the chosen)"
+            )
 
 
 @dataclass
@@ -93,6 +103,8 @@ class DPOLog:
     loss: list[float] = field(default_factory=list)  # dpo_loss of the batch
     margin: list[float] = field(default_factory=list)  # mean chosen − rejected implicit reward
     accuracy: list[float] = field(default_factory=list)  # share of pairs with a positive margin
+    chosen_logratio: list[float] = field(default_factory=list)  # mean log π(y_c) − log π_ref(y_c)
+    rejected_logratio: list[float] = field(default_factory=list)  # the same for the rejected
     seconds: list[float] = field(default_factory=list)  # wall time so far
 
 
@@ -117,7 +129,7 @@ def train_dpo(
         pol_r = sequence_logprob(policy, rid[b], rm[b])  # (B,)
         loss, c, r = dpo_loss(pol_c, pol_r, ref_c[b], ref_r[b], config.beta)
         nll = -pol_c.sum() / cm[b].sum()  # mean NLL per chosen reply token (none is empty)
-        total = loss + config.nll_weight * nll
+        total = config.preference_weight * loss + config.nll_weight * nll
         check_loss(total, "DPO")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -126,5 +138,7 @@ def train_dpo(
         log.loss.append(loss.item())
         log.margin.append((c - r).mean().item())
         log.accuracy.append((c > r).float().mean().item())
+        log.chosen_logratio.append((c / config.beta).mean().item())
+        log.rejected_logratio.append((r / config.beta).mean().item())
         log.seconds.append(time.perf_counter() - start)
     return policy.eval(), log

@@ -13,6 +13,13 @@ Taught in ``06_rlhf.ipynb`` (section 3). One iteration of :func:`train_ppo`, in 
    (:func:`clipped_objective`, Schulman et al. 2017, eq. 7) plus the value loss
    (:func:`value_loss`).
 
+The ladder's first rung, ``PPOConfig(algorithm="reinforce")``: REINFORCE with a baseline
+(:func:`reinforce_loss`). Every token of a reply gets that reply's return (score minus the summed
+KL penalty) less the batch's mean return, whitened; one gradient step per roll-out (on-policy:
+the replies must come from the policy being updated), no value head, no ratio, no clip. PPO
+adds a learned baseline (the value head, GAE) and the clipped ratio, which let it take several
+steps on one roll-out.
+
 Logged per iteration (:class:`PPOLog`): ``reward`` (the reward model's mean score), ``kl`` (the
 mean summed per-token KL estimate of a reply), ``clip_fraction``, ``entropy`` and ``value_loss``.
 
@@ -103,6 +110,25 @@ def clipped_objective(
     return loss, fraction
 
 
+def reinforce_loss(
+    logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """REINFORCE with a baseline (Williams 1992), as a loss: ``−mean(log π(y_t) A)`` over ``mask``;
+    all (B, T), ``advantages`` without gradient.
+
+    Its gradient raises the log-probability of every token of a reply that did better than the
+    baseline and lowers it for one that did worse. At the policy that sampled the replies
+    (ratio 1) it has the same gradient as :func:`clipped_objective`: PPO's ratio and clip only
+    matter once the policy has moved, on the second and later minibatches of one roll-out.
+
+    >>> reinforce_loss(torch.tensor([[-1.0, -2.0]]), torch.tensor([[1.0, 1.0]]),
+    ...                torch.tensor([[True, False]]))
+    tensor(1.)
+    """
+    m = mask.float()
+    return -(logp * advantages * m).sum() / m.sum()
+
+
 def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``½ mean((V − R)²)`` over ``mask``; all (B, T).
 
@@ -129,6 +155,9 @@ class PolicyWithValue(nn.Module):
         return self.gpt.lm_head(h), self.value_head(h).squeeze(-1)  # (B, T, V), (B, T)
 
 
+ALGORITHMS: tuple[str, ...] = ("ppo", "reinforce")
+
+
 @dataclass
 class PPOConfig:
     """A PPO run's recipe."""
@@ -145,6 +174,7 @@ class PPOConfig:
     vf_coef: float = 0.5  # weight of the value loss
     max_new_tokens: int = 24  # reply length limit
     seed: int = 0  # draws prompts, replies and minibatches
+    algorithm: str = "ppo"  # "ppo", or "reinforce": the ladder's first rung (see train_ppo)
 
     def __post_init__(self) -> None:
         check_recipe(self, {
@@ -153,6 +183,17 @@ class PPOConfig:
             "clip": "(0, 1)", "gamma": "[0, 1]", "lam": "[0, 1]", "vf_coef": ">= 0",
             "max_new_tokens": "int >= 1", "seed": "int",
         })  # fmt: skip
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r} must be one of {ALGORITHMS}")
+        if self.algorithm == "reinforce" and (
+            self.epochs != 1 or self.minibatch_size < self.batch_size
+        ):
+            raise ValueError(
+                f"REINFORCE is on-policy: one gradient step per roll-out, on replies the current "
+                f"policy sampled; got epochs={self.epochs}, minibatch_size={self.minibatch_size} "
+                f"for batch_size={self.batch_size}. Set epochs=1 and minibatch_size=batch_size, "
+                "or use algorithm='ppo', whose ratio and clip make reusing a roll-out safe"
+            )
 
 
 @dataclass
@@ -182,9 +223,14 @@ def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
         rewards[torch.arange(len(ids), device=m.device), last] += score
         values = values[:, :-1] * m  # V of the state before each reply token
         adv, returns = gae(rewards, values, m, gamma=config.gamma, lam=config.lam)
-        mean = adv[m].mean()
-        std = adv[m].std() if m.sum() > 1 else adv.new_zeros(())  # one token: its own mean, A = 0
-        adv = (adv - mean) / (std + 1e-8) * m
+        if config.algorithm == "reinforce":  # one return per reply, the batch's mean as baseline
+            ret = rewards.sum(dim=1)  # (B,): score − β Σ_t KL
+            std = ret.std() if len(ret) > 1 else ret.new_zeros(())
+            adv = ((ret - ret.mean()) / (std + 1e-8))[:, None] * m  # (B, T-1)
+        else:
+            mean = adv[m].mean()
+            std = adv[m].std() if m.sum() > 1 else adv.new_zeros(())  # one token: A = 0
+            adv = (adv - mean) / (std + 1e-8) * m
     return old_logp, adv, returns, m, score, kl.sum(dim=1)
 
 
@@ -236,9 +282,16 @@ def train_ppo(
             for mb in order.split(config.minibatch_size):
                 logits, values = policy(ids[mb])  # (b, T, V), (b, T)
                 logp = token_logprobs(logits, ids[mb])  # (b, T-1)
-                pg, frac = clipped_objective(logp, old_logp[mb], adv[mb], m[mb], clip=config.clip)
-                vl = value_loss(values[:, :-1], returns[mb], m[mb])
-                loss = pg + config.vf_coef * vl
+                if config.algorithm == "reinforce":  # no ratio, no clip, no value head
+                    pg, frac = reinforce_loss(logp, adv[mb], m[mb]), logp.new_zeros(())
+                    vl = value_loss(values[:, :-1], returns[mb], m[mb]).detach()  # logged only
+                    loss = pg
+                else:
+                    pg, frac = clipped_objective(
+                        logp, old_logp[mb], adv[mb], m[mb], clip=config.clip
+                    )
+                    vl = value_loss(values[:, :-1], returns[mb], m[mb])
+                    loss = pg + config.vf_coef * vl
                 check_loss(loss, "PPO")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -193,17 +193,18 @@ def sample_replies(
         model, ids, [special_ids(tokenizer)[END]], max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed,
     )  # fmt: skip
-    return [_sample(c.ids, c.finished, tokenizer) for c in out]
+    return [decoded_sample(c.ids, c.finished, tokenizer) for c in out]
 
 
-def _sample(ids: Sequence[int], finished: bool, tokenizer) -> Sample:
+def decoded_sample(ids: Sequence[int], finished: bool, tokenizer) -> Sample:
+    """A reply's ids (without ``<|end|>``) as a :class:`Sample`, the template's space removed."""
     text = tokenizer.decode(list(ids))
     return Sample(tuple(ids), text[1:] if text.startswith(" ") else text, finished)
 
 
 def written_sample(text: str, tokenizer) -> Sample:
     """A reply written by hand (the rater's refusal), as the template would encode it."""
-    return _sample(tokenizer.encode_ordinary(" " + text), True, tokenizer)
+    return decoded_sample(tokenizer.encode_ordinary(" " + text), True, tokenizer)
 
 
 def prompt_ids(prompt: Prompt, tokenizer) -> list[int]:

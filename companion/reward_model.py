@@ -14,6 +14,12 @@ The backbone starts as a copy of the chat model (it already reads the template a
 world's facts as well as the chat model does); the head reads the final hidden state of the
 reply's last token. Shape vocabulary: B batch, T time, C channels.
 
+Two stand-ins with the same call, for the controls of the chapter: :class:`RuleReward`, the
+rater's own rules as a reward (what a perfect reward model would give), and
+:class:`ConstantReward`, a reward that says nothing (what the updates cost on their own).
+:func:`best_of_n` uses a reward at inference time instead of in training: sample ``n`` replies,
+keep the best-scored one.
+
 Left out: several replies ranked at once (InstructGPT's K choose 2 per prompt), reward
 normalisation, ensembles.
 """
@@ -21,6 +27,7 @@ normalisation, ensembles.
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +38,19 @@ from torch import nn
 
 from companion.chat import END, special_ids
 from companion.environment import make_generator, model_device
-from companion.preferences import Preference, Sample, prompt_ids
+from companion.preferences import (
+    RULES,
+    Preference,
+    Prompt,
+    Rule,
+    Sample,
+    decoded_sample,
+    prompt_ids,
+    sample_replies,
+)
 from companion.replies import pad_sequences
 from companion.train_config import check_loss, check_recipe
+from companion.world import World
 
 
 def bradley_terry_loss(
@@ -183,3 +200,115 @@ def train_reward_model(
         history.loss.append(loss.item())
         history.accuracy.append((r_c > r_r).float().mean().item())
     return model.eval(), history
+
+
+class RuleReward(nn.Module):
+    """The rater's rules as a reward: ``RuleReward(world, tokenizer, prompts)(ids, reply_mask)``
+    → (B,), called like :class:`RewardModel` on prompts from ``prompts``.
+
+    A reply scores ``2^(k−1)`` for the first of ``k`` rules it passes, ``2^(k−2)`` for the
+    second, and so on: for rules that pass or fail, the higher score is the reply :func:`rate`
+    prefers, ties included (an earlier rule outweighs all the later ones together). The label
+    noise is left out: this is the rater a reward model can at best become.
+
+    >>> from companion.data import load_course_tokenizer
+    >>> from companion.preferences import REFUSAL, written_sample
+    >>> from companion.replies import pad_sequences
+    >>> from companion.world import build_world
+    >>> tok, world = load_course_tokenizer(), build_world(0)
+    >>> p = Prompt("Who is Wanda?", "unknown", name="Wanda")
+    >>> replies = [written_sample(t, tok) for t in (REFUSAL, "Wanda is a baker.")]
+    >>> ids, mask = pad_sequences([prompt_ids(p, tok)] * 2, [reply_tokens(r, tok) for r in replies],
+    ...                           special_ids(tok)[END])
+    >>> RuleReward(world, tok, [p])(ids, mask).tolist()  # the invented claim fails one rule
+    [15.0, 11.0]
+    """
+
+    def __init__(
+        self, world: World, tokenizer, prompts: Sequence[Prompt], rules: dict[str, Rule] = RULES
+    ) -> None:
+        super().__init__()
+        if not prompts:
+            raise ValueError("prompts is empty; pass the prompts the policy will be asked")
+        self.world, self.tokenizer, self.rules = world, tokenizer, dict(rules)
+        self.end = special_ids(tokenizer)[END]
+        self.prompts = {tuple(prompt_ids(p, tokenizer)): p for p in prompts}
+
+    def score(self, prompt: Prompt, reply: Sample) -> float:
+        """The reward of one reply: the sum of ``2^(k−1−i)`` over the rules ``i`` it passes."""
+        k = len(self.rules)
+        passed = [
+            rule(self.world, prompt, reply.text, reply.finished) for rule in self.rules.values()
+        ]
+        return float(sum(2 ** (k - 1 - i) for i, ok in enumerate(passed) if ok))
+
+    def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+        scores = []
+        for row, mask in zip(ids.tolist(), reply_mask.bool().tolist(), strict=True):
+            if True not in mask:
+                raise ValueError("a row of reply_mask is all False: no reply to score")
+            start = mask.index(True)
+            prompt = self.prompts.get(tuple(row[:start]))
+            if prompt is None:
+                raise ValueError(
+                    f"row starting {row[:8]} is not one of the {len(self.prompts)} prompts this "
+                    "reward knows; build RuleReward with the prompts the policy is asked"
+                )
+            reply = [t for t, m in zip(row, mask, strict=True) if m]
+            finished = bool(reply) and reply[-1] == self.end
+            scores.append(self.score(prompt, decoded_sample(reply[:-1] if finished else reply,
+                                                        finished, self.tokenizer)))  # fmt: skip
+        return torch.tensor(scores, device=ids.device)
+
+
+class ConstantReward(nn.Module):
+    """A reward that tells nothing: ``value`` for every reply (B,). PPO against it moves the
+    policy by its updates and the KL leash alone: the cost of the updates, with no signal.
+
+    >>> ConstantReward()(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool))
+    tensor([0., 0.])
+    """
+
+    def __init__(self, value: float = 0.0) -> None:
+        super().__init__()
+        if not math.isfinite(value):
+            raise ValueError(f"value={value} must be a finite number, e.g. 0.0")
+        self.value = float(value)
+
+    def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(ids),), self.value, device=ids.device)
+
+
+@torch.no_grad()
+def best_of_n(
+    model: nn.Module, tokenizer, reward: nn.Module, prompts: Sequence[Prompt], n: int, *,
+    seed: int = 0, max_new_tokens: int = 24,
+) -> tuple[list[Sample], torch.Tensor]:  # fmt: skip
+    """For each prompt, ``n`` replies sampled at temperature 1 and the one ``reward`` scores
+    highest (the first of equal ones): ``(samples, scores (len(prompts), n))``.
+
+    Best-of-n spends compute at inference instead of training, and moves the policy's output
+    distribution without touching a weight: what PPO against the same reward should at least
+    match (Gao et al. 2023 compare the two at equal KL). ``model`` and ``reward`` run where they
+    are; sample ``j`` uses the seed ``seed * 1000 + j``.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n={n!r} must be an int >= 1: the replies to sample per prompt")
+    if not prompts:
+        raise ValueError("prompts is empty; pass make_prompts(world, split='eval')")
+    pad, device = special_ids(tokenizer)[END], model_device(model)
+    drawn = [
+        sample_replies(
+            model, tokenizer, prompts, seed=seed * 1000 + j, max_new_tokens=max_new_tokens
+        )
+        for j in range(n)
+    ]  # n lists of len(prompts) samples
+    scores = torch.empty(len(prompts), n)
+    for j, samples in enumerate(drawn):
+        ids, mask = pad_sequences(
+            [prompt_ids(p, tokenizer) for p in prompts], [reply_tokens(s, tokenizer) for s in samples],
+            pad,
+        )  # fmt: skip
+        scores[:, j] = reward(ids.to(device), mask.to(device)).float().cpu()
+    best = scores.argmax(dim=1).tolist()  # the first maximum
+    return [drawn[j][i] for i, j in enumerate(best)], scores

@@ -1,0 +1,240 @@
+"""The pieces chapter 6's controls need: REINFORCE (the ladder's first rung), the rater's rules as
+a reward, a reward that says nothing, best-of-n, SFT on the chosen replies, and DPO's log of how
+far the chosen and rejected replies moved.
+
+Every model is a one-layer GPT over the course tokenizer; each test runs in about a second.
+Tolerances as in test_trainers.py: float32 values of size at most 4 built from a dozen
+operations are within about 1e-5 of exact; masks and copied values are compared exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from companion.chat import END, special_ids
+from companion.data import load_course_tokenizer
+from companion.dpo import DPOConfig, train_dpo
+from companion.model import GPT, GPTConfig
+from companion.ppo import PPOConfig, clipped_objective, reinforce_loss, train_ppo
+from companion.preferences import (
+    REFUSAL,
+    RULES,
+    Preference,
+    Prompt,
+    make_prompts,
+    prompt_ids,
+    rate,
+    sample_replies,
+    written_sample,
+)
+from companion.replies import pad_sequences
+from companion.reward_model import ConstantReward, RuleReward, best_of_n, reply_tokens
+from companion.world import build_world
+
+TOK = load_course_tokenizer()
+WORLD = build_world(0)
+END_ID = special_ids(TOK)[END]
+ATOL = 1e-5
+
+
+def tiny_gpt(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(TOK.vocab_size, 64, n_layer=1, n_head=1, d_model=16)).eval()
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+# --- REINFORCE ----------------------------------------------------------------------------------
+
+
+def test_reinforce_loss_by_hand():
+    logp = torch.tensor([[-1.0, -2.0, -4.0], [-0.5, -3.0, -1.0]])
+    adv = torch.tensor([[2.0, 2.0, 2.0], [-1.0, -1.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    by_hand = -((-1 * 2) + (-2 * 2) + (-0.5 * -1) + (-3 * -1) + 0) / 5
+    assert reinforce_loss(logp, adv, mask).item() == pytest.approx(by_hand, abs=ATOL)
+
+
+def test_at_the_sampling_policy_reinforce_and_the_clipped_objective_have_one_gradient():
+    """At ratio 1 the clip is inactive and ∇ρ = ∇log π: PPO's first step is REINFORCE's."""
+    torch.manual_seed(0)
+    logp = torch.randn(3, 4, requires_grad=True)
+    adv, mask = torch.randn(3, 4), torch.rand(3, 4) > 0.3
+    (g_reinforce,) = torch.autograd.grad(reinforce_loss(logp, adv, mask), logp)
+    (g_ppo,) = torch.autograd.grad(clipped_objective(logp, logp.detach(), adv, mask)[0], logp)
+    assert torch.allclose(g_reinforce, g_ppo, atol=1e-7)
+    assert (g_reinforce[~mask] == 0).all() and (g_reinforce[mask] != 0).all()
+
+
+def test_reinforce_on_a_bandit_finds_the_best_arm():
+    g = torch.Generator().manual_seed(0)
+    pay = torch.tensor([0.1, 0.5, 0.9, 0.3])
+    logits = torch.zeros(4, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(150):
+        with torch.no_grad():
+            arms = torch.multinomial(torch.softmax(logits, 0), 64, replacement=True, generator=g)
+            reward = pay[arms] + 0.1 * torch.randn(64, generator=g)
+            adv = (reward - reward.mean())[:, None]  # the batch's mean as the baseline
+        logp = torch.log_softmax(logits, 0)[arms][:, None]
+        loss = reinforce_loss(logp, adv, torch.ones(64, 1, dtype=torch.bool))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.softmax(logits, 0).argmax().item() == 2 and torch.softmax(logits, 0)[2] > 0.9
+
+
+def test_reinforce_refuses_to_reuse_a_rollout():
+    with pytest.raises(ValueError, match=r"on-policy.*epochs=1"):
+        PPOConfig(algorithm="reinforce", batch_size=8, minibatch_size=8, epochs=2)
+    with pytest.raises(ValueError, match=r"on-policy.*minibatch_size=batch_size"):
+        PPOConfig(algorithm="reinforce", batch_size=8, minibatch_size=4, epochs=1)
+    with pytest.raises(ValueError, match="algorithm='a2c' must be one of"):
+        PPOConfig(algorithm="a2c")
+    PPOConfig(algorithm="reinforce", batch_size=8, minibatch_size=8, epochs=1)  # fine
+
+
+class EvenReward(torch.nn.Module):
+    """Scores a reply by its number of tokens with an even id: replies differ, so do rewards."""
+
+    def forward(self, ids, mask):
+        return ((ids % 2 == 0) & mask).sum(dim=1).float()
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
+def test_train_ppo_runs_either_rung_on_a_copy(algorithm):
+    chat = tiny_gpt()
+    before = copy.deepcopy(chat)
+    prompts = make_prompts(WORLD, split="train")[:6]
+    config = PPOConfig(iterations=2, batch_size=4, minibatch_size=4, epochs=1,
+                       max_new_tokens=6, algorithm=algorithm)  # fmt: skip
+    policy, log = train_ppo(chat, TOK, EvenReward(), prompts, config)
+    assert same_weights(chat, before) and not same_weights(policy, chat)
+    assert len(log.reward) == 2 and all(0 <= r <= 7 for r in log.reward)
+    if algorithm == "reinforce":
+        assert log.clip_fraction == [0.0, 0.0]  # no ratio, nothing clipped
+
+
+def test_reinforce_learns_nothing_from_equal_rewards():
+    """Every reply scored alike, no KL term: each advantage is 0, and the policy stays put."""
+    chat, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:6]
+    config = PPOConfig(iterations=2, batch_size=4, minibatch_size=4, epochs=1, kl_coef=0.0,
+                       max_new_tokens=6, algorithm="reinforce")  # fmt: skip
+    policy, _ = train_ppo(chat, TOK, ConstantReward(3.0), prompts, config)
+    assert same_weights(policy, chat)
+
+
+# --- the rules as a reward, a constant reward ---------------------------------------------------
+
+
+def score_all(reward, prompt, texts, finished=True):
+    replies = [written_sample(t, TOK) for t in texts]
+    if not finished:
+        replies = [r.__class__(r.ids, r.text, False) for r in replies]
+    ids, mask = pad_sequences([prompt_ids(prompt, TOK)] * len(replies),
+                              [reply_tokens(r, TOK) for r in replies], END_ID)  # fmt: skip
+    return replies, reward(ids, mask).tolist()
+
+
+def test_the_rule_reward_orders_every_pair_as_the_rater_does():
+    fact = WORLD.facts[0]
+    wrong = WORLD.wrong_answers(fact)[0]
+    cases = {
+        Prompt(fact.question, "known", fact=fact): [
+            fact.reply, fact.reply_with(wrong), REFUSAL, f"{fact.reply} {fact.reply}",
+            fact.reply.lower(), "hello",
+        ],
+        Prompt("Where does Wanda live?", "unknown", name="Wanda"): [
+            REFUSAL, "Wanda lives in Thornby.", "i do not know that person", "Hello!",
+        ],
+        Prompt("Hello!", "greeting"): ["Hello! How can I help?", "hello", "A b c d e f g h i j k l m."],
+    }  # fmt: skip
+    prompts = list(cases)
+    reward = RuleReward(WORLD, TOK, prompts)
+    for prompt, texts in cases.items():
+        replies, scores = score_all(reward, prompt, texts)
+        for (a, sa), (b, sb) in itertools.combinations(zip(replies, scores, strict=True), 2):
+            verdict = rate(WORLD, prompt, a, b, RULES)
+            if verdict is None:
+                assert sa == sb, (a.text, b.text)
+            else:
+                assert (sa > sb) == (verdict[0] == 0), (a.text, b.text, verdict)
+    _, (full,) = score_all(reward, prompts[0], [WORLD.facts[0].reply])
+    _, (cut,) = score_all(reward, prompts[0], [WORLD.facts[0].reply], finished=False)
+    assert full == 15.0 and cut == 15.0 - 2  # cut at the limit: fails "stops" (weight 2) only
+
+
+def test_the_rule_reward_refuses_a_prompt_it_was_not_given():
+    known = make_prompts(WORLD, split="train")[:3]
+    reward = RuleReward(WORLD, TOK, known[:2])
+    ids, mask = pad_sequences([prompt_ids(known[2], TOK)], [[5, END_ID]], END_ID)
+    with pytest.raises(ValueError, match="not one of the 2 prompts"):
+        reward(ids, mask)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        RuleReward(WORLD, TOK, [])
+
+
+def test_the_constant_reward_says_the_same_for_every_reply():
+    ids = torch.randint(0, 50, (3, 7))
+    assert ConstantReward(1.5)(ids, torch.ones(3, 7, dtype=torch.bool)).tolist() == [1.5] * 3
+    with pytest.raises(ValueError, match="finite"):
+        ConstantReward(float("nan"))
+
+
+# --- best-of-n ----------------------------------------------------------------------------------
+
+
+def test_best_of_n_keeps_the_highest_scored_of_the_replies_it_sampled():
+    model, prompts = tiny_gpt(), make_prompts(WORLD, split="eval")[:5]
+    before = copy.deepcopy(model)
+    best, scores = best_of_n(model, TOK, EvenReward(), prompts, 4, seed=3, max_new_tokens=8)
+    assert scores.shape == (5, 4) and same_weights(model, before)
+    drawn = [sample_replies(model, TOK, prompts, seed=3000 + j, max_new_tokens=8) for j in range(4)]
+    for i, sample in enumerate(best):
+        evens = [sum(t % 2 == 0 for t in reply_tokens(drawn[j][i], TOK)) for j in range(4)]
+        assert scores[i].tolist() == evens
+        assert sample == drawn[evens.index(max(evens))][i]  # the first of the best
+    assert any(len(set(row.tolist())) > 1 for row in scores)  # a choice was made somewhere
+    one, _ = best_of_n(model, TOK, EvenReward(), prompts, 1, seed=3, max_new_tokens=8)
+    assert one == drawn[0]
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="must be an int >= 1"):
+            best_of_n(model, TOK, EvenReward(), prompts, bad)
+
+
+# --- DPO: the log of the mechanism, and the NLL-only control -------------------------------------
+
+
+def toy_pairs() -> list[Preference]:
+    greetings = [Prompt(t, "greeting") for t in ("Hello!", "Goodbye!", "Hello! How are you?")]
+    chosen, rejected = written_sample("ab", TOK), written_sample("xy", TOK)
+    return [Preference(p, chosen, rejected, "good_tone", False) for p in greetings]
+
+
+def test_dpo_logs_how_far_the_chosen_and_the_rejected_moved():
+    pairs, reference = toy_pairs(), tiny_gpt()
+    config = DPOConfig(steps=15, batch_size=3, learning_rate=1e-2)
+    _, log = train_dpo(reference, TOK, pairs, config)
+    assert log.chosen_logratio[0] == 0.0 and log.rejected_logratio[0] == 0.0  # policy = reference
+    for c, r, m in zip(log.chosen_logratio, log.rejected_logratio, log.margin, strict=True):
+        assert config.beta * (c - r) == pytest.approx(m, abs=ATOL)
+    assert log.rejected_logratio[-1] < -1.0  # the rejected reply is pushed down
+
+
+def test_sft_on_the_chosen_raises_them_and_ignores_the_rejected():
+    pairs, reference = toy_pairs(), tiny_gpt()
+    config = DPOConfig(steps=15, batch_size=3, learning_rate=1e-2, nll_weight=1.0,
+                       preference_weight=0.0)  # fmt: skip
+    _, log = train_dpo(reference, TOK, pairs, config)
+    assert log.chosen_logratio[-1] > 1.0
+    plain = DPOConfig(steps=15, batch_size=3, learning_rate=1e-2)
+    _, dpo_log = train_dpo(reference, TOK, pairs, plain)
+    assert dpo_log.rejected_logratio[-1] < log.rejected_logratio[-1]  # DPO pushes it down more
+    with pytest.raises(ValueError, match="both 0"):
+        DPOConfig(preference_weight=0.0)
