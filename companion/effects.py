@@ -21,6 +21,10 @@ Constitutional AI, and the two failure runs); every column one claim, measured o
 * ``refuses_known``: the share of those greedy answers that say "I do not know": refusing what
   the model knows is one way to pay for the refusals it learnt.
 
+:func:`kl_to_reference` estimates how far a tuned model has moved from the chat model it
+started from, in nats per reply: the axis on which methods are compared fairly (a method that
+moves further may buy more of an effect simply by moving).
+
 Left out: confidence intervals (the counts are printed beside the rates in the notebook).
 """
 
@@ -28,9 +32,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
+from companion.chat import END, special_ids
+from companion.environment import model_device
 from companion.measurement import in_format, says_do_not_know
-from companion.preferences import Prompt, Sample, good_tone, make_prompts, sample_replies
+from companion.preferences import (
+    Prompt,
+    Sample,
+    good_tone,
+    make_prompts,
+    prompt_ids,
+    sample_replies,
+)
 from companion.questions import ask_chat_model
+from companion.replies import pad_sequences, sequence_logprob
+from companion.reward_model import reply_tokens
 from companion.world import World
 
 EFFECTS: tuple[str, ...] = (
@@ -109,3 +126,34 @@ def measure_effects(
         "n_strangers": len(strangers),
         "n_strangers_seen": len(seen_replies),
     }
+
+
+@torch.no_grad()
+def kl_to_reference(
+    model, reference, tokenizer, prompts: Sequence[Prompt], *, n_samples: int = 2,
+    seed: int = 1000,
+) -> float:  # fmt: skip
+    """``KL(π ‖ π_ref)`` per reply, in nats, estimated on replies ``model`` samples at
+    temperature 1: the mean over replies of ``Σ_t log π(y_t) − log π_ref(y_t)`` over the reply's
+    tokens and its ``<|end|>`` (the estimator PPO's penalty uses, summed; unbiased, so a small
+    sample can come out a little below 0). ``n_samples`` replies per prompt, seeds ``seed``,
+    ``seed + 1``, ...; both models run where they are and must be on one device.
+    """
+    _check_n_samples(n_samples)
+    if not prompts:
+        raise ValueError("prompts is empty; pass make_prompts(world, split='eval')")
+    device = model_device(model)
+    if model_device(reference) != device:
+        raise ValueError(
+            f"model is on {device} and reference on {model_device(reference)}; put them on one "
+            "device first"
+        )
+    end, total, count = special_ids(tokenizer)[END], 0.0, 0
+    for k in range(n_samples):
+        samples = sample_replies(model, tokenizer, prompts, seed=seed + k)
+        replies = [reply_tokens(s, tokenizer) for s in samples]
+        ids, mask = pad_sequences([prompt_ids(p, tokenizer) for p in prompts], replies, end)
+        ids, mask = ids.to(device), mask.to(device)
+        gap = sequence_logprob(model, ids, mask) - sequence_logprob(reference, ids, mask)  # (B,)
+        total, count = total + gap.sum().item(), count + len(prompts)
+    return total / count

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -236,12 +236,17 @@ def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
 
 def train_ppo(
     chat_model: nn.Module, tokenizer, reward_model: nn.Module, prompts: Sequence[Prompt],
-    config: PPOConfig | None = None,
+    config: PPOConfig | None = None, *,
+    callback: Callable[[int, nn.Module, PPOLog], None] | None = None,
 ) -> tuple[nn.Module, PPOLog]:  # fmt: skip
     """PPO from a copy of ``chat_model`` against the frozen ``reward_model``; returns the tuned
     GPT (eval mode) and its :class:`PPOLog`. The reference is a frozen copy of ``chat_model``.
     Everything runs on ``chat_model``'s device (the reward model must be there too); neither
-    model is moved. The shipped figures were made on the CPU."""
+    model is moved. The shipped figures were made on the CPU.
+
+    ``callback(iteration, policy, log)``, if given, runs after every iteration with the policy
+    as it is then (a GPT in eval mode: measure it, do not train it), e.g. to draw the rater's
+    verdict against the reward model's score as the run goes (over-optimisation)."""
     config = config or PPOConfig()
     if not prompts:
         raise ValueError("prompts is empty; pass make_prompts(world, split='train')")
@@ -309,4 +314,6 @@ def train_ppo(
         log.entropy.append(sum(entropies) / len(entropies))
         log.value_loss.append(sum(v_losses) / len(v_losses))
         log.seconds.append(time.perf_counter() - start)
+        if callback is not None:
+            callback(it, policy.gpt.eval(), log)
     return policy.gpt.eval(), log

@@ -251,3 +251,61 @@ def collect_candidates(
         if prompt.kind == "unknown":
             replies.append(written_sample(REFUSAL, tokenizer))
     return prompts, candidates
+
+
+def deduplicate(pairs: Sequence[Preference]) -> list[Preference]:
+    """``pairs`` with each (prompt, chosen, rejected) text triple kept once, the first time
+    it comes, in order: a pair labelled twice counts twice in training, so a set built from
+    repeated samples weighs its commonest replies more than the rater did.
+
+    >>> p = Prompt("Hello!", "greeting")
+    >>> a, b = Sample((), "Hello!", True), Sample((), "hello", True)
+    >>> len(deduplicate([Preference(p, a, b, "good_tone", False)] * 3))
+    1
+    """
+    seen: set[tuple[str, str, str]] = set()
+    kept = []
+    for pair in pairs:
+        key = (pair.prompt.text, pair.chosen.text, pair.rejected.text)
+        if key not in seen:
+            seen.add(key)
+            kept.append(pair)
+    return kept
+
+
+def with_share(
+    pairs: Sequence[Preference], is_kind: Callable[[Preference], bool], share: float, *,
+    seed: int = 0,
+) -> list[Preference]:  # fmt: skip
+    """The largest subset of ``pairs`` in which the pairs ``is_kind`` picks make up ``share``
+    (rounded down to a whole pair), drawn with ``random.Random(seed)``, in the original order.
+
+    Only the over-represented side is thinned: with 60 of 100 pairs of the kind and share 0.25,
+    all 40 others stay and 13 of the 60 (13 / 53 ≈ 0.245). Used to give two preference sets
+    the same mix (e.g. the share of pairs whose chosen reply declines) before comparing what
+    they teach.
+
+    >>> p = Prompt("Hello!", "greeting")
+    >>> pairs = [Preference(p, Sample((), str(i), True), Sample((), "x", True), "r", False)
+    ...          for i in range(100)]
+    >>> kept = with_share(pairs, lambda q: int(q.chosen.text) < 60, 0.25)
+    >>> len(kept), sum(int(q.chosen.text) < 60 for q in kept)
+    (53, 13)
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"share={share} must be strictly between 0 and 1")
+    kind = [i for i, pair in enumerate(pairs) if is_kind(pair)]
+    other = [i for i, pair in enumerate(pairs) if not is_kind(pair)]
+    if not kind or not other:
+        raise ValueError(
+            f"{len(kind)} pairs of the kind and {len(other)} others: both must be present to "
+            "set a share; check is_kind"
+        )
+    rng = random.Random(seed)
+    if len(kind) / len(pairs) > share:  # keep every other pair, n of the kind
+        n = int(share * len(other) / (1 - share))
+        kept = set(other) | set(rng.sample(kind, max(n, 1)))
+    else:  # keep every pair of the kind, n others
+        n = int(len(kind) * (1 - share) / share)
+        kept = set(kind) | set(rng.sample(other, max(n, 1)))
+    return [pair for i, pair in enumerate(pairs) if i in kept]

@@ -238,3 +238,56 @@ def test_sft_on_the_chosen_raises_them_and_ignores_the_rejected():
     assert dpo_log.rejected_logratio[-1] < log.rejected_logratio[-1]  # DPO pushes it down more
     with pytest.raises(ValueError, match="both 0"):
         DPOConfig(preference_weight=0.0)
+
+
+# --- KL to the reference, the trainer's callback, de-duplication, the mix of a preference set ---
+
+
+def test_kl_to_itself_is_zero_and_to_another_model_positive_on_average():
+    from companion.effects import kl_to_reference
+
+    prompts = make_prompts(WORLD, split="eval")[:8]
+    model = tiny_gpt(0)
+    assert kl_to_reference(model, copy.deepcopy(model), TOK, prompts) == 0.0
+    other = tiny_gpt(1)
+    with torch.no_grad():  # a sharper copy of the model: its own samples are likelier under it
+        other.load_state_dict(model.state_dict())
+        other.lm_head.weight.mul_(4.0)
+    assert kl_to_reference(other, model, TOK, prompts, n_samples=4) > 0.3  # 0.65 here
+    with pytest.raises(ValueError, match="prompts is empty"):
+        kl_to_reference(model, model, TOK, [])
+
+
+def test_the_callback_sees_each_iteration_in_eval_mode():
+    chat, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:6]
+    seen = []
+
+    def record(iteration, policy, log):
+        seen.append((iteration, policy.training, len(log.reward)))
+
+    config = PPOConfig(iterations=3, batch_size=4, minibatch_size=4, max_new_tokens=4)
+    train_ppo(chat, TOK, EvenReward(), prompts, config, callback=record)
+    assert seen == [(0, False, 1), (1, False, 2), (2, False, 3)]
+
+
+def test_deduplicate_and_with_share():
+    from companion.preferences import Sample, deduplicate, with_share
+
+    p, q = Prompt("Hello!", "greeting"), Prompt("Goodbye!", "greeting")
+    a, b, c = (Sample((), t, True) for t in ("Hi.", "hi", "Bye."))
+    pairs = [Preference(p, a, b, "r", False), Preference(p, a, b, "r", True),
+             Preference(q, a, b, "r", False), Preference(p, b, a, "r", False),
+             Preference(p, a, b, "s", False), Preference(p, c, b, "r", False)]  # fmt: skip
+    assert deduplicate(pairs) == [pairs[0], pairs[2], pairs[3], pairs[5]]
+    many = [Preference(p, Sample((), str(i), True), b, "r", False) for i in range(20)]
+    kind = lambda pair: int(pair.chosen.text) % 4 == 0  # 5 of 20  # noqa: E731
+    up = with_share(many, kind, 0.5)  # too few of the kind: the others thinned to 5
+    assert len(up) == 10 and sum(map(kind, up)) == 5
+    down = with_share(many, kind, 0.1)  # too many: 15 others kept, 1 of the kind (1 / 16)
+    assert len(down) == 16 and sum(map(kind, down)) == 1
+    assert with_share(many, kind, 0.1, seed=0) == down and [m for m in many if m in down] == down
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            with_share(many, kind, bad)
+    with pytest.raises(ValueError, match="both must be present"):
+        with_share(many, lambda pair: True, 0.5)
