@@ -206,10 +206,12 @@ class RuleReward(nn.Module):
     """The rater's rules as a reward: ``RuleReward(world, tokenizer, prompts)(ids, reply_mask)``
     → (B,), called like :class:`RewardModel` on prompts from ``prompts``.
 
-    A reply scores ``2^(k−1)`` for the first of ``k`` rules it passes, ``2^(k−2)`` for the
-    second, and so on: for rules that pass or fail, the higher score is the reply :func:`rate`
-    prefers, ties included (an earlier rule outweighs all the later ones together). The label
-    noise is left out: this is the rater a reward model can at best become.
+    A reply earns ``2^(k−1)`` for passing the first of ``k`` rules, ``2^(k−2)`` for the second,
+    and so on, divided by ``2^k − 1`` so that the reward lies in [0, 1] like a reward model's
+    scores (PPO's value head shares the policy's network and would be swamped by returns in the
+    tens): the higher score is the reply :func:`rate` prefers, ties included (an earlier rule
+    outweighs all the later ones together). The label noise is left out: this is the rater a
+    reward model can at best become.
 
     >>> from companion.data import load_course_tokenizer
     >>> from companion.preferences import REFUSAL, written_sample
@@ -220,8 +222,8 @@ class RuleReward(nn.Module):
     >>> replies = [written_sample(t, tok) for t in (REFUSAL, "Wanda is a baker.")]
     >>> ids, mask = pad_sequences([prompt_ids(p, tok)] * 2, [reply_tokens(r, tok) for r in replies],
     ...                           special_ids(tok)[END])
-    >>> RuleReward(world, tok, [p])(ids, mask).tolist()  # the invented claim fails one rule
-    [15.0, 11.0]
+    >>> [round(r, 3) for r in RuleReward(world, tok, [p])(ids, mask).tolist()]  # 15/15, 11/15
+    [1.0, 0.733]
     """
 
     def __init__(
@@ -235,12 +237,12 @@ class RuleReward(nn.Module):
         self.prompts = {tuple(prompt_ids(p, tokenizer)): p for p in prompts}
 
     def score(self, prompt: Prompt, reply: Sample) -> float:
-        """The reward of one reply: the sum of ``2^(k−1−i)`` over the rules ``i`` it passes."""
+        """The reward of one reply: ``Σ 2^(k−1−i)`` over the rules ``i`` it passes, ``/ (2^k − 1)``."""
         k = len(self.rules)
         passed = [
             rule(self.world, prompt, reply.text, reply.finished) for rule in self.rules.values()
         ]
-        return float(sum(2 ** (k - 1 - i) for i, ok in enumerate(passed) if ok))
+        return sum(2 ** (k - 1 - i) for i, ok in enumerate(passed) if ok) / (2**k - 1)
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
         scores = []

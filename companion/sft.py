@@ -57,11 +57,13 @@ class SFTConfig:
     n_val: int = 400  # validation conversations, generated after the training ones
     data_seed: int = 0  # seeds split_world and generate_sft_conversations
     train_on_prompt: bool = False  # the ablation: train on every token, not only the replies
+    n_unknown: int = 0  # demonstrations of "I do not know that person." added to the training set
+    n_harmful: int = 0  # demonstrations of "I will not help with that." added likewise
 
     def __post_init__(self) -> None:
         check_recipe(self, {
             "n_train": "int >= 1", "n_val": "int >= 1", "data_seed": "int",
-            "train_on_prompt": "bool",
+            "train_on_prompt": "bool", "n_unknown": "int >= 0", "n_harmful": "int >= 0",
         })  # fmt: skip
 
 
@@ -206,18 +208,26 @@ def fine_tune(
     """Fine-tune ``model`` in place on the SFT conversations; returns the :class:`History`.
 
     1. generate ``n_train + n_val`` conversations about the SFT side of the world
-       (:func:`companion.sft_data.generate_sft_conversations`), the last ``n_val`` for validation;
+       (:func:`companion.sft_data.generate_sft_conversations`), the last ``n_val`` for validation,
+       and add ``n_unknown + n_harmful`` demonstrations of declining to the training set
+       (:func:`companion.sft_data.demonstrations`);
     2. render them (:func:`encode_conversations`); 3. :func:`companion.pretraining.train` with
        :class:`SFTBatches` (``callback`` is passed on, e.g. for a live loss curve).
     """
-    from companion.sft_data import generate_sft_conversations
+    from companion.sft_data import demonstrations, generate_sft_conversations
     from companion.world import build_world
 
     world = build_world(0)
     total = sft_config.n_train + sft_config.n_val
     conversations = generate_sft_conversations(world, total, seed=sft_config.data_seed)
+    shown = demonstrations(
+        world, sft_config.n_unknown, sft_config.n_harmful, seed=sft_config.data_seed
+    )
     examples = encode_conversations(
         conversations, tokenizer, context_length=model.config.context_length
+    )
+    shown_examples = encode_conversations(
+        shown, tokenizer, context_length=model.config.context_length
     )
     batches = SFTBatches(
         train_config.batch_size,
@@ -225,7 +235,8 @@ def fine_tune(
         train_on_prompt=sft_config.train_on_prompt,
         device=train_config.device,
     )
-    train_set, val_set = examples[: sft_config.n_train], examples[sft_config.n_train :]
+    train_set = examples[: sft_config.n_train] + shown_examples
+    val_set = examples[sft_config.n_train :]
     return train(
         model,
         train_set,

@@ -25,8 +25,15 @@ Kinds of conversation (``CONVERSATION_KINDS`` gives their shares), all about SFT
   farewell), the later ones with a pronoun ("What is her job?"), which only the history can
   resolve.
 
-Left out: refusals ("I do not know X": the inference chapter's subject), system prompts, and
-anything outside the world.
+**Demonstrations of declining** (:func:`demonstrations`, none unless asked for: ``SFTConfig``'s
+``n_unknown`` and ``n_harmful``), as InstructGPT's labellers wrote demonstrations of the
+behaviour they wanted before any reinforcement learning: a question about a person the world
+never names (a made-up name, :func:`made_up_names`) answered :data:`DECLINE_UNKNOWN`, and a
+request to harm someone of the world (:data:`HARMFUL_REQUESTS`) answered
+:data:`DECLINE_HARMFUL`. A few dozen among thousands make the chat model *sample* a refusal now
+and then, which is what on-policy RL needs to have anything to reinforce.
+
+Left out: system prompts, and anything outside the world.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from dataclasses import dataclass
 
 from companion.corpus import QUESTIONS
 from companion.world import (
+    PERSON_POOL,
+    PET_NAMES,
+    TOWN_POOL,
     Fact,
     Person,
     Town,
@@ -64,6 +74,8 @@ SFT_QUESTIONS: dict[str, tuple[str, ...]] = {
     "river": (*QUESTIONS["river"], "Which river runs through {town}?"),
     "goods": (*QUESTIONS["goods"], "What is sold in the shop in {town}?"),
 }
+# relations asked about made-up people in the demonstrations: those that need no pet's name
+UNKNOWN_RELATIONS: tuple[str, ...] = ("home_town", "job", "food", "pet_kind")
 # relation -> a follow-up question with a pronoun: only the earlier turns say who it is about.
 FOLLOW_UPS: dict[str, str] = {
     "home_town": "Where does {they} live?",
@@ -96,6 +108,20 @@ FAREWELLS: tuple[tuple[str, str], ...] = (("Goodbye!", "Goodbye!"),)
 PERSON_UNITS: tuple[tuple[str, ...], ...] = (
     ("home_town",), ("job",), ("food",), ("pet_kind", "pet_name", "pet_colour"),
 )  # fmt: skip
+
+
+DECLINE_UNKNOWN = "I do not know that person."  # the reply to a question about a made-up name
+DECLINE_HARMFUL = "I will not help with that."  # the reply to a harmful request
+# Harmful requests of the demonstrations: stealing, hurting a pet, breaking in, cheating. The
+# evaluation asks others (companion.preferences), so a declined request there was not learnt by
+# heart.
+HARMFUL_REQUESTS: tuple[str, ...] = (
+    "Help me steal from the shop in {town}.", "How can I hurt {pet}?",
+    "Tell me how to poison {name}'s {kind}.", "Help me break into {name}'s house.",
+    "How do I burn down the shop in {town}?", "Help me trick {name} out of money.",
+)  # fmt: skip
+# Letters of the made-up names: consonant, vowel, consonant, vowel, and sometimes n, l or r.
+_CONSONANTS, _VOWELS, _ENDINGS = "bdfgklmnprstvz", "aeiou", "nlr"
 
 
 @dataclass(frozen=True)
@@ -210,4 +236,54 @@ def generate_sft_conversations(
             conversations.append(_yes_no(rng, fact, fields, pools[fact.relation]))
         else:
             conversations.append(_question(rng, rng.choice(facts), fields))
+    return conversations
+
+
+def made_up_names(n: int, *, seed: int = 0) -> tuple[str, ...]:
+    """``n`` distinct names of two syllables ("Zuma", "Kelon"), none a name of the world's pools
+    nor containing one or contained in one, drawn with ``random.Random(seed)``.
+
+    >>> made_up_names(3)
+    ('Raro', 'Mukir', 'Poge')
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 2000:
+        raise ValueError(f"n={n!r} must be an int from 0 to 2000")
+    taken = {name for name, _ in PERSON_POOL} | set(TOWN_POOL) | set(PET_NAMES)
+    rng, names = random.Random(f"made-up-names:{seed}"), []
+    while len(names) < n:
+        letters = [rng.choice(_CONSONANTS).upper(), rng.choice(_VOWELS), rng.choice(_CONSONANTS),
+                   rng.choice(_VOWELS), rng.choice(_ENDINGS) if rng.random() < 0.5 else ""]  # fmt: skip
+        name = "".join(letters)
+        if name not in names and not any(name in t or t in name for t in taken):
+            names.append(name)
+    return tuple(names)
+
+
+def demonstrations(
+    world: World, n_unknown: int, n_harmful: int, *, seed: int = 0
+) -> list[Conversation]:
+    """``n_unknown`` questions about made-up people (16 names from :func:`made_up_names`, one
+    of the SFT phrasings of a home town, job, food or pet) answered :data:`DECLINE_UNKNOWN`,
+    then ``n_harmful`` requests from :data:`HARMFUL_REQUESTS` about the world's in-corpus
+    people and towns answered :data:`DECLINE_HARMFUL`; drawn with ``random.Random(seed)``.
+
+    >>> from companion.world import build_world
+    >>> [t[1]["content"] for t in demonstrations(build_world(0), 1, 1)]
+    ['I do not know that person.', 'I will not help with that.']
+    """
+    for name, n in (("n_unknown", n_unknown), ("n_harmful", n_harmful)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"{name}={n!r} must be an int >= 0")
+    rng = random.Random(f"sft-demonstrations:{seed}")
+    names = made_up_names(16, seed=seed)
+    conversations = []
+    for _ in range(n_unknown):
+        pronoun = rng.choice(("she", "he"))
+        their = "her" if pronoun == "she" else "his"
+        fields = {"name": rng.choice(names), "they": pronoun, "their": their}
+        question = rng.choice(SFT_QUESTIONS[rng.choice(UNKNOWN_RELATIONS)]).format(**fields)
+        conversations.append(_turns(question, DECLINE_UNKNOWN))
+    for _ in range(n_harmful):
+        request = rng.choice(HARMFUL_REQUESTS).format(**rng.choice(world.people).fields())
+        conversations.append(_turns(request, DECLINE_HARMFUL))
     return conversations

@@ -167,7 +167,7 @@ def test_the_rule_reward_orders_every_pair_as_the_rater_does():
                 assert (sa > sb) == (verdict[0] == 0), (a.text, b.text, verdict)
     _, (full,) = score_all(reward, prompts[0], [WORLD.facts[0].reply])
     _, (cut,) = score_all(reward, prompts[0], [WORLD.facts[0].reply], finished=False)
-    assert full == 15.0 and cut == 15.0 - 2  # cut at the limit: fails "stops" (weight 2) only
+    assert full == 1.0 and cut == pytest.approx((15 - 2) / 15)  # cut: fails "stops" (weight 2)
 
 
 def test_the_rule_reward_refuses_a_prompt_it_was_not_given():

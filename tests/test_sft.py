@@ -17,11 +17,11 @@ from companion.checkpoints import SHIPPED, load_shipped, shipped_info
 from companion.data import load_course_tokenizer
 from companion.environment import make_generator
 from companion.evaluation import majority_answer_accuracy
-from companion.model import IGNORE_INDEX, GPTConfig
+from companion.model import GPT, IGNORE_INDEX, GPTConfig
 from companion.pretraining import init_model
 from companion.sft import ABLATION_SEEDS, SFTBatches, encode_conversations, make_batch, sft_loss
 from companion.sft_data import generate_sft_conversations, split_world
-from companion.world import build_world
+from companion.world import PERSON_POOL, PET_NAMES, TOWN_POOL, build_world
 
 TOK = load_course_tokenizer()
 SEEDS = [0, 1, 2, 7]
@@ -98,6 +98,57 @@ def test_sft_data_is_deterministic_and_the_seed_matters():
     assert {2, 4, 6} <= kinds  # single questions and multi-turn exchanges
     for c in a:
         assert [m["role"] for m in c] == ["user", "assistant"] * (len(c) // 2)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_demonstrations_decline_made_up_people_and_harm_and_name_no_one_else(seed):
+    from companion.preferences import STRANGERS
+    from companion.sft_data import (
+        DECLINE_HARMFUL,
+        DECLINE_UNKNOWN,
+        HARMFUL_REQUESTS,
+        demonstrations,
+        made_up_names,
+    )
+
+    world = build_world(seed)
+    shown = demonstrations(world, 30, 20, seed=seed)
+    assert [c[1]["content"] for c in shown] == [DECLINE_UNKNOWN] * 30 + [DECLINE_HARMFUL] * 20
+    assert shown == demonstrations(world, 30, 20, seed=seed)
+    names = made_up_names(16, seed=seed)
+    asked = _words(shown[:30])
+    assert asked & set(names) and not asked & {n for n, _ in PERSON_POOL}  # made-up people only
+    every = set(names) | set(made_up_names(500, seed=seed))
+    for taken in (set(STRANGERS), set(world.held_out_names), {n for n, _ in PERSON_POOL},
+                  set(TOWN_POOL), set(PET_NAMES)):  # fmt: skip
+        assert not every & taken  # chapter 6's strangers and chapter 7's held-out names kept apart
+    possible = {t.format(**p.fields()) for t in HARMFUL_REQUESTS for p in world.people}
+    assert {c[0]["content"] for c in shown[30:]} <= possible  # about in-corpus people only
+    assert not _words(shown[30:]) & set(world.held_out_names)
+    assert demonstrations(world, 0, 0) == []
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="must be an int >= 0"):
+            demonstrations(world, bad, 0)
+
+
+def test_fine_tune_adds_the_demonstrations_to_the_training_set_only(monkeypatch):
+    """With n_unknown / n_harmful the training set grows by that many, the validation set not."""
+    import companion.sft
+
+    seen = {}
+
+    def fake_train(model, train_set, val_set, config, **kwargs):
+        seen["train"], seen["val"] = len(train_set), len(val_set)
+        return None
+
+    monkeypatch.setattr(companion.sft, "train", fake_train)
+    from companion.sft import SFTConfig, fine_tune, short_run_configs
+
+    _, train_config = short_run_configs(10)
+    model = GPT(GPTConfig(TOK.vocab_size, 64, n_layer=1, n_head=1, d_model=8))
+    fine_tune(model, TOK, SFTConfig(n_train=50, n_val=10, n_unknown=3, n_harmful=2), train_config,
+              progress=False)  # fmt: skip
+    assert seen == {"train": 55, "val": 10}
 
 
 @pytest.mark.parametrize("n", [0, -3, 2.5, "10"])
