@@ -159,6 +159,7 @@ def train_aligned_model(kind: str, out_dir: str | Path) -> dict[str, Any]:
             plain, plain_log = train_dpo(chat, tokenizer, pairs, PLAIN_DPO)
             figures["plain"] = {
                 "dpo_seconds": round(plain_log.seconds[-1], 1),
+                "log": asdict(plain_log),
                 "effects": measure_effects(plain, tokenizer, world),
                 "samples": sample_conversations(plain, tokenizer, world),
                 "dpo_config": asdict(PLAIN_DPO),
