@@ -137,7 +137,8 @@ def kl_to_reference(
     temperature 1: the mean over replies of ``Σ_t log π(y_t) − log π_ref(y_t)`` over the reply's
     tokens and its ``<|end|>`` (the estimator PPO's penalty uses, summed; unbiased, so a small
     sample can come out a little below 0). ``n_samples`` replies per prompt, seeds ``seed``,
-    ``seed + 1``, ...; both models run where they are and must be on one device.
+    ``seed + 1``, ...; both models run where they are and must be on one device, in eval mode
+    (no dropout; their modes are restored).
     """
     _check_n_samples(n_samples)
     if not prompts:
@@ -149,11 +150,18 @@ def kl_to_reference(
             "device first"
         )
     end, total, count = special_ids(tokenizer)[END], 0.0, 0
+    modes = [(m, m.training) for m in (model, reference)]
     for k in range(n_samples):
         samples = sample_replies(model, tokenizer, prompts, seed=seed + k)
         replies = [reply_tokens(s, tokenizer) for s in samples]
         ids, mask = pad_sequences([prompt_ids(p, tokenizer) for p in prompts], replies, end)
         ids, mask = ids.to(device), mask.to(device)
-        gap = sequence_logprob(model, ids, mask) - sequence_logprob(reference, ids, mask)  # (B,)
-        total, count = total + gap.sum().item(), count + len(prompts)
+        try:
+            model.eval()
+            reference.eval()
+            gap = sequence_logprob(model, ids, mask) - sequence_logprob(reference, ids, mask)
+        finally:
+            for m, was_training in modes:
+                m.train(was_training)
+        total, count = total + gap.sum().item(), count + len(prompts)  # gap (B,)
     return total / count

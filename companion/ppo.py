@@ -44,7 +44,7 @@ from companion.chat import END, special_ids
 from companion.environment import make_generator, model_device
 from companion.preferences import Prompt, prompt_ids, sample_replies
 from companion.replies import pad_sequences, token_logprobs
-from companion.reward_model import reply_tokens
+from companion.reward_model import reply_tokens, score_replies
 from companion.train_config import check_loss, check_recipe
 
 
@@ -125,6 +125,14 @@ def reinforce_loss(
     ...                torch.tensor([[True, False]]))
     tensor(1.)
     """
+    if advantages.shape != logp.shape or mask.shape != logp.shape or mask.dtype != torch.bool:
+        raise ValueError(
+            f"logp {tuple(logp.shape)}, advantages {tuple(advantages.shape)} and mask "
+            f"{tuple(mask.shape)} ({mask.dtype}) must share one (B, T) shape, the mask bool: "
+            "one advantage per token (a reply's return goes on each of its tokens, [:, None])"
+        )
+    if not mask.any():
+        raise ValueError("mask is all False: no token to average over; mark the reply tokens")
     m = mask.float()
     return -(logp * advantages * m).sum() / m.sum()
 
@@ -216,7 +224,7 @@ def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
         old_logp = token_logprobs(logits, ids)  # (B, T-1)
         ref_logp = token_logprobs(reference(ids)[0], ids)  # (B, T-1)
         m = mask[:, 1:]  # (B, T-1): positions whose next token is a reply token
-        score = reward_model(ids, mask)  # (B,)
+        score = score_replies(reward_model, ids, mask)  # (B,), in eval mode
         kl = kl_penalty(old_logp, ref_logp) * m  # (B, T-1)
         rewards = -config.kl_coef * kl
         last = (m * torch.arange(m.shape[1], device=m.device)).argmax(dim=1)  # (B,)
@@ -250,6 +258,8 @@ def train_ppo(
     config = config or PPOConfig()
     if not prompts:
         raise ValueError("prompts is empty; pass make_prompts(world, split='train')")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback={callback!r} must be a function (iteration, policy, log)")
     if not 1 <= config.batch_size <= len(prompts):
         raise ValueError(
             f"batch_size={config.batch_size} must be between 1 and the {len(prompts)} prompts; "
@@ -258,7 +268,6 @@ def train_ppo(
     policy = PolicyWithValue(copy.deepcopy(chat_model))
     reference = copy.deepcopy(chat_model).eval()
     device = model_device(chat_model)
-    reward_model.eval()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng, generator = random.Random(config.seed), make_generator(config.seed)
     pad, log, start = special_ids(tokenizer)[END], PPOLog(), time.perf_counter()

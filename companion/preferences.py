@@ -34,6 +34,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 from companion.chat import END, question_ids, special_ids
 from companion.generation import generate_many
@@ -278,7 +279,8 @@ def with_share(
     seed: int = 0,
 ) -> list[Preference]:  # fmt: skip
     """The largest subset of ``pairs`` in which the pairs ``is_kind`` picks make up ``share``
-    (rounded down to a whole pair), drawn with ``random.Random(seed)``, in the original order.
+    (rounded down to a whole pair; a share that rounds to none is refused), drawn with
+    ``random.Random(seed)``, in the original order.
 
     Only the over-represented side is thinned: with 60 of 100 pairs of the kind and share 0.25,
     all 40 others stay and 13 of the 60 (13 / 53 ≈ 0.245). Used to give two preference sets
@@ -292,8 +294,9 @@ def with_share(
     >>> len(kept), sum(int(q.chosen.text) < 60 for q in kept)
     (53, 13)
     """
-    if not 0 < share < 1:
-        raise ValueError(f"share={share} must be strictly between 0 and 1")
+    if isinstance(share, bool) or not isinstance(share, Real) or not 0 < share < 1:
+        raise ValueError(f"share={share!r} must be a number strictly between 0 and 1")
+    pairs = list(pairs)  # read twice below
     kind = [i for i, pair in enumerate(pairs) if is_kind(pair)]
     other = [i for i, pair in enumerate(pairs) if not is_kind(pair)]
     if not kind or not other:
@@ -302,10 +305,15 @@ def with_share(
             "set a share; check is_kind"
         )
     rng = random.Random(seed)
-    if len(kind) / len(pairs) > share:  # keep every other pair, n of the kind
-        n = int(share * len(other) / (1 - share))
-        kept = set(other) | set(rng.sample(kind, max(n, 1)))
-    else:  # keep every pair of the kind, n others
-        n = int(len(kind) * (1 - share) / share)
-        kept = set(kind) | set(rng.sample(other, max(n, 1)))
-    return [pair for i, pair in enumerate(pairs) if i in kept]
+    thin_kind = len(kind) / len(pairs) > share  # keep every other pair and n of the kind
+    kept, thinned = (other, kind) if thin_kind else (kind, other)
+    exact = share * len(other) / (1 - share) if thin_kind else len(kind) * (1 - share) / share
+    n = int(exact + 1e-9)  # rounded down; the 1e-9 keeps 43 from coming out 42.99999
+    if n == 0:
+        raise ValueError(
+            f"share={share} of {len(kind)} pairs of the kind and {len(other)} others rounds to 0 "
+            f"{'pairs of the kind' if thin_kind else 'other pairs'} ({exact:.2f}); pass more "
+            "pairs or a share nearer the set's own"
+        )
+    keep = set(kept) | set(rng.sample(thinned, n))
+    return [pair for i, pair in enumerate(pairs) if i in keep]

@@ -31,6 +31,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,33 @@ class RewardModel(nn.Module):
         positions = torch.arange(ids.shape[1], device=ids.device)  # (T,)
         last = (reply_mask * positions).argmax(dim=1)  # (B,) index of the last reply token
         return self.head(h[torch.arange(len(ids)), last]).squeeze(-1)  # (B, C) @ (C, 1) -> (B,)
+
+
+def score_replies(reward: nn.Module, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+    """``reward(ids, reply_mask)`` (a module in eval mode, its mode restored), checked: one
+    finite score per row, as float (B,). A reward that broadcasts one number, or gives NaN, is
+    refused here rather than trained on or ranked by."""
+    was_training = getattr(reward, "training", False)
+    if isinstance(reward, nn.Module):
+        reward.eval()
+    try:
+        scores = reward(ids, reply_mask)
+    finally:
+        if isinstance(reward, nn.Module):
+            reward.train(was_training)
+    if not isinstance(scores, torch.Tensor) or scores.shape != (len(ids),):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(
+            f"the reward gave {got} for {len(ids)} replies; it must return one score per row, a "
+            f"tensor of shape ({len(ids)},)"
+        )
+    scores = scores.detach().float()
+    if not torch.isfinite(scores).all():
+        raise ValueError(
+            f"the reward gave {scores.tolist()[:8]}: a score that is NaN or infinite cannot be "
+            "trained on or ranked; check the reward model (train it, or fix its weights)"
+        )
+    return scores
 
 
 def reply_tokens(sample: Sample, tokenizer) -> list[int]:
@@ -232,9 +260,18 @@ class RuleReward(nn.Module):
         super().__init__()
         if not prompts:
             raise ValueError("prompts is empty; pass the prompts the policy will be asked")
+        if not rules:
+            raise ValueError("rules is empty: nothing to score by; pass RULES or some of them")
         self.world, self.tokenizer, self.rules = world, tokenizer, dict(rules)
         self.end = special_ids(tokenizer)[END]
-        self.prompts = {tuple(prompt_ids(p, tokenizer)): p for p in prompts}
+        self.prompts: dict[tuple[int, ...], Prompt] = {}
+        for p in prompts:  # a prompt is found by its ids: one Prompt per rendering
+            known = self.prompts.setdefault(tuple(prompt_ids(p, tokenizer)), p)
+            if known != p:
+                raise ValueError(
+                    f"two prompts read the same to the model, {known} and {p}: a reply to it "
+                    "could not be judged; pass each prompt text once"
+                )
 
     def score(self, prompt: Prompt, reply: Sample) -> float:
         """The reward of one reply: ``Σ 2^(k−1−i)`` over the rules ``i`` it passes, ``/ (2^k − 1)``."""
@@ -245,6 +282,11 @@ class RuleReward(nn.Module):
         return sum(2 ** (k - 1 - i) for i, ok in enumerate(passed) if ok) / (2**k - 1)
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+        if ids.dim() != 2 or reply_mask.shape != ids.shape:
+            raise ValueError(
+                f"ids {tuple(ids.shape)} and reply_mask {tuple(reply_mask.shape)} must both be "
+                "(B, T); pad_sequences makes both"
+            )
         scores = []
         for row, mask in zip(ids.tolist(), reply_mask.bool().tolist(), strict=True):
             if True not in mask:
@@ -273,8 +315,8 @@ class ConstantReward(nn.Module):
 
     def __init__(self, value: float = 0.0) -> None:
         super().__init__()
-        if not math.isfinite(value):
-            raise ValueError(f"value={value} must be a finite number, e.g. 0.0")
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            raise ValueError(f"value={value!r} must be a finite number, e.g. 0.0")
         self.value = float(value)
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
@@ -292,7 +334,8 @@ def best_of_n(
     Best-of-n spends compute at inference instead of training, and moves the policy's output
     distribution without touching a weight: what PPO against the same reward should at least
     match (Gao et al. 2023 compare the two at equal KL). ``model`` and ``reward`` run where they
-    are; sample ``j`` uses the seed ``seed * 1000 + j``.
+    are; sample ``j`` uses the seed ``seed * 1000 + j``. ``reward`` scores in eval mode (its
+    mode is restored) and must give one finite score per reply.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n={n!r} must be an int >= 1: the replies to sample per prompt")
@@ -311,6 +354,6 @@ def best_of_n(
             [prompt_ids(p, tokenizer) for p in prompts], [reply_tokens(s, tokenizer) for s in samples],
             pad,
         )  # fmt: skip
-        scores[:, j] = reward(ids.to(device), mask.to(device)).float().cpu()
+        scores[:, j] = score_replies(reward, ids.to(device), mask.to(device)).cpu()
     best = scores.argmax(dim=1).tolist()  # the first maximum
     return [drawn[j][i] for i, j in enumerate(best)], scores

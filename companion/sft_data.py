@@ -248,15 +248,22 @@ def made_up_names(n: int, *, seed: int = 0) -> tuple[str, ...]:
     """
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 2000:
         raise ValueError(f"n={n!r} must be an int from 0 to 2000")
+    _check_seed(seed)
     taken = {name for name, _ in PERSON_POOL} | set(TOWN_POOL) | set(PET_NAMES)
-    rng, names = random.Random(f"made-up-names:{seed}"), []
+    rng, names = random.Random(f"made-up-names:{seed}"), {}  # a dict: a set that keeps order
     while len(names) < n:
         letters = [rng.choice(_CONSONANTS).upper(), rng.choice(_VOWELS), rng.choice(_CONSONANTS),
                    rng.choice(_VOWELS), rng.choice(_ENDINGS) if rng.random() < 0.5 else ""]  # fmt: skip
         name = "".join(letters)
         if name not in names and not any(name in t or t in name for t in taken):
-            names.append(name)
+            names[name] = None
     return tuple(names)
+
+
+def _check_seed(seed) -> None:
+    """A seed is an int: ``0.0`` or ``"0"`` would seed another stream than ``0``, silently."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed={seed!r} must be an int, e.g. 0")
 
 
 def demonstrations(
@@ -274,6 +281,7 @@ def demonstrations(
     for name, n in (("n_unknown", n_unknown), ("n_harmful", n_harmful)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"{name}={n!r} must be an int >= 0")
+    _check_seed(seed)
     rng = random.Random(f"sft-demonstrations:{seed}")
     names = made_up_names(16, seed=seed)
     conversations = []

@@ -291,3 +291,129 @@ def test_deduplicate_and_with_share():
             with_share(many, kind, bad)
     with pytest.raises(ValueError, match="both must be present"):
         with_share(many, lambda pair: True, 0.5)
+
+
+# --- hostile inputs to the controls -------------------------------------------------------------
+
+
+def test_reinforce_loss_refuses_what_would_broadcast_or_divide_by_zero():
+    logp, adv = torch.randn(2, 3), torch.randn(2, 3)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    for bad_adv, bad_mask in [
+        (torch.randn(3), mask),  # one advantage per reply, not per token: would broadcast
+        (torch.randn(2, 1), mask),
+        (adv, torch.ones(3, dtype=torch.bool)),
+        (adv, torch.full((2, 3), 0.5)),  # a float mask would weigh tokens
+    ]:
+        with pytest.raises(ValueError, match=r"must share one \(B, T\) shape, the mask bool"):
+            reinforce_loss(logp, bad_adv, bad_mask)
+    with pytest.raises(ValueError, match="mask is all False"):  # was 0 / 0 = NaN
+        reinforce_loss(logp, adv, torch.zeros(2, 3, dtype=torch.bool))
+
+
+class FixedReward(torch.nn.Module):
+    """Gives what ``make(batch)`` returns, and records whether it was in train mode."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make, self.modes = make, []
+
+    def forward(self, ids, mask):
+        self.modes.append(self.training)
+        return self.make(len(ids))
+
+
+BAD_REWARDS = {
+    "one number": (lambda b: torch.tensor(1.0), r"gave \(\) for \d+ replies"),
+    "a column": (lambda b: torch.ones(b, 1), r"gave \(\d+, 1\) for"),
+    "a list": (lambda b: [0.0] * b, "gave list for"),
+    "NaN": (lambda b: torch.cat([torch.tensor([float("nan")]), torch.zeros(b - 1)]), "NaN"),
+    "inf": (lambda b: torch.full((b,), float("inf")), "NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_REWARDS)
+def test_a_reward_of_the_wrong_shape_or_not_finite_is_refused(name):
+    make, message = BAD_REWARDS[name]
+    model = tiny_gpt()
+    before = copy.deepcopy(model)
+    prompts = make_prompts(WORLD, split="train")[:4]
+    with pytest.raises(ValueError, match=message):  # a scalar was broadcast, NaN ranked first
+        best_of_n(model, TOK, FixedReward(make), prompts, 2, max_new_tokens=3)
+    config = PPOConfig(iterations=1, batch_size=4, minibatch_size=4, epochs=1, max_new_tokens=3)
+    with pytest.raises(ValueError, match=message):  # a scalar was broadcast to every reply
+        train_ppo(model, TOK, FixedReward(make), prompts, config)
+    assert same_weights(model, before)
+
+
+def test_the_reward_scores_in_eval_mode_and_is_given_back_in_its_own():
+    model, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:4]
+    reward = FixedReward(lambda b: torch.zeros(b)).train()
+    best_of_n(model, TOK, reward, prompts, 2, max_new_tokens=3)
+    config = PPOConfig(iterations=1, batch_size=4, minibatch_size=4, epochs=1, max_new_tokens=3)
+    train_ppo(model, TOK, reward, prompts, config)  # it used to leave the reward in eval mode
+    assert reward.modes == [False] * 3 and reward.training
+    with pytest.raises(ValueError, match="callback=3 must be a function"):  # before any roll-out
+        train_ppo(model, TOK, reward, prompts, config, callback=3)
+
+
+def test_kl_to_reference_runs_without_dropout_and_keeps_the_modes():
+    from companion.effects import kl_to_reference
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(TOK.vocab_size, 64, n_layer=1, n_head=1, d_model=16, dropout=0.5))
+    model.train()
+    prompts = make_prompts(WORLD, split="eval")[:6]
+    assert kl_to_reference(model, model, TOK, prompts) == 0.0  # was -0.22: dropout's noise
+    assert model.training
+
+
+def test_the_rule_reward_refuses_two_prompts_that_read_alike_and_no_rules():
+    stranger = Prompt("Who is Wanda?", "unknown", name="Wanda")
+    greeting = Prompt("Who is Wanda?", "greeting")  # the same text: the reward would judge the
+    with pytest.raises(ValueError, match="two prompts read the same"):  # reply by the last
+        RuleReward(WORLD, TOK, [stranger, greeting])
+    reward = RuleReward(WORLD, TOK, [stranger, stranger])  # the same prompt twice is fine
+    _, scores = score_all(reward, stranger, [REFUSAL])
+    assert scores == [1.0]
+    with pytest.raises(ValueError, match="rules is empty"):  # was ZeroDivisionError
+        RuleReward(WORLD, TOK, [stranger], rules={})
+    ids, mask = pad_sequences([prompt_ids(stranger, TOK)], [[5, END_ID]], END_ID)
+    with pytest.raises(ValueError, match="must both be"):
+        reward(ids, mask[:, :-1])
+
+
+def test_the_constant_reward_refuses_what_is_not_a_number():
+    for bad in (True, "1", None, torch.tensor([1.0, 2.0])):
+        with pytest.raises(ValueError, match="must be a finite number"):
+            ConstantReward(bad)
+
+
+def test_with_share_refuses_a_share_that_rounds_to_no_pair_and_rounds_exactly():
+    from companion.preferences import Sample, with_share
+
+    p, b = Prompt("Hello!", "greeting"), Sample((), "x", True)
+    many = [Preference(p, Sample((), str(i), True), b, "r", False) for i in range(100)]
+    few = lambda pair: int(pair.chosen.text) < 5  # noqa: E731
+    with pytest.raises(ValueError, match="rounds to 0 pairs of the kind"):  # 1 was kept: 10×
+        with_share(many, few, 0.001)
+    with pytest.raises(ValueError, match="rounds to 0 other pairs"):
+        with_share(many, lambda pair: int(pair.chosen.text) < 95, 0.999)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        with_share(many, few, "0.5")
+    big = [Preference(p, Sample((), str(i), True), b, "r", False) for i in range(272)]
+    kept = with_share(big, lambda pair: int(pair.chosen.text) < 100, 0.2)  # 0.2 × 172 / 0.8 = 43
+    assert sum(int(q.chosen.text) < 100 for q in kept) == 43  # float arithmetic gave 42
+    assert with_share(iter(many), few, 0.5) == with_share(many, few, 0.5)  # an iterator too
+
+
+def test_made_up_names_and_demonstrations_take_only_an_int_seed():
+    from companion.sft_data import demonstrations, made_up_names
+
+    names = made_up_names(2000)
+    assert len(set(names)) == 2000
+    for bad in (0.0, "0", None, True):  # 0.0 drew other names than 0, silently
+        with pytest.raises(ValueError, match=r"seed=.* must be an int"):
+            made_up_names(3, seed=bad)
+        with pytest.raises(ValueError, match=r"seed=.* must be an int"):
+            demonstrations(WORLD, 1, 1, seed=bad)
