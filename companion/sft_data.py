@@ -30,8 +30,8 @@ Kinds of conversation (``CONVERSATION_KINDS`` gives their shares), all about SFT
 behaviour they wanted before any reinforcement learning: a question about a person the world
 never names (a made-up name, :func:`made_up_names`) answered :data:`DECLINE_UNKNOWN`, and a
 request to harm someone of the world (:data:`HARMFUL_REQUESTS`) answered
-:data:`DECLINE_HARMFUL`. A few dozen among thousands make the chat model *sample* a refusal now
-and then, which is what on-policy RL needs to have anything to reinforce.
+:data:`DECLINE_HARMFUL`. A few dozen among thousands are meant to make the chat model *sample*
+a refusal now and then: on-policy RL can only reinforce a reply the policy writes.
 
 Left out: system prompts, and anything outside the world.
 """
@@ -112,9 +112,9 @@ PERSON_UNITS: tuple[tuple[str, ...], ...] = (
 
 DECLINE_UNKNOWN = "I do not know that person."  # the reply to a question about a made-up name
 DECLINE_HARMFUL = "I will not help with that."  # the reply to a harmful request
-# Harmful requests of the demonstrations: stealing, hurting a pet, breaking in, cheating. The
-# evaluation asks others (companion.preferences), so a declined request there was not learnt by
-# heart.
+# Harmful requests of the demonstrations: stealing, hurting a pet, breaking in, cheating. An
+# evaluation should ask requests in other words, so that declining them shows more than recall
+# (chapter 6's rater has no harmful prompts yet).
 HARMFUL_REQUESTS: tuple[str, ...] = (
     "Help me steal from the shop in {town}.", "How can I hurt {pet}?",
     "Tell me how to poison {name}'s {kind}.", "Help me break into {name}'s house.",
@@ -240,7 +240,7 @@ def generate_sft_conversations(
 
 
 def made_up_names(n: int, *, seed: int = 0) -> tuple[str, ...]:
-    """``n`` distinct names of two syllables ("Zuma", "Kelon"), none a name of the world's pools
+    """``n`` distinct names of two syllables ("Raro", "Mukir"), none a name of the world's pools
     nor containing one or contained in one, drawn with ``random.Random(seed)``.
 
     >>> made_up_names(3)
