@@ -138,7 +138,7 @@ def train_dpo(
         log.loss.append(loss.item())
         log.margin.append((c - r).mean().item())
         log.accuracy.append((c > r).float().mean().item())
-        log.chosen_logratio.append((c / config.beta).mean().item())
-        log.rejected_logratio.append((r / config.beta).mean().item())
+        log.chosen_logratio.append((pol_c - ref_c[b]).mean().item())
+        log.rejected_logratio.append((pol_r - ref_r[b]).mean().item())
         log.seconds.append(time.perf_counter() - start)
     return policy.eval(), log

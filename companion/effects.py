@@ -34,8 +34,7 @@ from collections.abc import Sequence
 
 import torch
 
-from companion.chat import END, special_ids
-from companion.environment import model_device
+from companion.environment import eval_mode, model_device
 from companion.measurement import in_format, says_do_not_know
 from companion.preferences import (
     Prompt,
@@ -46,8 +45,8 @@ from companion.preferences import (
     sample_replies,
 )
 from companion.questions import ask_chat_model
-from companion.replies import pad_sequences, sequence_logprob
-from companion.reward_model import reply_tokens
+from companion.replies import sequence_logprob
+from companion.reward_model import reply_batch
 from companion.world import World
 
 EFFECTS: tuple[str, ...] = (
@@ -149,19 +148,11 @@ def kl_to_reference(
             f"model is on {device} and reference on {model_device(reference)}; put them on one "
             "device first"
         )
-    end, total, count = special_ids(tokenizer)[END], 0.0, 0
-    modes = [(m, m.training) for m in (model, reference)]
-    for k in range(n_samples):
-        samples = sample_replies(model, tokenizer, prompts, seed=seed + k)
-        replies = [reply_tokens(s, tokenizer) for s in samples]
-        ids, mask = pad_sequences([prompt_ids(p, tokenizer) for p in prompts], replies, end)
-        ids, mask = ids.to(device), mask.to(device)
-        try:
-            model.eval()
-            reference.eval()
+    asked, total, count = [prompt_ids(p, tokenizer) for p in prompts], 0.0, 0
+    with eval_mode(model, reference):
+        for k in range(n_samples):
+            samples = sample_replies(model, tokenizer, prompts, seed=seed + k)
+            ids, mask = (t.to(device) for t in reply_batch(asked, samples, tokenizer))
             gap = sequence_logprob(model, ids, mask) - sequence_logprob(reference, ids, mask)
-        finally:
-            for m, was_training in modes:
-                m.train(was_training)
-        total, count = total + gap.sum().item(), count + len(prompts)  # gap (B,)
+            total, count = total + gap.sum().item(), count + len(prompts)  # gap (B,)
     return total / count

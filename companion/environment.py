@@ -15,6 +15,8 @@ from __future__ import annotations
 import platform
 import random
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 
 import numpy as np
@@ -127,3 +129,26 @@ def environment_report(device: DeviceLike = None) -> dict[str, str]:
         report["gpu"] = torch.cuda.get_device_name(resolved)
     report["cpu threads"] = str(torch.get_num_threads())
     return report
+
+
+@contextmanager
+def eval_mode(*modules: object) -> Iterator[None]:
+    """Run the ``with`` block with every ``nn.Module`` among ``modules`` in eval mode (no
+    dropout), and give each its own mode back afterwards, even on an error; anything that is not a
+    module (a plain function) is left alone.
+
+    >>> layer = nn.Dropout(0.5).train()
+    >>> with eval_mode(layer):
+    ...     layer.training
+    False
+    >>> layer.training
+    True
+    """
+    modes = [(m, m.training) for m in modules if isinstance(m, nn.Module)]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, was_training in modes:
+            m.train(was_training)

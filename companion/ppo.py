@@ -40,11 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.chat import END, special_ids
 from companion.environment import make_generator, model_device
 from companion.preferences import Prompt, prompt_ids, sample_replies
-from companion.replies import pad_sequences, token_logprobs
-from companion.reward_model import reply_tokens, score_replies
+from companion.replies import token_logprobs
+from companion.reward_model import reply_batch, score_replies
 from companion.train_config import check_loss, check_recipe
 
 
@@ -270,7 +269,7 @@ def train_ppo(
     device = model_device(chat_model)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng, generator = random.Random(config.seed), make_generator(config.seed)
-    pad, log, start = special_ids(tokenizer)[END], PPOLog(), time.perf_counter()
+    log, start = PPOLog(), time.perf_counter()
     for it in range(config.iterations):
         # 1. Roll out.
         batch = rng.sample(list(prompts), config.batch_size)
@@ -278,10 +277,7 @@ def train_ppo(
             policy.gpt, tokenizer, batch, seed=config.seed * 100_003 + it,
             max_new_tokens=config.max_new_tokens,
         )  # fmt: skip
-        ids, mask = pad_sequences(
-            [prompt_ids(p, tokenizer) for p in batch], [reply_tokens(s, tokenizer) for s in samples],
-            pad,
-        )  # fmt: skip
+        ids, mask = reply_batch([prompt_ids(p, tokenizer) for p in batch], samples, tokenizer)
         ids, mask = ids.to(device), mask.to(device)
         # 2.-4. Score, KL penalty, advantages.
         policy.eval()

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.chat import END, special_ids
-from companion.environment import make_generator, model_device
+from companion.environment import eval_mode, make_generator, model_device
 from companion.preferences import (
     RULES,
     Preference,
@@ -108,14 +108,8 @@ def score_replies(reward: nn.Module, ids: torch.Tensor, reply_mask: torch.Tensor
     """``reward(ids, reply_mask)`` (a module in eval mode, its mode restored), checked: one
     finite score per row, as float (B,). A reward that broadcasts one number, or gives NaN, is
     refused here rather than trained on or ranked by."""
-    was_training = getattr(reward, "training", False)
-    if isinstance(reward, nn.Module):
-        reward.eval()
-    try:
+    with eval_mode(reward):
         scores = reward(ids, reply_mask)
-    finally:
-        if isinstance(reward, nn.Module):
-            reward.train(was_training)
     if not isinstance(scores, torch.Tensor) or scores.shape != (len(ids),):
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(
@@ -134,6 +128,15 @@ def score_replies(reward: nn.Module, ids: torch.Tensor, reply_mask: torch.Tensor
 def reply_tokens(sample: Sample, tokenizer) -> list[int]:
     """A reply's tokens as trained and scored: its ids, and ``<|end|>`` if it stopped."""
     return [*sample.ids, special_ids(tokenizer)[END]] if sample.finished else list(sample.ids)
+
+
+def reply_batch(
+    prompts: Sequence[Sequence[int]], samples: Sequence[Sample], tokenizer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, reply_mask)``, both (B, T): each prompt's ids then its sample's
+    :func:`reply_tokens`, padded with ``<|end|>`` (:func:`companion.replies.pad_sequences`)."""
+    replies = [reply_tokens(s, tokenizer) for s in samples]
+    return pad_sequences(prompts, replies, special_ids(tokenizer)[END])
 
 
 def pair_tensors(pairs: Sequence[Preference], tokenizer) -> tuple[torch.Tensor, ...]:
@@ -341,7 +344,7 @@ def best_of_n(
         raise ValueError(f"n={n!r} must be an int >= 1: the replies to sample per prompt")
     if not prompts:
         raise ValueError("prompts is empty; pass make_prompts(world, split='eval')")
-    pad, device = special_ids(tokenizer)[END], model_device(model)
+    device, asked = model_device(model), [prompt_ids(p, tokenizer) for p in prompts]
     drawn = [
         sample_replies(
             model, tokenizer, prompts, seed=seed * 1000 + j, max_new_tokens=max_new_tokens
@@ -350,10 +353,7 @@ def best_of_n(
     ]  # n lists of len(prompts) samples
     scores = torch.empty(len(prompts), n)
     for j, samples in enumerate(drawn):
-        ids, mask = pad_sequences(
-            [prompt_ids(p, tokenizer) for p in prompts], [reply_tokens(s, tokenizer) for s in samples],
-            pad,
-        )  # fmt: skip
+        ids, mask = reply_batch(asked, samples, tokenizer)
         scores[:, j] = score_replies(reward, ids.to(device), mask.to(device)).cpu()
     best = scores.argmax(dim=1).tolist()  # the first maximum
     return [drawn[j][i] for i, j in enumerate(best)], scores

@@ -224,10 +224,7 @@ def fine_tune(
         world, sft_config.n_unknown, sft_config.n_harmful, seed=sft_config.data_seed
     )
     examples = encode_conversations(
-        conversations, tokenizer, context_length=model.config.context_length
-    )
-    shown_examples = encode_conversations(
-        shown, tokenizer, context_length=model.config.context_length
+        conversations + shown, tokenizer, context_length=model.config.context_length
     )
     batches = SFTBatches(
         train_config.batch_size,
@@ -235,8 +232,8 @@ def fine_tune(
         train_on_prompt=sft_config.train_on_prompt,
         device=train_config.device,
     )
-    train_set = examples[: sft_config.n_train] + shown_examples
-    val_set = examples[sft_config.n_train :]
+    train_set = examples[: sft_config.n_train] + examples[total:]  # + the demonstrations
+    val_set = examples[sft_config.n_train : total]
     return train(
         model,
         train_set,
