@@ -324,10 +324,11 @@ def test_long_runs_match_tiktoken_and_round_trip(cl100k, reference, trained, exp
 
 
 def _cpu_seconds(encode, text: str) -> float:
-    """The least CPU time of three encodings (CPU time: other processes on a busy machine do
-    not count; the least of three: a pause of our own does not either)."""
+    """The least CPU time of five encodings (CPU time: other processes on a busy machine do
+    not count; the least of five: a pause of our own, or a cache another process emptied, does
+    not either; three let a 16 ms run land 3 % over the bound on a busy CI machine)."""
     times = []
-    for _ in range(3):
+    for _ in range(5):
         start = time.process_time()
         encode(text)
         times.append(time.process_time() - start)
