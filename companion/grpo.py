@@ -201,7 +201,8 @@ def train_grpo(
        nothing to learn: no step; the iteration goes in ``log.skipped`` and the run ends with a
        warning that counts them.
     4. **Log-probabilities** of the reply tokens (the stop token included when written) under
-       the policy before the update and the frozen reference (:mod:`companion.replies`).
+       the policy before the update (the first update's forward pass) and the frozen reference
+       (:mod:`companion.replies`).
     5. **Update**: ``updates`` AdamW steps on :func:`grpo_loss` over the whole roll-out.
     """
     config = GRPOConfig() if config is None else config
@@ -273,17 +274,20 @@ def train_grpo(
             log.clip_fraction.append(0.0)
             log.seconds.append(time.perf_counter() - start)
             continue
-        # 4. Log-probabilities before the update, and under the reference.
+        # 4. Log-probabilities under the reference; the policy's before the update are those of
+        # the first update's forward pass (nothing has changed the policy yet), kept fixed.
         ids, mask = pad_sequences(asked, replies, stop_id)
         ids, mask, m = ids.to(device), mask.to(device), mask[:, 1:].to(device)  # m: (N, T-1)
         with torch.no_grad():
-            old_logp = token_logprobs(policy(ids)[0], ids)  # (N, T-1)
             ref_logp = token_logprobs(reference(ids)[0], ids)  # (N, T-1)
         flat = advantages.reshape(-1).to(device)  # (N,) = (B·G,)
+        old_logp = None
         # 5. Update (with gradients on, even if the caller turned them off).
         for _ in range(config.updates):
             with torch.enable_grad():
                 logp = token_logprobs(policy(ids)[0], ids)  # (N, T-1)
+                if old_logp is None:
+                    old_logp = logp.detach()  # (N, T-1)
                 loss, fraction, kl = grpo_loss(
                     logp, old_logp, flat, m, clip=config.clip, ref_logp=ref_logp,
                     kl_coef=config.kl_coef,
