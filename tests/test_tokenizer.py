@@ -336,10 +336,12 @@ def _cpu_seconds(encode, text: str) -> float:
 
 
 @pytest.mark.parametrize("unit", ["a", " ", "ab"])
-def test_ten_times_more_text_costs_less_than_fifteen_times_the_time(cl100k, unit):
+def test_ten_times_more_text_costs_far_less_than_a_hundred_times_the_time(cl100k, unit):
     """One character (or two) repeated is one piece: joining its pairs by rescanning the piece
-    after every join cost 100 times more for 10 times the text; the heap costs n log n, about
-    12 times (log 50,000 / log 5,000 = 1.27 on top of 10)."""
+    after every join costs 100 times more for 10 times the text (quadratic); the heap costs
+    n log n, about 12.7 times (log 50,000 / log 5,000 = 1.27 on top of 10). The bound, 30 times,
+    sits between the two: a busy machine may slow one timing 2.4-fold and still pass, and the
+    quadratic join fails by a factor of 3 (a bound at 15 failed on a loaded CI host at 15.5)."""
     small = _cpu_seconds(cl100k.encode_ordinary, unit * 5_000)
     large = _cpu_seconds(cl100k.encode_ordinary, unit * 50_000)
-    assert large < 15 * small, f"{large:.3f} s for 10x the text of {small:.3f} s"
+    assert large < 30 * small, f"{large:.3f} s for 10x the text of {small:.3f} s"
