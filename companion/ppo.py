@@ -68,6 +68,11 @@ def gae(
     row's reply positions; the value after the last one is 0).
     ``δ_t = r_t + γ V_{t+1} − V_t``, ``A_t = δ_t + γλ A_{t+1}``, ``returns = A + V``.
 
+    λ < 1 trusts the critic: with V ≈ 0 (a value head that has learnt little) and one score at
+    a reply's end, token t gets ``(γλ)^(L−1−t)`` of it, so after whitening the advantages rank
+    tokens by their distance from the end more than replies by their score. λ = 1 gives every
+    token its reply's return minus V.
+
     >>> adv, ret = gae(torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2), torch.ones(1, 2), lam=0.5)
     >>> adv.tolist()
     [[0.5, 1.0]]
