@@ -326,7 +326,7 @@ def test_long_runs_match_tiktoken_and_round_trip(cl100k, reference, trained, exp
 def _cpu_seconds(encode, text: str) -> float:
     """The least CPU time of five encodings (CPU time: other processes on a busy machine do
     not count; the least of five: a pause of our own, or a cache another process emptied, does
-    not either; three let a 16 ms run land 3 % over the bound on a busy CI machine)."""
+    not either)."""
     times = []
     for _ in range(5):
         start = time.process_time()
