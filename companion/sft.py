@@ -59,11 +59,13 @@ class SFTConfig:
     train_on_prompt: bool = False  # the ablation: train on every token, not only the replies
     n_unknown: int = 0  # demonstrations of "I do not know that person." added to the training set
     n_harmful: int = 0  # demonstrations of "I will not help with that." added likewise
+    n_context: int = 0  # conversations that state a fact and ask it, added likewise
 
     def __post_init__(self) -> None:
         check_recipe(self, {
             "n_train": "int >= 1", "n_val": "int >= 1", "data_seed": "int",
             "train_on_prompt": "bool", "n_unknown": "int >= 0", "n_harmful": "int >= 0",
+            "n_context": "int >= 0",
         })  # fmt: skip
 
 
@@ -209,20 +211,25 @@ def fine_tune(
 
     1. generate ``n_train + n_val`` conversations about the SFT side of the world
        (:func:`companion.sft_data.generate_sft_conversations`), the last ``n_val`` for validation,
-       and add ``n_unknown + n_harmful`` demonstrations of declining to the training set
-       (:func:`companion.sft_data.demonstrations`);
+       and add ``n_unknown + n_harmful`` demonstrations of declining
+       (:func:`companion.sft_data.demonstrations`) and ``n_context`` conversations that state a
+       fact and ask it (:func:`companion.sft_data.context_conversations`) to the training set;
     2. render them (:func:`encode_conversations`); 3. :func:`companion.pretraining.train` with
        :class:`SFTBatches` (``callback`` is passed on, e.g. for a live loss curve).
     """
-    from companion.sft_data import demonstrations, generate_sft_conversations
+    from companion.sft_data import (
+        context_conversations,
+        demonstrations,
+        generate_sft_conversations,
+    )
     from companion.world import build_world
 
     world = build_world(0)
     total = sft_config.n_train + sft_config.n_val
     conversations = generate_sft_conversations(world, total, seed=sft_config.data_seed)
-    shown = demonstrations(
-        world, sft_config.n_unknown, sft_config.n_harmful, seed=sft_config.data_seed
-    )
+    seed = sft_config.data_seed
+    shown = demonstrations(world, sft_config.n_unknown, sft_config.n_harmful, seed=seed)
+    shown += context_conversations(world, sft_config.n_context, seed=seed)
     examples = encode_conversations(
         conversations + shown, tokenizer, context_length=model.config.context_length
     )
@@ -232,7 +239,7 @@ def fine_tune(
         train_on_prompt=sft_config.train_on_prompt,
         device=train_config.device,
     )
-    train_set = examples[: sft_config.n_train] + examples[total:]  # + the demonstrations
+    train_set = examples[: sft_config.n_train] + examples[total:]  # + the demonstrations, context
     val_set = examples[sft_config.n_train : total]
     return train(
         model,

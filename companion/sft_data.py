@@ -33,6 +33,12 @@ request to harm someone of the world (:data:`HARMFUL_REQUESTS`) answered
 :data:`DECLINE_HARMFUL`. A few dozen among thousands are meant to make the chat model *sample*
 a refusal now and then: on-policy RL can only reinforce a reply the policy writes.
 
+**Reading the context** (:func:`context_conversations`, none unless asked for: ``SFTConfig``'s
+``n_context``): a fact about a made-up person or town, stated in the user's message and then
+asked ("Raro works as a smith. What is Raro's job?" → "Raro works as a smith."). Nothing but the
+message can say the answer, so the reply must be read from the context window: the lesson of
+retrieval-augmented generation, which the inference chapter measures on the held-out people.
+
 Left out: system prompts, and anything outside the world.
 """
 
@@ -120,6 +126,13 @@ HARMFUL_REQUESTS: tuple[str, ...] = (
     "Tell me how to poison {name}'s {kind}.", "Help me break into {name}'s house.",
     "How do I burn down the shop in {town}?", "Help me trick {name} out of money.",
 )  # fmt: skip
+N_DECLINED_NAMES = 16  # the first made-up names are the demonstrations'; the context's come after
+# relations stated and asked in the context conversations: every one whose reply says no more than
+# its statement ("Pip is a grey cat." names the kind, which "The colour of Pip is grey." does not)
+CONTEXT_RELATIONS: tuple[str, ...] = (
+    "home_town", "job", "food", "pet_kind", "pet_name", "river", "goods",
+)  # fmt: skip
+CONTEXT_TOWN_SHARE = 0.25  # share of the context conversations about a made-up town
 # Letters of the made-up names: consonant, vowel, consonant, vowel, and sometimes n, l or r.
 _CONSONANTS, _VOWELS, _ENDINGS = "bdfgklmnprstvz", "aeiou", "nlr"
 
@@ -269,7 +282,8 @@ def _check_seed(seed) -> None:
 def demonstrations(
     world: World, n_unknown: int, n_harmful: int, *, seed: int = 0
 ) -> list[Conversation]:
-    """``n_unknown`` questions about made-up people (16 names from :func:`made_up_names`, one
+    """``n_unknown`` questions about made-up people (the first :data:`N_DECLINED_NAMES` names of
+    :func:`made_up_names`, one
     of the SFT phrasings of a home town, job, food or pet) answered :data:`DECLINE_UNKNOWN`,
     then ``n_harmful`` requests from :data:`HARMFUL_REQUESTS` about the world's in-corpus
     people and towns answered :data:`DECLINE_HARMFUL`; drawn with ``random.Random(seed)``.
@@ -283,7 +297,7 @@ def demonstrations(
             raise ValueError(f"{name}={n!r} must be an int >= 0")
     _check_seed(seed)
     rng = random.Random(f"sft-demonstrations:{seed}")
-    names = made_up_names(16, seed=seed)
+    names = made_up_names(N_DECLINED_NAMES, seed=seed)
     conversations = []
     for _ in range(n_unknown):
         pronoun = rng.choice(("she", "he"))
@@ -294,4 +308,44 @@ def demonstrations(
     for _ in range(n_harmful):
         request = rng.choice(HARMFUL_REQUESTS).format(**rng.choice(world.people).fields())
         conversations.append(_turns(request, DECLINE_HARMFUL))
+    return conversations
+
+
+def context_conversations(world: World, n: int, *, seed: int = 0) -> list[Conversation]:
+    """``n`` conversations that state one fact about a made-up person or town in the user's
+    message and ask it, answered by the fact's reply. The relations are
+    :data:`CONTEXT_RELATIONS`; the question is one of :data:`SFT_QUESTIONS`' phrasings, never
+    ``Fact.question``, which the evaluations keep.
+
+    The names are :func:`made_up_names` after the demonstrations' first
+    :data:`N_DECLINED_NAMES` (so a name the model learns to decline is never one it reads about);
+    a made-up person lives in one of the world's towns and has a job, food and pet drawn from the
+    world's pools; a made-up town (:data:`CONTEXT_TOWN_SHARE` of them) has a river and goods
+    likewise. Drawn with ``random.Random(seed)``; the same arguments give the same list.
+
+    >>> from companion.world import build_world
+    >>> talk = context_conversations(build_world(0), 1)[0]
+    >>> talk[1]["content"] in talk[0]["content"]  # the reply restates the message's fact
+    True
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n={n!r} must be an int >= 0")
+    _check_seed(seed)
+    rng = random.Random(f"sft-context:{seed}")
+    names = made_up_names(N_DECLINED_NAMES + 200, seed=seed)[N_DECLINED_NAMES:]
+    conversations = []
+    for _ in range(n):
+        if rng.random() < CONTEXT_TOWN_SHARE:
+            river, goods = rng.choice(world.choices("river")), rng.choice(world.choices("goods"))
+            entity: Person | Town = Town(rng.choice(names), river, goods)
+        else:
+            entity = Person(
+                rng.choice(names), rng.choice(("she", "he")), rng.choice(world.towns),
+                rng.choice(world.choices("job")), rng.choice(world.choices("food")),
+                rng.choice(world.choices("pet_kind")), rng.choice(world.choices("pet_name")),
+                rng.choice(world.choices("pet_colour")),
+            )  # fmt: skip
+        fact = rng.choice([f for f in facts_of(entity) if f.relation in CONTEXT_RELATIONS])
+        question = rng.choice(SFT_QUESTIONS[fact.relation]).format(**entity.fields())
+        conversations.append(_turns(f"{fact.statement} {question}", fact.reply))
     return conversations

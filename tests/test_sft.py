@@ -131,8 +131,61 @@ def test_the_demonstrations_decline_made_up_people_and_harm_and_name_no_one_else
             demonstrations(world, bad, 0)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_context_conversations_ask_what_the_message_states_about_made_up_names(seed):
+    from companion.preferences import STRANGERS
+    from companion.sft_data import (
+        CONTEXT_RELATIONS,
+        N_DECLINED_NAMES,
+        context_conversations,
+        made_up_names,
+    )
+
+    world = build_world(seed)
+    talks = context_conversations(world, 300, seed=seed)
+    assert talks == context_conversations(world, 300, seed=seed) and len(talks) == 300
+    declined = set(made_up_names(N_DECLINED_NAMES, seed=seed))
+    kept_apart = (
+        declined
+        | set(STRANGERS)
+        | set(world.held_out_names)
+        | set(TOWN_POOL)
+        | {n for n, _ in PERSON_POOL}
+    )
+    from companion.world import RELATIONS
+
+    own = [re.sub(r"\\\{\w+\\\}", r"\\w+", re.escape(q)) for _, q, _ in RELATIONS.values()]
+    assert re.fullmatch(own[0], "Where does Raro live?")  # "Where does {name} live?"
+    for user, reply in talks:
+        assert (user["role"], reply["role"]) == ("user", "assistant")
+        message, answer = user["content"], reply["content"]
+        assert set(_words([[reply]])) <= set(_words([[user]]))  # the reply says nothing new
+        subject = answer.split()[0].removesuffix("'s")
+        if subject == "The":  # "The shop in Tiser sells boots."
+            subject = answer.split()[3]
+        assert subject not in kept_apart, message  # a made-up name, never declined or known
+        question = message.split(". ", 1)[1]
+        assert not any(re.fullmatch(q, question) for q in own)  # Fact.question kept for evaluation
+    stated = {t[0]["content"].split(".")[0] for t in talks}
+    assert len(stated) > 250  # many different facts, not a few repeated
+    said = {"home_town": " lives in ", "job": " works as ", "food": " favourite food ",
+            "pet_kind": " pet is a ", "pet_name": " is called ", "river": " lies on the river ",
+            "goods": " sells "}  # fmt: skip
+    assert set(said) == set(CONTEXT_RELATIONS)
+    asked = [[r for r, words in said.items() if words in t[1]["content"]] for t in talks]
+    assert all(len(r) == 1 for r in asked)  # no pet's colour: "Pip is a grey cat." names its kind
+    assert {r for (r,) in asked} == set(CONTEXT_RELATIONS)
+    assert context_conversations(world, 0) == []
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="must be an int >= 0"):
+            context_conversations(world, bad)
+    with pytest.raises(ValueError, match=r"seed=.* must be an int"):
+        context_conversations(world, 1, seed=0.0)
+
+
 def test_fine_tune_adds_the_demonstrations_to_the_training_set_only(monkeypatch):
-    """With n_unknown / n_harmful the training set grows by that many, the validation set not."""
+    """With n_unknown / n_harmful / n_context the training set grows by that many, the validation
+    set not."""
     import companion.sft
 
     seen = {}
@@ -146,9 +199,9 @@ def test_fine_tune_adds_the_demonstrations_to_the_training_set_only(monkeypatch)
 
     _, train_config = short_run_configs(10)
     model = GPT(GPTConfig(TOK.vocab_size, 64, n_layer=1, n_head=1, d_model=8))
-    fine_tune(model, TOK, SFTConfig(n_train=50, n_val=10, n_unknown=3, n_harmful=2), train_config,
-              progress=False)  # fmt: skip
-    assert seen == {"train": 55, "val": 10}
+    recipe = SFTConfig(n_train=50, n_val=10, n_unknown=3, n_harmful=2, n_context=4)
+    fine_tune(model, TOK, recipe, train_config, progress=False)
+    assert seen == {"train": 59, "val": 10}
 
 
 @pytest.mark.parametrize("n", [0, -3, 2.5, "10"])
