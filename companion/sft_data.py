@@ -50,8 +50,14 @@ from dataclasses import dataclass
 
 from companion.corpus import QUESTIONS
 from companion.world import (
+    ANIMALS,
+    COLOURS,
+    FOODS,
+    GOODS,
+    JOBS,
     PERSON_POOL,
     PET_NAMES,
+    RIVERS,
     TOWN_POOL,
     Fact,
     Person,
@@ -254,7 +260,8 @@ def generate_sft_conversations(
 
 def made_up_names(n: int, *, seed: int = 0) -> tuple[str, ...]:
     """``n`` distinct names of two syllables ("Raro", "Mukir"), none a name of the world's pools
-    nor containing one or contained in one, drawn with ``random.Random(seed)``.
+    (people, pets, towns, rivers) nor containing one or contained in one, none a word of the
+    world's ("Baker") nor one of chapter 6's strangers, drawn with ``random.Random(seed)``.
 
     >>> made_up_names(3)
     ('Raro', 'Mukir', 'Poge')
@@ -262,14 +269,19 @@ def made_up_names(n: int, *, seed: int = 0) -> tuple[str, ...]:
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 2000:
         raise ValueError(f"n={n!r} must be an int from 0 to 2000")
     _check_seed(seed)
-    taken = {name for name, _ in PERSON_POOL} | set(TOWN_POOL) | set(PET_NAMES)
+    from companion.preferences import STRANGERS  # here: preferences imports this module
+
+    taken = {name for name, _ in PERSON_POOL} | set(TOWN_POOL) | set(PET_NAMES) | set(RIVERS)
+    words = {w.capitalize() for w in (*JOBS, *FOODS, *GOODS, *COLOURS, *ANIMALS)}
+    words |= set(STRANGERS)  # chapter 6's strangers: "Cora" and "Basil" are made-up-like too
     rng, names = random.Random(f"made-up-names:{seed}"), {}  # a dict: a set that keeps order
     while len(names) < n:
         letters = [rng.choice(_CONSONANTS).upper(), rng.choice(_VOWELS), rng.choice(_CONSONANTS),
                    rng.choice(_VOWELS), rng.choice(_ENDINGS) if rng.random() < 0.5 else ""]  # fmt: skip
         name = "".join(letters)
-        if name not in names and not any(name in t or t in name for t in taken):
-            names[name] = None
+        if name in names or name in words or any(name in t or t in name for t in taken):
+            continue
+        names[name] = None
     return tuple(names)
 
 

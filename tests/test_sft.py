@@ -21,7 +21,18 @@ from companion.model import GPT, IGNORE_INDEX, GPTConfig
 from companion.pretraining import init_model
 from companion.sft import ABLATION_SEEDS, SFTBatches, encode_conversations, make_batch, sft_loss
 from companion.sft_data import generate_sft_conversations, split_world
-from companion.world import PERSON_POOL, PET_NAMES, TOWN_POOL, build_world
+from companion.world import (
+    ANIMALS,
+    COLOURS,
+    FOODS,
+    GOODS,
+    JOBS,
+    PERSON_POOL,
+    PET_NAMES,
+    RIVERS,
+    TOWN_POOL,
+    build_world,
+)
 
 TOK = load_course_tokenizer()
 SEEDS = [0, 1, 2, 7]
@@ -118,10 +129,12 @@ def test_the_demonstrations_decline_made_up_people_and_harm_and_name_no_one_else
     names = made_up_names(16, seed=seed)
     asked = _words(shown[:30])
     assert asked & set(names) and not asked & {n for n, _ in PERSON_POOL}  # made-up people only
-    every = set(names) | set(made_up_names(500, seed=seed))
+    every = set(names) | set(made_up_names(2000, seed=seed))
     for taken in (set(STRANGERS), set(world.held_out_names), {n for n, _ in PERSON_POOL},
-                  set(TOWN_POOL), set(PET_NAMES)):  # fmt: skip
+                  set(TOWN_POOL), set(PET_NAMES), set(RIVERS)):  # fmt: skip
         assert not every & taken  # chapter 6's strangers and chapter 7's held-out names kept apart
+    words = {w.capitalize() for w in (*JOBS, *FOODS, *GOODS, *COLOURS, *ANIMALS)}
+    assert not every & words  # seed 0's 276th and 1254th draws were "Lune" and "Baker"
     possible = {t.format(**p.fields()) for t in HARMFUL_REQUESTS for p in world.people}
     assert {c[0]["content"] for c in shown[30:]} <= possible  # about in-corpus people only
     assert not _words(shown[30:]) & set(world.held_out_names)
