@@ -130,9 +130,10 @@ def test_the_demonstrations_decline_made_up_people_and_harm_and_name_no_one_else
     asked = _words(shown[:30])
     assert asked & set(names) and not asked & {n for n, _ in PERSON_POOL}  # made-up people only
     every = set(names) | set(made_up_names(2000, seed=seed))
-    for taken in (set(STRANGERS), set(world.held_out_names), {n for n, _ in PERSON_POOL},
-                  set(TOWN_POOL), set(PET_NAMES), set(RIVERS)):  # fmt: skip
-        assert not every & taken  # chapter 6's strangers and chapter 7's held-out names kept apart
+    for taken in (set(world.held_out_names), {n for n, _ in PERSON_POOL}, set(TOWN_POOL),
+                  set(PET_NAMES), set(RIVERS)):  # fmt: skip
+        assert not every & taken  # chapter 7's held-out names kept apart
+    assert not set(made_up_names(500, seed=seed)) & set(STRANGERS)  # and chapter 6's strangers
     words = {w.capitalize() for w in (*JOBS, *FOODS, *GOODS, *COLOURS, *ANIMALS)}
     assert not every & words  # seed 0's 276th and 1254th draws were "Lune" and "Baker"
     possible = {t.format(**p.fields()) for t in HARMFUL_REQUESTS for p in world.people}
