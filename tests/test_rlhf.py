@@ -465,7 +465,7 @@ def test_measure_effects_rates_the_samples_it_is_given_as_if_it_drew_them():
     chat_model, tokenizer = load_shipped("chat", "cpu")
     world = build_world(0)
     drawn = eval_samples(chat_model, tokenizer, world, n_samples=1, seed=7)
-    given = measure_effects(chat_model, tokenizer, world, n_samples=1, samples=drawn)
+    given = measure_effects(chat_model, tokenizer, world, n_samples=1, seed=7, samples=drawn)
     assert given == measure_effects(chat_model, tokenizer, world, n_samples=1, seed=7)
     # Samples of other prompts, or of the wrong count, are refused rather than rated.
     for wrong in (drawn[1:], drawn[::-1], drawn * 2):
