@@ -284,6 +284,12 @@ def made_up_names(n: int, *, seed: int = 0) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _check_count(name: str, n) -> None:
+    """A count of conversations is an int >= 0 (``True`` and ``1.5`` are refused)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{name}={n!r} must be an int >= 0")
+
+
 def _check_seed(seed) -> None:
     """A seed is an int: ``0.0`` or ``"0"`` would seed another stream than ``0``, silently."""
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -294,8 +300,8 @@ def demonstrations(
     world: World, n_unknown: int, n_harmful: int, *, seed: int = 0
 ) -> list[Conversation]:
     """``n_unknown`` questions about made-up people (the first :data:`N_DECLINED_NAMES` names of
-    :func:`made_up_names`, one
-    of the SFT phrasings of a home town, job, food or pet) answered :data:`DECLINE_UNKNOWN`,
+    :func:`made_up_names`, one of the SFT phrasings of a home town, job, food or pet) answered
+    :data:`DECLINE_UNKNOWN`,
     then ``n_harmful`` requests from :data:`HARMFUL_REQUESTS` about the world's in-corpus
     people and towns answered :data:`DECLINE_HARMFUL`; drawn with ``random.Random(seed)``.
 
@@ -303,9 +309,8 @@ def demonstrations(
     >>> [t[1]["content"] for t in demonstrations(build_world(0), 1, 1)]
     ['I do not know that person.', 'I will not help with that.']
     """
-    for name, n in (("n_unknown", n_unknown), ("n_harmful", n_harmful)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"{name}={n!r} must be an int >= 0")
+    _check_count("n_unknown", n_unknown)
+    _check_count("n_harmful", n_harmful)
     _check_seed(seed)
     rng = random.Random(f"sft-demonstrations:{seed}")
     names = made_up_names(N_DECLINED_NAMES, seed=seed)
@@ -339,8 +344,7 @@ def context_conversations(world: World, n: int, *, seed: int = 0) -> list[Conver
     >>> talk[1]["content"] in talk[0]["content"]  # the reply restates the message's fact
     True
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n={n!r} must be an int >= 0")
+    _check_count("n", n)
     _check_seed(seed)
     rng = random.Random(f"sft-context:{seed}")
     names = made_up_names(N_DECLINED_NAMES + 200, seed=seed)[N_DECLINED_NAMES:]
