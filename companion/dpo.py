@@ -8,9 +8,9 @@ eq. 7) shows that the policy that PPO's KL-regularised objective aims for satisf
     loss = −log σ(β [(log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))])
 
 with each ``log π(y|x)`` **summed over the reply's tokens only** (:func:`companion.replies.
-sequence_logprob`). Because it reads any pair, DPO also learns from replies the policy would
-never sample itself (the rater's written refusals), which PPO, learning only from its own
-roll-outs, cannot; but plain DPO can satisfy a pair by pushing the rejected reply down rather
+sequence_logprob`). Because it reads any pair, DPO also learns from replies the policy seldom
+or never samples itself (the rater's written refusals), which PPO, learning only from its own
+roll-outs, reinforces only as often as it samples them; but plain DPO can satisfy a pair by pushing the rejected reply down rather
 than the chosen one up, so a reply the model finds very unlikely may stay unlikely.
 ``DPOConfig.nll_weight`` adds the chosen replies' mean token negative log-likelihood to the loss
 (RPO, Pang et al. 2024), which pulls them up; with ``preference_weight=0`` only that term is left,

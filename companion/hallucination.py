@@ -21,8 +21,13 @@ refusal, or no answer. :func:`summarize` turns the outcomes into shares; :func:`
 known entities from invented ones about held-out entities. :func:`unstated_facts` asks the middle
 case: an entity the model knows (a pet), a fact the world never states (its favourite food).
 
-Abstention (a model trained to say "I do not know") is chapter 6's; this module only measures
-it. Left out: retrieval and calibration curves; it counts only answers from the world's own
+:func:`context_message` and :func:`read_from_context` measure the standard remedy in its
+smallest form, retrieval-augmented generation by hand: put the fact the model lacks into the
+user's message ("Bram works as a weaver. What is Bram's job?") and see whether the reply reads
+it, against the same question asked cold and a control that states another value.
+
+Abstention (a model trained to say "I do not know") is taught in chapters 5 and 6; this module
+only measures it. Left out: a retriever (the facts are put in by hand) and calibration curves; it counts only answers from the world's own
 vocabulary, so an invented answer outside it (a made-up town) is not counted as an answer.
 """
 
@@ -32,15 +37,15 @@ import html
 import math
 import random
 import statistics
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from torch import nn
 
 from companion.chat import COURSE_CHAT, ChatTemplate, question_ids
 from companion.evaluation import majority_answer_accuracy
 from companion.generation import generate_many
-from companion.measurement import find_answer, says_do_not_know
+from companion.measurement import find_answer, has_word, says_do_not_know
 from companion.world import RELATIONS, Fact, World
 
 PromptFormat = Callable[[Fact], list[int]]  # a fact -> the token ids the model reads
@@ -335,3 +340,86 @@ def coloured_tokens_html(pieces: Sequence[str], probs: Sequence[float]) -> str:
         for piece, p in zip(pieces, probs, strict=True)
     ]
     return "".join(boxes)
+
+
+def context_message(fact: Fact, value: str | None = None) -> str:
+    """The user's message that states ``fact`` and then asks it: its statement with ``value`` in
+    place of its answer (``None``: the true answer), then its question.
+
+    >>> f = Fact("Bram", "job", "weaver", "Bram works as a", "What is Bram's job?", "")
+    >>> context_message(f)
+    "Bram works as a weaver. What is Bram's job?"
+    >>> context_message(f, "smith")
+    "Bram works as a smith. What is Bram's job?"
+    """
+    value = fact.answer if value is None else value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"value={value!r}: the value to state must be a non-empty string")
+    return f"{replace(fact, answer=value).statement} {fact.question}"
+
+
+@dataclass(frozen=True)
+class ContextTrial:
+    """A chat model asked the same facts three ways (:func:`read_from_context`)."""
+
+    cold: tuple[StatedAnswer, ...]  # the fact's question alone
+    stated: tuple[StatedAnswer, ...]  # its statement, then its question
+    other: tuple[StatedAnswer, ...]  # another value's statement, then the question
+    other_values: tuple[str, ...]  # the value stated in ``other``, one per fact
+
+    def counts(self) -> dict[str, int]:
+        """How many replies (of ``n``) give the first answer of the right kind equal to the true
+        one (``*_right``) or to the other stated value (``other_follows``), decline
+        (``*_declined``, :func:`companion.measurement.says_do_not_know`), or name the subject
+        as a whole word (``*_names_subject``)."""
+        out = {"n": len(self.cold)}
+        runs = {"cold": self.cold, "stated": self.stated, "other": self.other}
+        for name, run in runs.items():
+            out[f"{name}_right"] = sum(a.answer == a.fact.answer for a in run)
+            out[f"{name}_declined"] = sum(says_do_not_know(a.completion) for a in run)
+            out[f"{name}_names_subject"] = sum(has_word(a.completion, a.fact.subject) for a in run)
+        out["other_follows"] = sum(
+            a.answer == v for a, v in zip(self.other, self.other_values, strict=True)
+        )
+        return out
+
+
+def read_from_context(
+    model: nn.Module,
+    tokenizer,
+    world: World,
+    facts: Sequence[Fact],
+    *,
+    seed: int = 0,
+    max_new_tokens: int = 16,
+    stop_tokens: Collection[int] = (),
+    template: ChatTemplate = COURSE_CHAT,
+) -> ContextTrial:
+    """Ask each fact greedily in ``template``, three ways (:func:`ask`): **cold** (its question
+    alone), **stated** (:func:`context_message`: its statement, then its question) and
+    **other** (the statement of another value of the relation, one of
+    ``world.wrong_answers(fact)`` drawn with ``random.Random(seed)``, then the question). A
+    model that reads its context follows the stated value in both; one that recalls gives the
+    same answer in all three.
+    """
+    if not facts:
+        raise ValueError("no facts; pass e.g. the held-out facts of CONTEXT_RELATIONS")
+    if len(set(facts)) != len(facts):
+        raise ValueError("each fact once: a repeated fact would be stated one other value only")
+    rng = random.Random(seed)
+    other_values = tuple(rng.choice(world.wrong_answers(f)) for f in facts)
+
+    def message_format(values: Mapping[Fact, str] | None) -> PromptFormat:
+        return lambda fact: question_ids(
+            context_message(fact, None if values is None else values[fact]), tokenizer,
+            template=template,
+        )  # fmt: skip
+
+    formats = (
+        chat_prompt(tokenizer, template),
+        message_format(None),
+        message_format(dict(zip(facts, other_values, strict=True))),
+    )
+    kwargs = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "stop_tokens": stop_tokens}
+    runs = [tuple(ask(model, tokenizer, world, facts, fmt, **kwargs)) for fmt in formats]
+    return ContextTrial(*runs, other_values)

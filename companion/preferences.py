@@ -19,10 +19,11 @@ The prompts (:func:`make_prompts`) are of three kinds:
 
 Replies are sampled from the chat model at temperature 1 (:func:`sample_replies`), where it
 writes fragments and answers wrongly often enough to compare (it runs past its turn only
-rarely). The chat model never says "I do not know" (refusals are not in its SFT data, nor in the
-corpus), so for a question about a stranger the rater also writes that reply itself
-(:data:`REFUSAL`), as InstructGPT's labellers wrote demonstrations: one side of those pairs is the
-rater's, not the model's.
+rarely). The chat model says "I do not know that person." for only a minority of strangers (its
+SFT data has 20 demonstrations of it, :mod:`companion.sft_data`), so for a question about a
+stranger the rater also writes that reply itself (:data:`REFUSAL`): one refusal among the sampled
+ones is always there to prefer. InstructGPT's reward model compared sampled replies only; this
+written reply is a shortcut it did not take.
 
 Shape vocabulary: B batch, T time. Left out: ties as a label, ratings on a scale, more than two
 replies ranked at once.

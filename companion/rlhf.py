@@ -27,7 +27,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,12 @@ from companion.world import World, build_world
 ALIGNED: tuple[str, ...] = ("ppo", "dpo", "cai")  # the shipped aligned models
 NOISE = 0.1  # the rater's label noise
 SHIPPED_REWARD = RewardConfig(steps=200)  # the reward model of the shipped runs
-SHIPPED_PPO = PPOConfig(iterations=30, kl_coef=0.5, learning_rate=1e-4)
-NO_KL_PPO = PPOConfig(iterations=30, kl_coef=0.0, learning_rate=1e-4)  # the same, no leash
+# PPO without a critic (vf_coef 0: the value head stays at zero) and with λ = 1: every token of a
+# reply gets the reply's whitened return, as in GRPO. With the course's critic, which learns
+# little in a run this short, GAE's λ < 1 ranks a reply's tokens by their distance from its end
+# rather than by its score, and the policy drifts while its reward falls (measured, see ppo.gae).
+SHIPPED_PPO = PPOConfig(iterations=60, kl_coef=1.0, learning_rate=1e-4, vf_coef=0.0, lam=1.0)
+NO_KL_PPO = replace(SHIPPED_PPO, kl_coef=0.0)  # the same, no leash
 SHIPPED_DPO = DPOConfig(steps=60, learning_rate=5e-5, beta=0.5, nll_weight=2.0)  # DPO and CAI
 PLAIN_DPO = DPOConfig(steps=60, learning_rate=5e-5, beta=0.5)  # the same without the NLL term
 CANNOT_CHECK_FACTS = {k: v for k, v in RULES.items() if k != "correct"}  # the miscalibrated rater

@@ -162,22 +162,29 @@ class SFTBatches:
 
 
 def chat_model_configs() -> tuple[SFTConfig, TrainConfig]:
-    """The recipe of the shipped chat model: 4,000 conversations, 200 AdamW steps of 16.
+    """The recipe of the shipped chat model: 4,000 conversations about the world's facts, 20
+    demonstrations of declining a question about a made-up person and 60 of declining a harmful
+    request, 2,400 conversations that state a fact and ask it; 800 AdamW steps of 16.
 
     The peak learning rate is a tenth of pretraining's: enough to learn the format in a few
     hundred steps, gentle enough to keep what pretraining learned. No weight decay: it would pull
-    every weight towards zero, away from the base model, for no gain in a run this short.
+    every weight towards zero, away from the base model, for no gain in a run this short. The
+    counts were chosen by a sweep (three training seeds of the final one): 20 demonstrations make
+    the model *sample* "I do not know that person." for a minority of strangers in every seed,
+    which RLHF needs (it can only reinforce what the policy writes) and leaves room for it to
+    improve; reading a fact from the message takes the 2,400 conversations and 800 steps (at 400
+    steps the model read half as many facts and stopped declining).
 
     >>> sft_config, train_config = chat_model_configs()
-    >>> sft_config.n_train, train_config.steps, train_config.learning_rate
-    (4000, 200, 0.0003)
+    >>> sft_config.n_train, sft_config.n_context, train_config.steps, train_config.learning_rate
+    (4000, 2400, 800, 0.0003)
     """
     _, pretraining = base_model_configs()
     train_config = replace(  # pretraining's recipe, changed where fine-tuning differs
-        pretraining, steps=200, batch_size=16, warmup_steps=20, eval_interval=20, eval_batches=10,
+        pretraining, steps=800, batch_size=16, warmup_steps=20, eval_interval=20, eval_batches=10,
         learning_rate=3e-4, min_learning_rate=3e-5, weight_decay=0.0,
     )  # fmt: skip
-    return SFTConfig(), train_config
+    return SFTConfig(n_unknown=20, n_harmful=60, n_context=2400), train_config
 
 
 def short_run_configs(steps: int, *, device: DeviceLike = "cpu") -> tuple[SFTConfig, TrainConfig]:

@@ -25,16 +25,16 @@ Kinds of conversation (``CONVERSATION_KINDS`` gives their shares), all about SFT
   farewell), the later ones with a pronoun ("What is her job?"), which only the history can
   resolve.
 
-**Demonstrations of declining** (:func:`demonstrations`, none unless asked for: ``SFTConfig``'s
-``n_unknown`` and ``n_harmful``), as InstructGPT's labellers wrote demonstrations of the
-behaviour they wanted before any reinforcement learning: a question about a person the world
-never names (a made-up name, :func:`made_up_names`) answered :data:`DECLINE_UNKNOWN`, and a
-request to harm someone of the world (:data:`HARMFUL_REQUESTS`) answered
-:data:`DECLINE_HARMFUL`. A few dozen among thousands are meant to make the chat model *sample*
-a refusal now and then: on-policy RL can only reinforce a reply the policy writes.
+**Demonstrations of declining** (:func:`demonstrations`; ``SFTConfig``'s ``n_unknown`` and
+``n_harmful``, 20 and 60 in the shipped recipe), as InstructGPT's labellers wrote
+demonstrations of the behaviour they wanted before any reinforcement learning: a question about a
+person the world never names (a made-up name, :func:`made_up_names`) answered
+:data:`DECLINE_UNKNOWN`, and a request to harm someone of the world (:data:`HARMFUL_REQUESTS`)
+answered :data:`DECLINE_HARMFUL`. A few dozen among thousands make the chat model *sample* a
+refusal now and then: on-policy RL can only reinforce a reply the policy writes.
 
-**Reading the context** (:func:`context_conversations`, none unless asked for: ``SFTConfig``'s
-``n_context``): a fact about a made-up person or town, stated in the user's message and then
+**Reading the context** (:func:`context_conversations`; ``SFTConfig``'s ``n_context``, 2,400 in
+the shipped recipe): a fact about a made-up person or town, stated in the user's message and then
 asked ("Raro works as a smith. What is Raro's job?" → "Raro works as a smith."). Nothing but the
 message can say the answer, so the reply must be read from the context window: the lesson of
 retrieval-augmented generation, which the inference chapter measures on the held-out people.
@@ -284,12 +284,6 @@ def made_up_names(n: int, *, seed: int = 0) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_count(name: str, n) -> None:
-    """A count of conversations is an int >= 0 (``True`` and ``1.5`` are refused)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"{name}={n!r} must be an int >= 0")
-
-
 def _check_seed(seed) -> None:
     """A seed is an int: ``0.0`` or ``"0"`` would seed another stream than ``0``, silently."""
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -300,8 +294,8 @@ def demonstrations(
     world: World, n_unknown: int, n_harmful: int, *, seed: int = 0
 ) -> list[Conversation]:
     """``n_unknown`` questions about made-up people (the first :data:`N_DECLINED_NAMES` names of
-    :func:`made_up_names`, one of the SFT phrasings of a home town, job, food or pet) answered
-    :data:`DECLINE_UNKNOWN`,
+    :func:`made_up_names`, one
+    of the SFT phrasings of a home town, job, food or pet) answered :data:`DECLINE_UNKNOWN`,
     then ``n_harmful`` requests from :data:`HARMFUL_REQUESTS` about the world's in-corpus
     people and towns answered :data:`DECLINE_HARMFUL`; drawn with ``random.Random(seed)``.
 
@@ -309,8 +303,9 @@ def demonstrations(
     >>> [t[1]["content"] for t in demonstrations(build_world(0), 1, 1)]
     ['I do not know that person.', 'I will not help with that.']
     """
-    _check_count("n_unknown", n_unknown)
-    _check_count("n_harmful", n_harmful)
+    for name, n in (("n_unknown", n_unknown), ("n_harmful", n_harmful)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"{name}={n!r} must be an int >= 0")
     _check_seed(seed)
     rng = random.Random(f"sft-demonstrations:{seed}")
     names = made_up_names(N_DECLINED_NAMES, seed=seed)
@@ -344,7 +339,8 @@ def context_conversations(world: World, n: int, *, seed: int = 0) -> list[Conver
     >>> talk[1]["content"] in talk[0]["content"]  # the reply restates the message's fact
     True
     """
-    _check_count("n", n)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n={n!r} must be an int >= 0")
     _check_seed(seed)
     rng = random.Random(f"sft-context:{seed}")
     names = made_up_names(N_DECLINED_NAMES + 200, seed=seed)[N_DECLINED_NAMES:]

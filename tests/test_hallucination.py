@@ -12,20 +12,25 @@ from companion.checkpoints import load_shipped
 from companion.data import load_course_tokenizer
 from companion.hallucination import (
     OUTCOMES,
+    ContextTrial,
     StatedAnswer,
     ask,
     auroc,
     bootstrap_interval,
     chance_correct,
+    chat_prompt,
     classify,
     coloured_tokens_html,
+    context_message,
     entity_names,
     fact_prompt,
     prefilled_chat_prompt,
+    read_from_context,
     summarize,
     unstated_facts,
 )
 from companion.measurement import find_answer
+from companion.sft_data import CONTEXT_RELATIONS
 from companion.world import Fact, build_world
 
 
@@ -187,3 +192,58 @@ def test_unstated_facts_ask_each_known_pet_a_food_the_corpus_never_gives_it():
         assert fact.subject in corpus  # the model has read the name ...
         for claim in ("'s favourite food", " likes ", " eats ", " loves "):  # ... never its food
             assert fact.subject + claim not in corpus, (fact.subject, claim)
+
+
+def test_context_message_states_the_value_then_asks():
+    fact = Fact("Lila", "food", "pie", "Lila's favourite food is", "What does Lila like?", "")
+    assert context_message(fact) == "Lila's favourite food is pie. What does Lila like?"
+    assert context_message(fact, "soup") == "Lila's favourite food is soup. What does Lila like?"
+    for bad in ("", "  ", 3):
+        with pytest.raises(ValueError, match="non-empty string"):
+            context_message(fact, bad)
+
+
+def _stated(fact, completion, world):
+    answer, _ = find_answer([completion], [1.0], world.choices(fact.relation))
+    outcome = classify(completion, fact, world)
+    return StatedAnswer(fact, False, (0,), (1.0,), (completion,), answer, 1.0, outcome)
+
+
+def test_context_trial_counts_by_hand():
+    world = build_world(0)
+    job = next(f for f in world.held_out_facts if f.relation == "job")
+    other = next(a for a in world.wrong_answers(job) if a != job.answer)
+    name = job.subject
+    trial = ContextTrial(
+        cold=(_stated(job, " I do not know that person.", world),),
+        stated=(_stated(job, f" {name} works as a {job.answer}.", world),),
+        other=(_stated(job, f" {name[:1]}o works as a {job.answer}.", world),),  # misspelt
+        other_values=(other,),
+    )
+    counts = trial.counts()
+    assert counts["n"] == 1
+    cold = (counts["cold_right"], counts["cold_declined"], counts["cold_names_subject"])
+    assert cold == (0, 1, 0)
+    assert (counts["stated_right"], counts["stated_names_subject"]) == (1, 1)
+    other = (counts["other_follows"], counts["other_right"], counts["other_names_subject"])
+    assert other == (0, 1, 0)
+
+
+def test_read_from_context_asks_three_ways_seeded():
+    model, tokenizer = load_shipped("chat", "cpu")
+    world = build_world(0)
+    facts = [f for f in world.held_out_facts if f.relation in CONTEXT_RELATIONS][:3]
+    end = tokenizer.special_tokens["<|end|>"]
+    trial = read_from_context(model, tokenizer, world, facts, seed=1, stop_tokens=[end])
+    again = read_from_context(model, tokenizer, world, facts, seed=1, stop_tokens=[end])
+    assert trial == again  # greedy, and the other values drawn from the seed
+    assert [a.fact for a in trial.cold] == [a.fact for a in trial.other] == facts
+    for fact, value in zip(facts, trial.other_values, strict=True):
+        assert value in world.wrong_answers(fact)
+    cold = ask(model, tokenizer, world, facts, chat_prompt(tokenizer), max_new_tokens=16,
+               stop_tokens=[end])  # fmt: skip
+    assert list(trial.cold) == cold
+    with pytest.raises(ValueError, match="no facts"):
+        read_from_context(model, tokenizer, world, [])
+    with pytest.raises(ValueError, match="each fact once"):
+        read_from_context(model, tokenizer, world, facts[:1] * 2)
