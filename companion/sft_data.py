@@ -57,6 +57,7 @@ from companion.world import (
     JOBS,
     PERSON_POOL,
     PET_NAMES,
+    RELATIONS,
     RIVERS,
     TOWN_POOL,
     Fact,
@@ -139,6 +140,7 @@ CONTEXT_RELATIONS: tuple[str, ...] = (
     "home_town", "job", "food", "pet_kind", "pet_name", "river", "goods",
 )  # fmt: skip
 CONTEXT_TOWN_SHARE = 0.25  # share of the context conversations about a made-up town
+MAX_CONVERSATIONS = 100_000  # most demonstrations or context conversations per call (~1 s, 100 MB)
 # Letters of the made-up names: consonant, vowel, consonant, vowel, and sometimes n, l or r.
 _CONSONANTS, _VOWELS, _ENDINGS = "bdfgklmnprstvz", "aeiou", "nlr"
 
@@ -290,6 +292,20 @@ def _check_seed(seed) -> None:
         raise ValueError(f"seed={seed!r} must be an int, e.g. 0")
 
 
+def _check_count(name: str, n) -> None:
+    """A count of conversations is an int from 0 to :data:`MAX_CONVERSATIONS`: 10**7 would take
+    minutes and gigabytes before any training."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_CONVERSATIONS:
+        raise ValueError(f"{name}={n!r} must be an int from 0 to {MAX_CONVERSATIONS}")
+
+
+def _check_world(world) -> None:
+    if not isinstance(world, World):
+        raise TypeError(
+            f"world must be a World, got a {type(world).__name__}; pass e.g. build_world(0)"
+        )
+
+
 def demonstrations(
     world: World, n_unknown: int, n_harmful: int, *, seed: int = 0
 ) -> list[Conversation]:
@@ -303,9 +319,9 @@ def demonstrations(
     >>> [t[1]["content"] for t in demonstrations(build_world(0), 1, 1)]
     ['I do not know that person.', 'I will not help with that.']
     """
-    for name, n in (("n_unknown", n_unknown), ("n_harmful", n_harmful)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"{name}={n!r} must be an int >= 0")
+    _check_world(world)
+    _check_count("n_unknown", n_unknown)
+    _check_count("n_harmful", n_harmful)
     _check_seed(seed)
     rng = random.Random(f"sft-demonstrations:{seed}")
     names = made_up_names(N_DECLINED_NAMES, seed=seed)
@@ -339,22 +355,22 @@ def context_conversations(world: World, n: int, *, seed: int = 0) -> list[Conver
     >>> talk[1]["content"] in talk[0]["content"]  # the reply restates the message's fact
     True
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n={n!r} must be an int >= 0")
+    _check_world(world)
+    _check_count("n", n)
     _check_seed(seed)
     rng = random.Random(f"sft-context:{seed}")
     names = made_up_names(N_DECLINED_NAMES + 200, seed=seed)[N_DECLINED_NAMES:]
+    pool = {r: world.choices(r) for r in RELATIONS}  # once: choices builds and sorts each pool
     conversations = []
     for _ in range(n):
         if rng.random() < CONTEXT_TOWN_SHARE:
-            river, goods = rng.choice(world.choices("river")), rng.choice(world.choices("goods"))
+            river, goods = rng.choice(pool["river"]), rng.choice(pool["goods"])
             entity: Person | Town = Town(rng.choice(names), river, goods)
         else:
             entity = Person(
                 rng.choice(names), rng.choice(("she", "he")), rng.choice(world.towns),
-                rng.choice(world.choices("job")), rng.choice(world.choices("food")),
-                rng.choice(world.choices("pet_kind")), rng.choice(world.choices("pet_name")),
-                rng.choice(world.choices("pet_colour")),
+                rng.choice(pool["job"]), rng.choice(pool["food"]), rng.choice(pool["pet_kind"]),
+                rng.choice(pool["pet_name"]), rng.choice(pool["pet_colour"]),
             )  # fmt: skip
         fact = rng.choice([f for f in facts_of(entity) if f.relation in CONTEXT_RELATIONS])
         question = rng.choice(SFT_QUESTIONS[fact.relation]).format(**entity.fields())

@@ -140,9 +140,11 @@ def test_the_demonstrations_decline_made_up_people_and_harm_and_name_no_one_else
     assert {c[0]["content"] for c in shown[30:]} <= possible  # about in-corpus people only
     assert not _words(shown[30:]) & set(world.held_out_names)
     assert demonstrations(world, 0, 0) == []
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="must be an int >= 0"):
+    for bad in (-1, 1.5, True, 10**7):  # 10**7 would take a minute and gigabytes
+        with pytest.raises(ValueError, match="must be an int from 0 to 100000"):
             demonstrations(world, bad, 0)
+    with pytest.raises(TypeError, match="world must be a World, got a NoneType"):
+        demonstrations(None, 1, 0)  # refused even where no harmful request needs the world
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -190,9 +192,11 @@ def test_the_context_conversations_ask_what_the_message_states_about_made_up_nam
     assert all(len(r) == 1 for r in asked)  # no pet's colour: "Pip is a grey cat." names its kind
     assert {r for (r,) in asked} == set(CONTEXT_RELATIONS)
     assert context_conversations(world, 0) == []
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="must be an int >= 0"):
+    for bad in (-1, 1.5, True, 10**7):  # 10**7 would take minutes and gigabytes
+        with pytest.raises(ValueError, match="must be an int from 0 to 100000"):
             context_conversations(world, bad)
+    with pytest.raises(TypeError, match="world must be a World, got a str"):
+        context_conversations("build_world(0)", 1)
     with pytest.raises(ValueError, match=r"seed=.* must be an int"):
         context_conversations(world, 1, seed=0.0)
 
@@ -379,3 +383,16 @@ def test_the_documented_command_reproduces_the_shipped_chat_model(tmp_path):
         assert abs(run["val_loss"] - old["val_loss"]) < VAL_LOSS_TOLERANCE
         for key in ("compliance_sft", "accuracy_sft", "accuracy_eval", "completion_eval"):
             assert abs(run[key] - old[key]) <= ACCURACY_TOLERANCE, key
+
+
+def test_the_shipped_chat_models_extra_data_is_unchanged():
+    """The shipped chat model was trained on these lists: a refactor must keep them byte for byte."""
+    import hashlib
+
+    from companion.sft_data import context_conversations, demonstrations, made_up_names
+
+    world = build_world(0)
+    lists = (context_conversations(world, 2400, seed=0), demonstrations(world, 20, 60, seed=0),
+             made_up_names(500))  # fmt: skip
+    digests = [hashlib.sha256(repr(x).encode()).hexdigest()[:16] for x in lists]
+    assert digests == ["be4169e3aa07e9c1", "6efd93c69a540292", "949bf0c0e9d0a58d"]
