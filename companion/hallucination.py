@@ -352,9 +352,16 @@ def context_message(fact: Fact, value: str | None = None) -> str:
     >>> context_message(f, "smith")
     "Bram works as a smith. What is Bram's job?"
     """
+    if not isinstance(fact, Fact):
+        raise TypeError(f"fact must be a Fact, got a {type(fact).__name__}; e.g. world.facts[0]")
     value = fact.answer if value is None else value
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"value={value!r}: the value to state must be a non-empty string")
+    if value != value.strip() or not value.isprintable() or any(c in value for c in ".?!"):
+        raise ValueError(
+            f"value={value!r} must be one answer, e.g. 'smith': no surrounding spaces, newline "
+            "or sentence end (the message adds its own)"
+        )
     return f"{replace(fact, answer=value).statement} {fact.question}"
 
 
@@ -366,6 +373,13 @@ class ContextTrial:
     stated: tuple[StatedAnswer, ...]  # its statement, then its question
     other: tuple[StatedAnswer, ...]  # another value's statement, then the question
     other_values: tuple[str, ...]  # the value stated in ``other``, one per fact
+
+    def __post_init__(self) -> None:
+        facts = [a.fact for a in self.cold]
+        if [a.fact for a in self.stated] != facts or [a.fact for a in self.other] != facts:
+            raise ValueError("cold, stated and other must answer the same facts in the same order")
+        if len(self.other_values) != len(facts):
+            raise ValueError(f"other_values must hold one value per fact ({len(facts)})")
 
     def counts(self) -> dict[str, int]:
         """How many replies (of ``n``) give the first answer of the right kind equal to the true
@@ -400,12 +414,9 @@ def read_from_context(
     **other** (the statement of another value of the relation, one of
     ``world.wrong_answers(fact)`` drawn with ``random.Random(seed)``, then the question). A
     model that reads its context follows the stated value in both; one that recalls gives the
-    same answer in all three.
+    same answer in all three. The model runs where it is, and keeps its mode.
     """
-    if not facts:
-        raise ValueError("no facts; pass e.g. the held-out facts of CONTEXT_RELATIONS")
-    if len(set(facts)) != len(facts):
-        raise ValueError("each fact once: a repeated fact would be stated one other value only")
+    facts = _check_context_call(world, facts, seed, max_new_tokens, template)
     rng = random.Random(seed)
     other_values = tuple(rng.choice(world.wrong_answers(f)) for f in facts)
 
@@ -420,6 +431,49 @@ def read_from_context(
         message_format(None),
         message_format(dict(zip(facts, other_values, strict=True))),
     )
+    # the probabilities are read over prompt + reply, which must fit the model's window
+    longest, L = max(len(fmt(f)) for fmt in formats for f in facts), model.config.context_length
+    if longest + max_new_tokens - 1 > L:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} after a prompt of {longest} tokens runs past "
+            f"context_length={L}; use at most {L + 1 - longest}"
+        )
     kwargs = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "stop_tokens": stop_tokens}
     runs = [tuple(ask(model, tokenizer, world, facts, fmt, **kwargs)) for fmt in formats]
     return ContextTrial(*runs, other_values)
+
+
+def _check_context_call(world, facts, seed, max_new_tokens, template) -> tuple[Fact, ...]:
+    """:func:`read_from_context`'s arguments checked before any generation; ``facts`` as a tuple
+    (a generator is read once)."""
+    if not isinstance(world, World):
+        raise TypeError(f"world must be a World, got a {type(world).__name__}; e.g. build_world(0)")
+    if isinstance(facts, Fact) or facts is None:
+        raise TypeError("facts must be a list of Facts; for one fact pass [fact]")
+    facts = tuple(facts)
+    if not facts:
+        raise ValueError("no facts; pass e.g. the held-out facts of CONTEXT_RELATIONS")
+    for fact in facts:
+        if not isinstance(fact, Fact):
+            raise TypeError(f"facts must be Facts, got a {type(fact).__name__}: {fact!r}")
+    if len(set(facts)) != len(facts):
+        raise ValueError("each fact once: a repeated fact would be stated one other value only")
+    own = {*world.facts, *world.held_out_facts}
+    for fact in facts:
+        if fact not in own:  # another world's fact would be scored against this world's
+            raise ValueError(
+                f"{fact!r} is not a fact of this world (seed {world.seed}); pass the world the "
+                "facts came from"
+            )
+        if not world.wrong_answers(fact):
+            raise ValueError(f"{fact.relation!r} has no other value to state in this world")
+    if isinstance(seed, bool) or not isinstance(seed, int):  # "1" or None: another draw, silently
+        raise ValueError(f"seed={seed!r} must be an int, e.g. 0")
+    if not isinstance(template, ChatTemplate):
+        raise TypeError(
+            f"template must be a ChatTemplate, got a {type(template).__name__}; e.g. COURSE_CHAT"
+        )
+    n = max_new_tokens
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # 0 would count nothing, silently
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
+    return facts

@@ -201,6 +201,11 @@ def test_context_message_states_the_value_then_asks():
     for bad in ("", "  ", 3):
         with pytest.raises(ValueError, match="non-empty string"):
             context_message(fact, bad)
+    for bad in (" soup", "soup\nOr", "soup. What does Lila like?"):  # would corrupt the message
+        with pytest.raises(ValueError, match="must be one answer"):
+            context_message(fact, bad)
+    with pytest.raises(TypeError, match="fact must be a Fact, got a str"):
+        context_message("Lila's favourite food is pie.")
 
 
 def _stated(fact, completion, world):
@@ -247,3 +252,45 @@ def test_read_from_context_asks_three_ways_seeded():
         read_from_context(model, tokenizer, world, [])
     with pytest.raises(ValueError, match="each fact once"):
         read_from_context(model, tokenizer, world, facts[:1] * 2)
+    assert (
+        read_from_context(model, tokenizer, world, iter(facts), seed=1, stop_tokens=[end]) == trial
+    )
+
+
+def test_read_from_context_refuses_bad_arguments_before_generating():
+    model, tokenizer = load_shipped("chat", "cpu")
+    model.train()
+    world = build_world(0)
+    facts = [f for f in world.held_out_facts if f.relation in CONTEXT_RELATIONS][:2]
+    other = [f for f in build_world(1).facts if f not in set(world.facts)][:1]
+    cases = [
+        ({"world": None}, TypeError, "world must be a World"),
+        ({"facts": facts[0]}, TypeError, r"for one fact pass \[fact\]"),
+        ({"facts": ["Where does Mira live?"]}, TypeError, "facts must be Facts, got a str"),
+        ({"facts": other}, ValueError, r"not a fact of this world \(seed 0\)"),
+        (
+            {"seed": None},
+            ValueError,
+            "seed=None must be an int",
+        ),  # None: a different draw each call
+        ({"seed": "1"}, ValueError, "seed='1' must be an int"),
+        ({"max_new_tokens": 0}, ValueError, "max_new_tokens=0 must be an int >= 1"),
+        ({"max_new_tokens": True}, ValueError, "max_new_tokens=True must be an int >= 1"),
+        ({"max_new_tokens": 60}, ValueError, "runs past context_length=64; use at most"),
+        ({"template": "course"}, TypeError, "template must be a ChatTemplate, got a str"),
+    ]
+    for change, error, message in cases:
+        kwargs = {"world": world, "facts": facts, "seed": 0, "max_new_tokens": 4, **change}
+        with pytest.raises(error, match=message):
+            read_from_context(model, tokenizer, **kwargs)
+    assert model.training  # the mode is the caller's
+
+
+def test_a_context_trial_answers_the_same_facts_in_each_run():
+    world = build_world(0)
+    first, second = world.held_out_facts[:2]
+    a, b = _stated(first, " Elm", world), _stated(second, " lamps", world)
+    with pytest.raises(ValueError, match="same facts in the same order"):
+        ContextTrial(cold=(a,), stated=(a, b), other=(a,), other_values=("Esk",))
+    with pytest.raises(ValueError, match="one value per fact"):
+        ContextTrial(cold=(a,), stated=(a,), other=(a,), other_values=())
