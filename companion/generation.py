@@ -379,10 +379,15 @@ def generate_many(
         if with_probs:  # a few rows at a time: (B, T, V) logits reach 100 MB at V = 49,152
             chosen = []
             at_once = max(1, 2**22 // (full.shape[1] * model.config.vocab_size))  # 16 MB
-            for rows in full.split(at_once):
-                logits, _ = model(rows[:, :-1])  # (b, T + new - 1, V): position t predicts t + 1
-                probs = logits[:, length - 1 :].softmax(-1)  # (b, new, V)
-                chosen += probs.gather(-1, rows[:, length:, None])[..., 0].tolist()  # (b, new)
+            was_training = model.training
+            model.eval()  # as generation did: dropout would make the probabilities random
+            try:
+                for rows in full.split(at_once):
+                    logits, _ = model(rows[:, :-1])  # (b, T + new - 1, V): t predicts t + 1
+                    probs = logits[:, length - 1 :].softmax(-1)  # (b, new, V)
+                    chosen += probs.gather(-1, rows[:, length:, None])[..., 0].tolist()
+            finally:
+                model.train(was_training)
         for row, i in enumerate(indices):
             new = full[row, length:].tolist()
             cut = next((t for t, token in enumerate(new) if token in stop_ids), len(new))

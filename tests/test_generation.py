@@ -362,3 +362,20 @@ def test_bad_prompts_and_lengths_raise(model: GPT):
         generate(model, torch.ones(1, 7, dtype=torch.long), 1)
     with pytest.raises(ValueError, match=r"logits must be \(B, V\)"):
         sample_next(torch.zeros(1, 2, 3))
+
+
+def test_generate_many_reads_probabilities_without_dropout_and_keeps_the_mode():
+    """A model left in train mode with dropout: the probabilities of the new tokens are those of
+    eval mode (the same on every call), and the model is back in train mode afterwards."""
+    from companion.generation import generate_many
+
+    torch.manual_seed(0)
+    noisy = GPT(GPTConfig(vocab_size=23, context_length=8, n_layer=2, n_head=2, d_model=16,
+                          dropout=0.5)).train()  # fmt: skip
+    first, again = (generate_many(noisy, [[1, 2, 3]], [], max_new_tokens=3, with_probs=True)
+                    for _ in range(2))  # fmt: skip
+    assert noisy.training
+    assert first[0].probs == again[0].probs
+    probs = noisy.eval()(torch.tensor([[1, 2, 3, *first[0].ids[:-1]]]))[0].softmax(-1)[0, 2:]
+    expected = probs.gather(-1, torch.tensor(first[0].ids)[:, None])[:, 0]
+    assert first[0].probs == pytest.approx(expected.tolist(), abs=1e-6)
