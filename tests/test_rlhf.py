@@ -388,22 +388,36 @@ def test_the_shipped_aligned_models_load_and_chat(kind):
 # and 0.03 of held-out accuracy (1 of 40 pairs) for the reward model.
 RATE_TOLERANCE = 0.05
 RM_TOLERANCE = 0.03
+# PPO learns from its own samples, so a rerun that rounds one sum differently (another CPU, or
+# another thread count here) follows another path for 60 iterations: in effect another training
+# seed. Its seed band (benchmarks/ppo_seed_band.py, one thread: seeds 0, 1, 2) spans invents
+# 0.44-0.66 and accuracy 0.78-0.91 around the shipped run's 0.47 and 0.86 (two threads), and a
+# two-thread rerun here invented 0.61; the chat model invents 0.88 at accuracy 0.92. So a PPO
+# rerun is held to the chapter's story, each bound the band's edge with a margin: it invents
+# clearly less than the chat model, and keeps most of the chat model's accuracy.
+PPO_INVENTS_DROP = 0.1  # below the chat model's invents by at least this (the band: 0.22-0.44)
+PPO_ACCURACY_COST = 0.25  # at most this below the chat model's accuracy (the band: 0.01-0.14)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ppo", "dpo", "cai"])
 def test_the_documented_command_reproduces_the_shipped_model(kind, tmp_path):
     """Slow on purpose (1-3 minutes each): rerun `python -m companion.rlhf KIND`."""
-    from companion.checkpoints import shipped_info
-    from companion.effects import EFFECTS
+    from companion.checkpoints import load_shipped, shipped_info
+    from companion.effects import EFFECTS, measure_effects
     from companion.rlhf import train_aligned_model
 
     figures = train_aligned_model(kind, tmp_path / kind)
     shipped = shipped_info(kind)["extra"]
     assert figures["pairs"] == shipped["pairs"]
-    for key in EFFECTS:
+    stable = ("follows", "tone") if kind == "ppo" else EFFECTS  # the band moves PPO's others
+    for key in stable:
         assert abs(figures["effects"][key] - shipped["effects"][key]) <= RATE_TOLERANCE, key
     if kind == "ppo":
+        chat = measure_effects(*load_shipped("chat", "cpu"), WORLD)
+        for run in (figures, shipped):
+            assert run["effects"]["invents"] <= chat["invents"] - PPO_INVENTS_DROP
+            assert run["effects"]["accuracy"] >= chat["accuracy"] - PPO_ACCURACY_COST
         got, want = figures["reward_model_accuracy"], shipped["reward_model_accuracy"]
         assert abs(got - want) <= RM_TOLERANCE
         # The two failure runs are not shipped models: their figures support the notebook's
@@ -411,14 +425,14 @@ def test_the_documented_command_reproduces_the_shipped_model(kind, tmp_path):
         # in another layout alone moved the no-KL accuracy from 0.23 to 0.39 and the
         # miscalibrated one from 0.86 to 0.91). What reproduces on any CPU is the story: without
         # the leash the policy answers far fewer facts right; with the miscalibrated reward
-        # model it does not collapse, and it is no better than the leashed run beyond the drift
-        # each run may show (RATE_TOLERANCE each, so twice that for their difference).
+        # model it does not collapse, and it gets no more right than the chat model it started
+        # from (beyond RATE_TOLERANCE): a reward model that cannot check facts teaches none.
+        # (Against the leashed run, whose accuracy moves 0.78-0.91 with the seed, the
+        # difference would be the band's, not the reward model's.)
         for run in (figures, shipped):
-            accuracy = run["effects"]["accuracy"]
-            assert run["no_kl"]["effects"]["accuracy"] < accuracy - 0.3
-            assert (
-                0.25 < run["miscalibrated"]["effects"]["accuracy"] <= accuracy + 2 * RATE_TOLERANCE
-            )
+            assert run["no_kl"]["effects"]["accuracy"] < run["effects"]["accuracy"] - 0.3
+            miscalibrated = run["miscalibrated"]["effects"]["accuracy"]
+            assert 0.25 < miscalibrated <= chat["accuracy"] + RATE_TOLERANCE
 
 
 def test_ppo_rejects_a_batch_larger_than_the_prompts_and_a_negative_leash():
