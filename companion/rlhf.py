@@ -18,12 +18,18 @@ DPO); the weights of those extra runs are not kept. The runs are deterministic g
 seeds; on another CPU float sums round differently, so the slow tests compare a rerun with the
 shipped figures within stated tolerances (the measured times are in the README).
 
+Each shipped run is one training seed (0). ``python -m companion.rlhf band --out
+companion/assets/seed_bands.json`` reruns each recipe with seeds 1 and 2 (:func:`seed_bands`)
+and stores their effects, read back with :func:`shipped_seed_bands`: the chapter reads every
+effect against that band of three runs.
+
 Left out: training on a GPU, and hyperparameter searches (the recipes are below, as used).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import time
 from collections.abc import Sequence
@@ -64,6 +70,9 @@ NO_KL_PPO = replace(SHIPPED_PPO, kl_coef=0.0)  # the same, no leash
 SHIPPED_DPO = DPOConfig(steps=60, learning_rate=5e-5, beta=0.5, nll_weight=2.0)  # DPO and CAI
 PLAIN_DPO = DPOConfig(steps=60, learning_rate=5e-5, beta=0.5)  # the same without the NLL term
 CANNOT_CHECK_FACTS = {k: v for k, v in RULES.items() if k != "correct"}  # the miscalibrated rater
+BAND_SEEDS = (1, 2)  # training seeds rerun beside each shipped run (seed 0): its seed band
+SEED_BANDS = "seed_bands.json"  # in companion/assets, written by `python -m companion.rlhf band`
+BAND_COMMAND = f"python -m companion.rlhf band --out companion/assets/{SEED_BANDS}"
 
 
 @dataclass
@@ -172,12 +181,67 @@ def train_aligned_model(kind: str, out_dir: str | Path) -> dict[str, Any]:
     return figures
 
 
+def seed_bands(seeds: Sequence[int] = BAND_SEEDS) -> dict[str, Any]:
+    """Each shipped recipe rerun with the training seeds ``seeds`` (PPO's draws of prompts,
+    replies and minibatches; DPO's and CAI's batches), from the same preference data and, for
+    PPO, the same reward model, as :func:`train_aligned_model` makes them; returns
+    ``{"ppo": [{"seed": s, "effects": {...}}, ...], "dpo": [...], "cai": [...]}`` with the
+    command, thread count and torch version. With the shipped run (seed 0) each kind has a band
+    of ``len(seeds) + 1`` runs; an effect counts only beyond it. The weights are not kept.
+    """
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds={seeds!r} must be a non-empty list of ints, e.g. (1, 2)")
+    if 0 in seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds!r}: distinct seeds other than 0 (the shipped run's)")
+    torch.manual_seed(0)  # as train_aligned_model: nothing should draw from it
+    data = collect_chapter_data()
+    chat, tokenizer, world = data.chat_model, data.tokenizer, data.world
+    reward_model, _ = _reward_model(chat, tokenizer, data.pairs)
+    from companion.constitution import ai_pairs, make_judge
+
+    judge = make_judge(chat, tokenizer, data.prompts)
+    cai_pairs = ai_pairs(judge, world, data.prompts, data.candidates, tokenizer)
+
+    def dpo_effects(pairs, seed):
+        model, _ = train_dpo(chat, tokenizer, pairs, replace(SHIPPED_DPO, seed=seed))
+        return measure_effects(model, tokenizer, world)
+
+    bands: dict[str, Any] = {"command": BAND_COMMAND, "threads": torch.get_num_threads(),
+                             "torch": torch.__version__}  # fmt: skip
+    runs = {
+        "ppo": lambda s: _ppo_run(chat, tokenizer, world, reward_model,
+                                  replace(SHIPPED_PPO, seed=s))[1]["effects"],
+        "dpo": lambda s: dpo_effects(data.pairs, s),
+        "cai": lambda s: dpo_effects(cai_pairs, s),
+    }  # fmt: skip
+    for kind, run in runs.items():
+        bands[kind] = [{"seed": s, "effects": run(s)} for s in seeds]
+    return bands
+
+
+def shipped_seed_bands() -> dict[str, Any]:
+    """The stored :func:`seed_bands` of the shipped recipes (``companion/assets/seed_bands.json``)."""
+    file = importlib.resources.files("companion") / "assets" / SEED_BANDS
+    if not file.is_file():
+        raise FileNotFoundError(f"companion/assets/{SEED_BANDS} is missing; recreate it with "
+                                f"`{BAND_COMMAND}`")  # fmt: skip
+    return json.loads(file.read_text())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m companion.rlhf {ppo,dpo,cai} --out DIR``."""
+    """``python -m companion.rlhf {ppo,dpo,cai} --out DIR``, or ``band --out FILE.json``."""
     parser = argparse.ArgumentParser(prog="python -m companion.rlhf", description=__doc__)
-    parser.add_argument("kind", choices=ALIGNED)
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    parser.add_argument("kind", choices=(*ALIGNED, "band"))
+    parser.add_argument("--out", type=Path, required=True,
+                        help="checkpoint directory to write (band: the JSON file to write)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.kind == "band":
+        if args.out.suffix != ".json" or args.out.is_dir():
+            parser.error(f"band writes one JSON file; --out {args.out} should end in .json")
+        bands = seed_bands()
+        args.out.write_text(json.dumps(bands, indent=1) + "\n")
+        print(json.dumps(bands, indent=1))
+        return
     figures = train_aligned_model(args.kind, args.out)
     print(json.dumps({k: v for k, v in figures.items() if k != "log"}, indent=1))
 
