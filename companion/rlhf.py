@@ -228,6 +228,14 @@ def shipped_seed_bands() -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
+def _is_seed_bands_file(path: Path) -> bool:
+    """The file holds what :func:`seed_bands` writes (so rewriting it loses nothing else)."""
+    try:
+        return json.loads(path.read_text()).get("command") == BAND_COMMAND
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or not an object
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m companion.rlhf {ppo,dpo,cai} --out DIR``, or ``band --out FILE.json``."""
     parser = argparse.ArgumentParser(prog="python -m companion.rlhf", description=__doc__)
@@ -238,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.kind == "band":
         if args.out.suffix != ".json" or args.out.is_dir():
             parser.error(f"band writes one JSON file; --out {args.out} should end in .json")
+        if args.out.exists() and not _is_seed_bands_file(args.out):
+            parser.error(f"{args.out} exists and is not a file this command wrote; nothing was "
+                         "overwritten: choose another --out")  # fmt: skip
         bands = seed_bands()
         args.out.write_text(json.dumps(bands, indent=1) + "\n")
         print(json.dumps(bands, indent=1))

@@ -410,6 +410,13 @@ def test_the_band_command_writes_one_json_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["band", "--out", str(tmp_path)])  # a folder: refused before any training
     assert "should end in .json" in capsys.readouterr().err
+    for text in ('{"notes": 1}', "[1, 2]", "not json"):  # someone else's file: left as it was
+        mine = tmp_path / "mine.json"
+        mine.write_text(text)
+        with pytest.raises(SystemExit):
+            main(["band", "--out", str(mine)])
+        assert "nothing was overwritten" in capsys.readouterr().err
+        assert mine.read_text() == text
 
 
 # Tolerances for a rerun. The rates are counts over 390 sampled replies (follows, tone), 64 and
