@@ -24,6 +24,7 @@ out on purpose: beam search, repetition penalties, speculative decoding and padd
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -241,15 +242,24 @@ def stream(
     return _steps(model, idx, max_new_tokens, next_logits, sampling, stop_tokens)
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """The model in eval mode (no dropout) inside the block, back in its own mode after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()  # torch re-enters no_grad at each resume, so the caller's code is unaffected
 def _steps(model, idx, max_new_tokens, next_logits, sampling, stop_tokens):
     """The loop behind :func:`stream`, in numbered steps (arguments already checked)."""
     B = idx.shape[0]
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=idx.dtype, device=idx.device)  # (S,)
     stopped = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)  # (B, 1)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         for _ in range(max_new_tokens):
             # 1. Logits (B, V) for the next position, given every id so far: the model reads
             #    the last context_length of them (or, with a decoder that keeps a cache, only
@@ -266,8 +276,6 @@ def _steps(model, idx, max_new_tokens, next_logits, sampling, stop_tokens):
             yield next_id
             if len(stops) and bool(stopped.all()):
                 break
-    finally:
-        model.train(was_training)
 
 
 def generate(
@@ -379,15 +387,11 @@ def generate_many(
         if with_probs:  # a few rows at a time: (B, T, V) logits reach 100 MB at V = 49,152
             chosen = []
             at_once = max(1, 2**22 // (full.shape[1] * model.config.vocab_size))  # 16 MB
-            was_training = model.training
-            model.eval()  # as generation did: dropout would make the probabilities random
-            try:
+            with _eval_mode(model):  # as generation: dropout would make the probabilities random
                 for rows in full.split(at_once):
                     logits, _ = model(rows[:, :-1])  # (b, T + new - 1, V): t predicts t + 1
                     probs = logits[:, length - 1 :].softmax(-1)  # (b, new, V)
                     chosen += probs.gather(-1, rows[:, length:, None])[..., 0].tolist()
-            finally:
-                model.train(was_training)
         for row, i in enumerate(indices):
             new = full[row, length:].tolist()
             cut = next((t for t, token in enumerate(new) if token in stop_ids), len(new))
