@@ -21,6 +21,9 @@ Constitutional AI, and the two failure runs); every column one claim, measured o
 * ``refuses_known``: the share of those greedy answers that say "I do not know": refusing what
   the model knows is one way to pay for the refusals it learnt.
 
+:func:`sampled_rates` gives the sampled rates alone, for replies that no single model drew
+(best-of-n's), with ``right``: the share of sampled replies to fact questions that are right.
+:func:`rater_verdict` counts which of two models' replies to the same prompts the rater prefers.
 :func:`kl_to_reference` estimates how far a tuned model has moved from the chat model it
 started from, in nats per reply: the axis on which methods are compared fairly (a method that
 moves further may buy more of an effect simply by moving).
@@ -37,11 +40,14 @@ import torch
 from companion.environment import eval_mode, model_device
 from companion.measurement import in_format, says_do_not_know
 from companion.preferences import (
+    RULES,
     Prompt,
     Sample,
     good_tone,
+    is_correct,
     make_prompts,
     prompt_ids,
+    rate,
     sample_replies,
 )
 from companion.questions import ask_chat_model
@@ -156,3 +162,56 @@ def kl_to_reference(
             gap = sequence_logprob(model, ids, mask) - sequence_logprob(reference, ids, mask)
             total, count = total + gap.sum().item(), count + len(prompts)  # gap (B,)
     return total / count
+
+
+def sampled_rates(world: World, samples: Sequence[tuple[Prompt, Sample]]) -> dict[str, float]:
+    """``follows``, ``invents`` and ``tone`` as :func:`measure_effects` rates them, and ``right``
+    (the share of the replies to fact questions that :func:`companion.preferences.is_correct`
+    accepts), from ``samples`` alone: ``(prompt, reply)`` pairs such as :func:`eval_samples`
+    draws, or replies no single model drew (best-of-n's)."""
+    strangers = [s for p, s in samples if p.kind == "unknown"]
+    facts = [(p, s) for p, s in samples if p.kind == "known"]
+    if not strangers or not facts:
+        raise ValueError(
+            f"{len(strangers)} replies about strangers and {len(facts)} to fact questions: both "
+            "are needed; pass replies to make_prompts(world, split='eval')"
+        )
+    return {
+        "follows": sum(in_format(s.text, s.finished) for _, s in samples) / len(samples),
+        "invents": sum(not says_do_not_know(s.text) for s in strangers) / len(strangers),
+        "tone": sum(good_tone(world, p, s.text, s.finished) for p, s in samples) / len(samples),
+        "right": sum(is_correct(world, p, s.text, s.finished) for p, s in facts) / len(facts),
+    }
+
+
+def rater_verdict(
+    world: World, samples: Sequence[tuple[Prompt, Sample]],
+    baseline: Sequence[tuple[Prompt, Sample]], rules=RULES,
+) -> dict[str, object]:  # fmt: skip
+    """The rater's verdict on two models' replies to the same prompts, pair by pair
+    (:func:`companion.preferences.rate`, no label noise): ``{"wins": w, "losses": l, "ties": t,
+    "by_rule": {rule: [wins, losses]}}``, a win being a pair where it prefers ``samples``'s
+    reply to ``baseline``'s.
+
+    >>> from companion.world import build_world
+    >>> world, p = build_world(0), Prompt("Who is Wanda?", "unknown", name="Wanda")
+    >>> says = lambda text: [(p, Sample((), text, True))]
+    >>> rater_verdict(world, says("I do not know that person."), says("Wanda is a baker."))
+    {'wins': 1, 'losses': 0, 'ties': 0, 'by_rule': {'admits_not_knowing': [1, 0]}}
+    """
+    if [p for p, _ in samples] != [p for p, _ in baseline]:
+        raise ValueError(
+            f"samples ({len(samples)}) and baseline ({len(baseline)}) must answer the same "
+            "prompts in the same order; draw both with eval_samples"
+        )
+    verdict: dict[str, object] = {"wins": 0, "losses": 0, "ties": 0}
+    by_rule: dict[str, list[int]] = {}
+    for (p, a), (_, b) in zip(samples, baseline, strict=True):
+        decided = rate(world, p, a, b, rules)
+        if decided is None:
+            verdict["ties"] += 1
+            continue
+        winner, rule = decided
+        verdict["losses" if winner else "wins"] += 1
+        by_rule.setdefault(rule, [0, 0])[winner] += 1
+    return verdict | {"by_rule": by_rule}

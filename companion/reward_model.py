@@ -14,9 +14,10 @@ The backbone starts as a copy of the chat model (it already reads the template a
 world's facts as well as the chat model does); the head reads the final hidden state of the
 reply's last token. Shape vocabulary: B batch, T time, C channels.
 
-Two stand-ins with the same call, for the controls of the chapter: :class:`RuleReward`, the
-rater's own rules as a reward (what a perfect reward model would give), and
-:class:`ConstantReward`, a reward that says nothing (what the updates cost on their own).
+Three stand-ins with the same call, for the controls of the chapter: :class:`RuleReward`, the
+rater's own rules as a reward (what a perfect reward model would give); :class:`ConstantReward`,
+a reward that says nothing; and :class:`NoiseReward`, one that is pure noise (what the updates
+cost on their own).
 :func:`best_of_n` uses a reward at inference time instead of in training: sample ``n`` replies,
 keep the best-scored one.
 
@@ -324,6 +325,26 @@ class ConstantReward(nn.Module):
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
         return torch.full((len(ids),), self.value, device=ids.device)
+
+
+class NoiseReward(nn.Module):
+    """A reward that is pure noise: an independent uniform draw in [0, 1) for every reply (B,),
+    from its own generator seeded with ``seed`` (the same calls give the same draws). PPO against
+    it moves the policy by its updates alone, with no signal in them: unlike
+    :class:`ConstantReward`, whose whitened advantages are all zero, so the policy never moves.
+
+    >>> NoiseReward(0)(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool))
+    tensor([0.4963, 0.7682])
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed={seed!r} must be an int")
+        self.generator = make_generator(seed)
+
+    def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+        return torch.rand(len(ids), generator=self.generator).to(ids.device)
 
 
 @torch.no_grad()

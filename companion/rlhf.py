@@ -21,7 +21,14 @@ shipped figures within stated tolerances (the measured times are in the README).
 Each shipped run is one training seed (0). ``python -m companion.rlhf band --out
 companion/assets/seed_bands.json`` reruns each recipe with seeds 1 and 2 (:func:`seed_bands`)
 and stores their effects, read back with :func:`shipped_seed_bands`: the chapter reads every
-effect against that band of three runs.
+effect against that band of three runs, each with its KL to the chat model and the rater's
+verdict against it.
+
+``python -m companion.rlhf controls --out companion/assets/controls.json`` runs the controls
+that say what causes each effect (:func:`controls`: best-of-n with the same reward model, PPO
+against pure noise, PPO without a leash against the rater's own rules, SFT on the chosen replies
+beside DPO, CAI's pairs de-duplicated at the rater's mix), three seeds each, and the
+over-optimisation curve of PPO with and without its leash; read with :func:`shipped_controls`.
 
 Left out: training on a GPU, and hyperparameter searches (the recipes are below, as used).
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -42,7 +50,14 @@ from torch import nn
 
 from companion.checkpoints import SHIPPED, load_shipped, save_checkpoint
 from companion.dpo import DPOConfig, train_dpo
-from companion.effects import measure_effects
+from companion.effects import (
+    eval_samples,
+    kl_to_reference,
+    measure_effects,
+    rater_verdict,
+    sampled_rates,
+)
+from companion.measurement import says_do_not_know
 from companion.ppo import PPOConfig, train_ppo
 from companion.preferences import (
     RULES,
@@ -50,11 +65,24 @@ from companion.preferences import (
     Prompt,
     Sample,
     collect_candidates,
+    deduplicate,
     label_pairs,
     make_prompts,
+    prompt_ids,
     sample_replies,
+    with_share,
 )
-from companion.reward_model import RewardConfig, pair_accuracy, split_pairs, train_reward_model
+from companion.reward_model import (
+    NoiseReward,
+    RewardConfig,
+    RuleReward,
+    best_of_n,
+    pair_accuracy,
+    reply_batch,
+    score_replies,
+    split_pairs,
+    train_reward_model,
+)
 from companion.tokenizer import BPETokenizer
 from companion.world import World, build_world
 
@@ -73,6 +101,11 @@ CANNOT_CHECK_FACTS = {k: v for k, v in RULES.items() if k != "correct"}  # the m
 BAND_SEEDS = (1, 2)  # training seeds rerun beside each shipped run (seed 0): its seed band
 SEED_BANDS = "seed_bands.json"  # in companion/assets, written by `python -m companion.rlhf band`
 BAND_COMMAND = f"python -m companion.rlhf band --out companion/assets/{SEED_BANDS}"
+CONTROL_SEEDS = (0, 1, 2)  # every control is run with these training (or sampling) seeds
+BEST_OF = 4  # best-of-n's n: replies sampled per prompt, the reward model keeps one
+CURVE_EVERY = 10  # PPO iterations between two points of the over-optimisation curve
+CONTROLS = "controls.json"  # in companion/assets, written by `python -m companion.rlhf controls`
+CONTROLS_COMMAND = f"python -m companion.rlhf controls --out companion/assets/{CONTROLS}"
 
 
 @dataclass
@@ -181,77 +214,224 @@ def train_aligned_model(kind: str, out_dir: str | Path) -> dict[str, Any]:
     return figures
 
 
+def _check_seeds(seeds, *, allow_zero: bool) -> None:
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds={seeds!r} must be a non-empty list of ints, e.g. (1, 2)")
+    if len(set(seeds)) != len(seeds) or (not allow_zero and 0 in seeds):
+        extra = "" if allow_zero else " other than 0 (the shipped run's)"
+        raise ValueError(f"seeds={seeds!r}: distinct seeds{extra}")
+
+
+def _describe(model, data: ChapterData, chat_samples) -> dict[str, Any]:
+    """A tuned model's effects, its sampled rates, its KL to the chat model (nats per reply, one
+    reply per evaluation prompt) and the rater's verdict on its replies against the chat model's
+    (the replies :func:`companion.effects.eval_samples` draws, seeds 1000 and 1001)."""
+    tokenizer, world = data.tokenizer, data.world
+    samples = eval_samples(model, tokenizer, world)
+    return {
+        "effects": measure_effects(model, tokenizer, world, samples=samples),
+        "sampled": sampled_rates(world, samples),
+        "kl": kl_to_reference(model, data.chat_model, tokenizer,
+                              make_prompts(world, split="eval"), n_samples=1),
+        "verdict": rater_verdict(world, samples, chat_samples),
+    }  # fmt: skip
+
+
 def seed_bands(seeds: Sequence[int] = BAND_SEEDS) -> dict[str, Any]:
     """Each shipped recipe rerun with the training seeds ``seeds`` (PPO's draws of prompts,
     replies and minibatches; DPO's and CAI's batches), from the same preference data and, for
     PPO, the same reward model, as :func:`train_aligned_model` makes them; returns
-    ``{"ppo": [{"seed": s, "effects": {...}}, ...], "dpo": [...], "cai": [...]}`` with the
-    command, thread count and torch version. With the shipped run (seed 0) each kind has a band
-    of ``len(seeds) + 1`` runs; an effect counts only beyond it. The weights are not kept.
+    ``{"ppo": [{"seed": s, "effects": {...}, "sampled": {...}, "kl": x, "verdict": {...}}, ...],
+    "dpo": [...], "cai": [...]}`` (see :func:`_describe`) with the command, thread count and
+    torch version. With the shipped run (seed 0) each kind has a band of ``len(seeds) + 1``
+    runs; an effect counts only beyond it. The weights are not kept.
     """
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise ValueError(f"seeds={seeds!r} must be a non-empty list of ints, e.g. (1, 2)")
-    if 0 in seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds={seeds!r}: distinct seeds other than 0 (the shipped run's)")
+    _check_seeds(seeds, allow_zero=False)
     torch.manual_seed(0)  # as train_aligned_model: nothing should draw from it
     data = collect_chapter_data()
     chat, tokenizer, world = data.chat_model, data.tokenizer, data.world
+    chat_samples = eval_samples(chat, tokenizer, world)
     reward_model, _ = _reward_model(chat, tokenizer, data.pairs)
     from companion.constitution import ai_pairs, make_judge
 
     judge = make_judge(chat, tokenizer, data.prompts)
     cai_pairs = ai_pairs(judge, world, data.prompts, data.candidates, tokenizer)
 
-    def dpo_effects(pairs, seed):
-        model, _ = train_dpo(chat, tokenizer, pairs, replace(SHIPPED_DPO, seed=seed))
-        return measure_effects(model, tokenizer, world)
+    def dpo(pairs, seed):
+        return train_dpo(chat, tokenizer, pairs, replace(SHIPPED_DPO, seed=seed))[0]
 
     bands: dict[str, Any] = {"command": BAND_COMMAND, "threads": torch.get_num_threads(),
                              "torch": torch.__version__}  # fmt: skip
     runs = {
         "ppo": lambda s: _ppo_run(chat, tokenizer, world, reward_model,
-                                  replace(SHIPPED_PPO, seed=s))[1]["effects"],
-        "dpo": lambda s: dpo_effects(data.pairs, s),
-        "cai": lambda s: dpo_effects(cai_pairs, s),
+                                  replace(SHIPPED_PPO, seed=s))[0],
+        "dpo": lambda s: dpo(data.pairs, s),
+        "cai": lambda s: dpo(cai_pairs, s),
     }  # fmt: skip
     for kind, run in runs.items():
-        bands[kind] = [{"seed": s, "effects": run(s)} for s in seeds]
+        bands[kind] = [{"seed": s} | _describe(run(s), data, chat_samples) for s in seeds]
     return bands
+
+
+def _declines(pair: Preference) -> bool:
+    return says_do_not_know(pair.chosen.text)
+
+
+def _curve(data: ChapterData, reward_model, chat_samples, config: PPOConfig) -> list[dict]:
+    """PPO against ``reward_model`` with ``config``, measured every :data:`CURVE_EVERY`
+    iterations on one reply per evaluation prompt (seed 1000): the reward model's mean score,
+    the rater's (:class:`RuleReward`, in [0, 1]), the KL to the chat model, and the rater's
+    verdict against the chat model's replies to the same prompts."""
+    chat, tokenizer, world = data.chat_model, data.tokenizer, data.world
+    prompts = make_prompts(world, split="eval")
+    rules = RuleReward(world, tokenizer, prompts)
+    asked = [prompt_ids(p, tokenizer) for p in prompts]
+    points: list[dict] = []
+
+    def measure(iteration: int, policy) -> None:
+        replies = sample_replies(policy, tokenizer, prompts, seed=1000)
+        ids, mask = reply_batch(asked, replies, tokenizer)
+        points.append({
+            "iteration": iteration,
+            "reward_model": score_replies(reward_model, ids, mask).mean().item(),
+            "rater": sum(map(rules.score, prompts, replies)) / len(prompts),
+            "kl": kl_to_reference(policy, chat, tokenizer, prompts, n_samples=1),
+            "verdict": rater_verdict(world, list(zip(prompts, replies, strict=True)),
+                                     chat_samples[: len(prompts)]),
+        })  # fmt: skip
+
+    measure(0, chat)
+    train_ppo(chat, tokenizer, reward_model, make_prompts(world, split="train"), config,
+              callback=lambda i, policy, _: (i + 1) % CURVE_EVERY == 0 and measure(i + 1, policy))  # fmt: skip
+    return points
+
+
+def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
+    """The runs that isolate what chapter 6's methods do, each with training (or, for
+    best-of-n, sampling) seeds ``seeds``, from the same preference data and reward model as
+    :func:`train_aligned_model` makes them; each run as :func:`_describe` reports it:
+
+    * ``best_of_n``: no training; :data:`BEST_OF` chat replies per prompt, the reward model keeps
+      the best (its KL to the chat model is at most ``log n − (n − 1)/n`` nats, the bound stored
+      as its ``kl``); what PPO against the same reward model should at least match;
+    * ``null_reward``: PPO's shipped recipe against :class:`NoiseReward` (a constant reward
+      would leave every whitened advantage at zero, and the policy where it is): what its
+      updates and leash cost with no signal in them;
+    * ``rules_no_kl``: PPO without the leash against the rater's exact rules
+      (:class:`RuleReward`): drift with a reward that cannot be fooled, beside the no-KL run
+      against the reward model (reward-model exploitation);
+    * ``nll_only``: the DPO recipe with its preference term off (SFT on the chosen replies):
+      how much of DPO is imitation;
+    * ``cai_matched``: CAI's pairs de-duplicated, with the share of pairs whose chosen reply
+      declines thinned to the rater's: how much of CAI is re-weighting.
+
+    Plus ``curves`` (seed 0 only): the over-optimisation curve of PPO against the reward model
+    with and without the leash (:func:`_curve`). The weights are not kept.
+    """
+    _check_seeds(seeds, allow_zero=True)
+    torch.manual_seed(0)  # as train_aligned_model: nothing should draw from it
+    data = collect_chapter_data()
+    chat, tokenizer, world = data.chat_model, data.tokenizer, data.world
+    chat_samples = eval_samples(chat, tokenizer, world)
+    reward_model, _ = _reward_model(chat, tokenizer, data.pairs)
+    from companion.constitution import ai_pairs, make_judge
+
+    judge = make_judge(chat, tokenizer, data.prompts)
+    cai_pairs = ai_pairs(judge, world, data.prompts, data.candidates, tokenizer)
+    rater_share = sum(map(_declines, data.pairs)) / len(data.pairs)
+    matched = with_share(deduplicate(cai_pairs), _declines, rater_share)
+    train_prompts, eval_prompts = (make_prompts(world, split=s) for s in ("train", "eval"))
+    out: dict[str, Any] = {
+        "command": CONTROLS_COMMAND, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "best_of": BEST_OF,
+        "chat": {"effects": measure_effects(chat, tokenizer, world, samples=chat_samples),
+                 "sampled": sampled_rates(world, chat_samples)},
+        "pairs": {"rater": len(data.pairs), "rater_declines": sum(map(_declines, data.pairs)),
+                  "cai": len(cai_pairs), "cai_declines": sum(map(_declines, cai_pairs)),
+                  "cai_unique": len(deduplicate(cai_pairs)), "cai_matched": len(matched),
+                  "cai_matched_declines": sum(map(_declines, matched))},
+    }  # fmt: skip
+
+    def best_of(seed):
+        drawn = [best_of_n(chat, tokenizer, reward_model, eval_prompts, BEST_OF,
+                           seed=2 * seed + k + 1)[0] for k in range(2)]  # fmt: skip
+        samples = [(p, s) for replies in drawn for p, s in zip(eval_prompts, replies, strict=True)]
+        return {
+            "sampled": sampled_rates(world, samples),
+            "kl": math.log(BEST_OF) - (BEST_OF - 1) / BEST_OF,  # the bound (Stiennon et al. 2020)
+            "verdict": rater_verdict(world, samples, chat_samples),
+        }
+
+    def ppo(reward, config):
+        return train_ppo(chat, tokenizer, reward, train_prompts, config)[0]
+
+    def dpo(pairs, config):
+        return train_dpo(chat, tokenizer, pairs, config)[0]
+
+    runs = {
+        "best_of_n": best_of,
+        "null_reward": lambda s: ppo(NoiseReward(s), replace(SHIPPED_PPO, seed=s)),
+        "rules_no_kl": lambda s: ppo(RuleReward(world, tokenizer, train_prompts),
+                                     replace(NO_KL_PPO, seed=s)),
+        "nll_only": lambda s: dpo(data.pairs, replace(SHIPPED_DPO, preference_weight=0.0, seed=s)),
+        "cai_matched": lambda s: dpo(matched, replace(SHIPPED_DPO, seed=s)),
+    }  # fmt: skip
+    for name, run in runs.items():
+        out[name] = []
+        for s in seeds:
+            result = run(s)
+            out[name].append({"seed": s} | (result if isinstance(result, dict)
+                                             else _describe(result, data, chat_samples)))  # fmt: skip
+    out["curves"] = {
+        "shipped": _curve(data, reward_model, chat_samples, SHIPPED_PPO),
+        "no_kl": _curve(data, reward_model, chat_samples, NO_KL_PPO),
+    }
+    return out
+
+
+def _shipped_json(name: str, command: str) -> dict[str, Any]:
+    file = importlib.resources.files("companion") / "assets" / name
+    if not file.is_file():
+        raise FileNotFoundError(f"companion/assets/{name} is missing; recreate it with `{command}`")
+    return json.loads(file.read_text())
 
 
 def shipped_seed_bands() -> dict[str, Any]:
     """The stored :func:`seed_bands` of the shipped recipes (``companion/assets/seed_bands.json``)."""
-    file = importlib.resources.files("companion") / "assets" / SEED_BANDS
-    if not file.is_file():
-        raise FileNotFoundError(f"companion/assets/{SEED_BANDS} is missing; recreate it with "
-                                f"`{BAND_COMMAND}`")  # fmt: skip
-    return json.loads(file.read_text())
+    return _shipped_json(SEED_BANDS, BAND_COMMAND)
 
 
-def _is_seed_bands_file(path: Path) -> bool:
-    """The file holds what :func:`seed_bands` writes (so rewriting it loses nothing else)."""
+def shipped_controls() -> dict[str, Any]:
+    """The stored :func:`controls` (``companion/assets/controls.json``)."""
+    return _shipped_json(CONTROLS, CONTROLS_COMMAND)
+
+
+def _written_by(path: Path, command: str) -> bool:
+    """The file holds what ``command`` writes (so rewriting it loses nothing else)."""
     try:
-        return json.loads(path.read_text()).get("command") == BAND_COMMAND
+        return json.loads(path.read_text()).get("command") == command
     except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or not an object
         return False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m companion.rlhf {ppo,dpo,cai} --out DIR``, or ``band --out FILE.json``."""
+    """``python -m companion.rlhf {ppo,dpo,cai} --out DIR``, or ``{band,controls} --out FILE``."""
     parser = argparse.ArgumentParser(prog="python -m companion.rlhf", description=__doc__)
-    parser.add_argument("kind", choices=(*ALIGNED, "band"))
+    parser.add_argument("kind", choices=(*ALIGNED, "band", "controls"))
     parser.add_argument("--out", type=Path, required=True,
-                        help="checkpoint directory to write (band: the JSON file to write)")  # fmt: skip
+                        help="checkpoint directory to write (band, controls: the JSON file)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.kind == "band":
+    if args.kind in ("band", "controls"):
+        command, run = {"band": (BAND_COMMAND, seed_bands),
+                        "controls": (CONTROLS_COMMAND, controls)}[args.kind]  # fmt: skip
         if args.out.suffix != ".json" or args.out.is_dir():
-            parser.error(f"band writes one JSON file; --out {args.out} should end in .json")
-        if args.out.exists() and not _is_seed_bands_file(args.out):
+            parser.error(f"{args.kind} writes one JSON file; --out {args.out} should end in .json")
+        if args.out.exists() and not _written_by(args.out, command):
             parser.error(f"{args.out} exists and is not a file this command wrote; nothing was "
                          "overwritten: choose another --out")  # fmt: skip
-        bands = seed_bands()
-        args.out.write_text(json.dumps(bands, indent=1) + "\n")
-        print(json.dumps(bands, indent=1))
+        figures = run()
+        args.out.write_text(json.dumps(figures, indent=1) + "\n")
+        print(json.dumps(figures, indent=1))
         return
     figures = train_aligned_model(args.kind, args.out)
     print(json.dumps({k: v for k, v in figures.items() if k != "log"}, indent=1))

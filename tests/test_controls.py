@@ -32,7 +32,13 @@ from companion.preferences import (
     written_sample,
 )
 from companion.replies import pad_sequences
-from companion.reward_model import ConstantReward, RuleReward, best_of_n, reply_tokens
+from companion.reward_model import (
+    ConstantReward,
+    NoiseReward,
+    RuleReward,
+    best_of_n,
+    reply_tokens,
+)
 from companion.world import build_world
 
 TOK = load_course_tokenizer()
@@ -185,6 +191,17 @@ def test_the_constant_reward_says_the_same_for_every_reply():
     assert ConstantReward(1.5)(ids, torch.ones(3, 7, dtype=torch.bool)).tolist() == [1.5] * 3
     with pytest.raises(ValueError, match="finite"):
         ConstantReward(float("nan"))
+
+
+def test_the_noise_reward_is_uniform_noise_that_repeats_with_its_seed():
+    ids, mask = torch.zeros(4000, 3, dtype=torch.long), torch.ones(4000, 3, dtype=torch.bool)
+    a, b, c = NoiseReward(5)(ids, mask), NoiseReward(5)(ids, mask), NoiseReward(6)(ids, mask)
+    assert a.shape == (4000,) and torch.equal(a, b) and not torch.equal(a, c)
+    # uniform on [0, 1): mean 1/2, standard deviation √(1/12) ≈ 0.289, so the mean of 4000 draws
+    # is 1/2 within 4.6 of its standard errors (0.289 / √4000 ≈ 0.0046) at 0.02
+    assert a.min() >= 0 and a.max() < 1 and abs(a.mean().item() - 0.5) < 0.02
+    with pytest.raises(ValueError, match="int"):
+        NoiseReward(1.5)
 
 
 # --- best-of-n ----------------------------------------------------------------------------------
@@ -417,3 +434,83 @@ def test_made_up_names_and_demonstrations_take_only_an_int_seed():
             made_up_names(3, seed=bad)
         with pytest.raises(ValueError, match=r"seed=.* must be an int"):
             demonstrations(WORLD, 1, 1, seed=bad)
+
+
+# --- the rates of sampled replies, the rater's verdict, the stored controls ----------------------
+
+
+def _stranger_and_fact():
+    stranger = Prompt("Who is Wanda?", "unknown", name="Wanda")
+    fact = next(p for p in make_prompts(WORLD, split="eval") if p.kind == "known")
+    return stranger, fact
+
+
+def test_sampled_rates_by_hand():
+    from companion.effects import sampled_rates
+
+    stranger, fact = _stranger_and_fact()
+    right = f"{fact.fact.answer.capitalize()}."  # names the right answer and nothing else
+    samples = [
+        (stranger, written_sample(REFUSAL, TOK)),  # declines: tidy, in format
+        (stranger, written_sample("Wanda is a baker.", TOK)),  # invents
+        (fact, written_sample(right, TOK)),
+        (fact, written_sample("I do not know that person.", TOK)),  # not right
+    ]
+    rates = sampled_rates(WORLD, samples)
+    assert rates["invents"] == 0.5 and rates["right"] == 0.5 and rates["follows"] == 1.0
+    with pytest.raises(ValueError, match="both"):
+        sampled_rates(WORLD, samples[:2])  # no fact question
+
+
+def test_the_raters_verdict_counts_wins_losses_and_ties_by_rule():
+    from companion.effects import rater_verdict
+
+    stranger, fact = _stranger_and_fact()
+    refuse, invent = written_sample(REFUSAL, TOK), written_sample("Wanda is a baker.", TOK)
+    a = [(stranger, refuse), (stranger, invent), (stranger, refuse)]
+    b = [(stranger, invent), (stranger, refuse), (stranger, refuse)]
+    verdict = rater_verdict(WORLD, a, b)
+    assert verdict == {"wins": 1, "losses": 1, "ties": 1,
+                       "by_rule": {"admits_not_knowing": [1, 1]}}  # fmt: skip
+    assert rater_verdict(WORLD, b, a)["by_rule"] == {"admits_not_knowing": [1, 1]}
+    with pytest.raises(ValueError, match="same prompts"):
+        rater_verdict(WORLD, a, [(fact, refuse)] * 3)
+
+
+def test_the_shipped_controls_hold_every_control_at_three_seeds():
+    from companion.effects import EFFECTS
+    from companion.rlhf import CONTROL_SEEDS, CONTROLS_COMMAND, shipped_controls
+
+    stored = shipped_controls()
+    assert stored["command"] == CONTROLS_COMMAND and CONTROL_SEEDS == (0, 1, 2)
+    for name in ("best_of_n", "null_reward", "rules_no_kl", "nll_only", "cai_matched"):
+        assert [run["seed"] for run in stored[name]] == list(CONTROL_SEEDS), name
+        for run in stored[name]:
+            assert all(0 <= v <= 1 for v in run["sampled"].values()), name
+            if name != "best_of_n":  # best-of-n trains nothing: sampled rates only
+                assert all(0 <= run["effects"][k] <= 1 for k in EFFECTS), name
+            v = run["verdict"]
+            assert v["wins"] + v["losses"] + v["ties"] == stored["chat"]["effects"]["n_replies"]
+    pairs = stored["pairs"]
+    assert pairs["cai_matched"] <= pairs["cai_unique"] <= pairs["cai"]
+    share = pairs["rater_declines"] / pairs["rater"]  # the matched set's, within one pair of it
+    kept = pairs["cai_matched"]
+    assert abs(pairs["cai_matched_declines"] - share * kept) < 1 + share
+    for curve in stored["curves"].values():
+        assert [p["iteration"] for p in curve] == [0, 10, 20, 30, 40, 50, 60]
+        assert curve[0]["kl"] == 0.0  # the chat model itself
+
+
+def test_the_controls_command_refuses_a_folder_and_someone_elses_file(tmp_path, capsys):
+    from companion.rlhf import controls, main
+
+    with pytest.raises(SystemExit):
+        main(["controls", "--out", str(tmp_path)])
+    assert "should end in .json" in capsys.readouterr().err
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text('{"command": "python -m companion.rlhf band --out x.json"}')
+    with pytest.raises(SystemExit):
+        main(["controls", "--out", str(theirs)])  # the band's file is not the controls'
+    assert "nothing was overwritten" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="distinct"):
+        controls((0, 0))

@@ -390,6 +390,8 @@ def test_the_shipped_seed_bands_hold_seeds_1_and_2_of_every_aligned_recipe():
         for run in bands[kind]:
             assert set(EFFECTS) <= set(run["effects"]), kind
             assert all(0 <= run["effects"][k] <= 1 for k in EFFECTS), kind
+            assert run["kl"] > -0.5, kind  # an unbiased estimate of a KL: near 0 at worst
+            assert sum(run["verdict"][k] for k in ("wins", "losses", "ties")) == 390, kind
 
 
 @pytest.mark.parametrize(
