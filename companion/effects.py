@@ -40,6 +40,7 @@ import torch
 from companion.environment import eval_mode, model_device
 from companion.measurement import in_format, says_do_not_know
 from companion.preferences import (
+    PROMPT_KINDS,
     RULES,
     Prompt,
     Sample,
@@ -164,11 +165,49 @@ def kl_to_reference(
     return total / count
 
 
+def _pairs(samples, name: str) -> list[tuple[Prompt, Sample]]:
+    """``samples`` as a list (an iterator, such as ``zip(prompts, replies)``, is read once), each
+    a ``(Prompt, Sample)`` pair the rater can judge."""
+    try:
+        pairs = list(samples)
+    except TypeError:
+        raise ValueError(
+            f"{name}={samples!r:.100} is not a list of (Prompt, Sample) pairs; draw them with "
+            "eval_samples"
+        ) from None
+    for i, pair in enumerate(pairs):
+        is_list = isinstance(pair, tuple | list)
+        if not (is_list and len(pair) == 2 and isinstance(pair[0], Prompt)
+                and isinstance(pair[1], Sample)):  # fmt: skip
+            got = (
+                f"({', '.join(type(x).__name__ for x in pair)})" if is_list else type(pair).__name__
+            )
+            raise ValueError(
+                f"{name}[{i}] is {got}: {name} must be (Prompt, Sample) pairs; draw them with "
+                "eval_samples"
+            )
+        prompt, reply = pair
+        if not isinstance(reply.text, str) or reply.finished not in (True, False):
+            raise ValueError(
+                f"{name}[{i}]'s reply has text={reply.text!r:.60} and finished="
+                f"{reply.finished!r:.20}: {name} must be (Prompt, Sample) pairs whose text is a "
+                "str and finished a bool; draw them with eval_samples"
+            )
+        if prompt.kind not in PROMPT_KINDS or (prompt.kind == "known" and prompt.fact is None):
+            raise ValueError(
+                f"{name}[{i}]'s prompt {prompt.text!r} has kind={prompt.kind!r}"
+                f"{' and no fact' if prompt.kind == 'known' else ''}: the rater judges the kinds "
+                f"{PROMPT_KINDS}, a 'known' one with its fact; make prompts with make_prompts"
+            )
+    return pairs
+
+
 def sampled_rates(world: World, samples: Sequence[tuple[Prompt, Sample]]) -> dict[str, float]:
     """``follows``, ``invents`` and ``tone`` as :func:`measure_effects` rates them, and ``right``
     (the share of the replies to fact questions that :func:`companion.preferences.is_correct`
     accepts), from ``samples`` alone: ``(prompt, reply)`` pairs such as :func:`eval_samples`
     draws, or replies no single model drew (best-of-n's)."""
+    samples = _pairs(samples, "samples")
     strangers = [s for p, s in samples if p.kind == "unknown"]
     facts = [(p, s) for p, s in samples if p.kind == "known"]
     if not strangers or not facts:
@@ -199,6 +238,15 @@ def rater_verdict(
     >>> rater_verdict(world, says("I do not know that person."), says("Wanda is a baker."))
     {'wins': 1, 'losses': 0, 'ties': 0, 'by_rule': {'admits_not_knowing': [1, 0]}}
     """
+    samples, baseline = _pairs(samples, "samples"), _pairs(baseline, "baseline")
+    if not isinstance(rules, dict) or not rules or not all(map(callable, rules.values())):
+        raise ValueError(
+            f"rules={rules!r:.100} must be a non-empty dict of rules, name: rule(world, prompt, "
+            "text, finished) -> True or False; pass RULES or some of them"
+        )
+    if not samples and not baseline:
+        raise ValueError("samples and baseline are empty: no pair to judge; draw them with "
+                         "eval_samples")  # fmt: skip
     if [p for p, _ in samples] != [p for p, _ in baseline]:
         raise ValueError(
             f"samples ({len(samples)}) and baseline ({len(baseline)}) must answer the same "

@@ -176,6 +176,10 @@ def rate(
             rule(world, prompt, a.text, a.finished),
             rule(world, prompt, b.text, b.finished),
         )
+        if ok_a not in (True, False) or ok_b not in (True, False):  # None, NaN: no verdict
+            raise ValueError(
+                f"rule {name!r} returned {ok_a!r} and {ok_b!r}: a rule must return True or False"
+            )
         if ok_a != ok_b:
             return (0 if ok_a else 1), name
     return None

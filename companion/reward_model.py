@@ -344,6 +344,11 @@ class NoiseReward(nn.Module):
         self.generator = make_generator(seed)
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+        if ids.dim() != 2 or reply_mask.shape != ids.shape:
+            raise ValueError(
+                f"ids {tuple(ids.shape)} and reply_mask {tuple(reply_mask.shape)} must both be "
+                "(B, T); pad_sequences makes both"
+            )
         return torch.rand(len(ids), generator=self.generator).to(ids.device)
 
 

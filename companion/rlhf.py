@@ -39,6 +39,7 @@ import argparse
 import importlib.resources
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -215,8 +216,17 @@ def train_aligned_model(kind: str, out_dir: str | Path) -> dict[str, Any]:
 
 
 def _check_seeds(seeds, *, allow_zero: bool) -> None:
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+    if (
+        not isinstance(seeds, list | tuple | range) or not seeds
+        or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+    ):  # fmt: skip
         raise ValueError(f"seeds={seeds!r} must be a non-empty list of ints, e.g. (1, 2)")
+    if not all(0 <= s < 2**32 for s in seeds):
+        raise ValueError(
+            f"seeds={seeds!r}: each must be in [0, 2**32): torch's CPU generator keeps a seed's "
+            "low 32 bits (2**32 draws what 0 draws) and random.Random a negative seed's size (-1 "
+            "draws what 1 draws)"
+        )
     if len(set(seeds)) != len(seeds) or (not allow_zero and 0 in seeds):
         extra = "" if allow_zero else " other than 0 (the shipped run's)"
         raise ValueError(f"seeds={seeds!r}: distinct seeds{extra}")
@@ -406,12 +416,12 @@ def shipped_controls() -> dict[str, Any]:
     return _shipped_json(CONTROLS, CONTROLS_COMMAND)
 
 
-def _written_by(path: Path, command: str) -> bool:
+def _written_by(path: str | Path, command: str) -> bool:
     """The file holds what ``command`` writes (so rewriting it loses nothing else)."""
     try:
-        return json.loads(path.read_text()).get("command") == command
-    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or not an object
-        return False
+        return json.loads(Path(path).read_text()).get("command") == command
+    except (OSError, ValueError, AttributeError, RecursionError):  # unreadable, not JSON (or
+        return False  # nested too deep to read), or not an object
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -424,8 +434,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.kind in ("band", "controls"):
         command, run = {"band": (BAND_COMMAND, seed_bands),
                         "controls": (CONTROLS_COMMAND, controls)}[args.kind]  # fmt: skip
-        if args.out.suffix != ".json" or args.out.is_dir():
+        if args.out.is_dir():
+            parser.error(f"{args.kind} writes one JSON file; --out {args.out} is a folder: name "
+                         "a file in it (--out should end in .json)")  # fmt: skip
+        if args.out.suffix != ".json":
             parser.error(f"{args.kind} writes one JSON file; --out {args.out} should end in .json")
+        folder = args.out.resolve().parent  # through a symbolic link, where the file would go
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            parser.error(f"{args.kind} writes {args.out} when it ends, minutes from now, but "
+                         f"{folder} is not a folder it can write in; create it or choose another "
+                         "--out")  # fmt: skip
         if args.out.exists() and not _written_by(args.out, command):
             parser.error(f"{args.out} exists and is not a file this command wrote; nothing was "
                          "overwritten: choose another --out")  # fmt: skip

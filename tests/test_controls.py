@@ -514,3 +514,137 @@ def test_the_controls_command_refuses_a_folder_and_someone_elses_file(tmp_path, 
     assert "nothing was overwritten" in capsys.readouterr().err
     with pytest.raises(ValueError, match="distinct"):
         controls((0, 0))
+
+
+# --- hostile inputs to the controls' measures ---------------------------------------------------
+
+
+def _rated_pairs():
+    stranger, fact = _stranger_and_fact()
+    refuse, invent = written_sample(REFUSAL, TOK), written_sample("Wanda is a baker.", TOK)
+    return [(stranger, refuse), (stranger, invent), (fact, refuse)], refuse, invent
+
+
+def test_sampled_rates_reads_an_iterator_once_and_refuses_what_is_not_a_pair():
+    from companion.effects import sampled_rates
+    from companion.preferences import Sample
+
+    pairs, _, invent = _rated_pairs()
+    expected = sampled_rates(WORLD, pairs)
+    prompts, replies = zip(*pairs, strict=True)
+    assert sampled_rates(WORLD, iter(pairs)) == expected  # said "0 to fact questions"
+    assert sampled_rates(WORLD, zip(prompts, replies, strict=True)) == expected
+    stranger = pairs[0][0]
+    for bad in (
+        None,
+        list(replies),  # the replies without their prompts
+        [(p, s.text) for p, s in pairs],  # text, not a Sample
+        [(s, p) for p, s in pairs],  # the wrong way round
+        [(p, s, 1) for p, s in pairs],
+        [*pairs, (stranger, Sample((), None, True))],
+        [*pairs, (stranger, Sample((), "Hi.", "no"))],  # a str finished counted as True
+    ):
+        with pytest.raises(ValueError, match=r"\(Prompt, Sample\) pairs"):
+            sampled_rates(WORLD, bad)
+    for prompt in (Prompt("Who?", "knwon"), Prompt("Who?", "Known"), Prompt("Who?", "known")):
+        with pytest.raises(ValueError, match="kind"):  # counted in follows and tone, silently,
+            sampled_rates(WORLD, [*pairs, (prompt, invent)])  # or (no fact) AttributeError
+
+
+def test_the_raters_verdict_reads_iterators_once_and_refuses_no_pairs():
+    from companion.effects import rater_verdict
+
+    pairs, refuse, invent = _rated_pairs()
+    other = [(p, invent if s == refuse else refuse) for p, s in pairs]
+    expected = rater_verdict(WORLD, pairs, other)
+    assert expected["wins"] + expected["losses"] + expected["ties"] == 3
+    assert rater_verdict(WORLD, iter(pairs), iter(other)) == expected  # was 0 wins, 0 losses
+    assert rater_verdict(WORLD, iter(pairs), other) == expected  # was a zip() error
+    with pytest.raises(ValueError, match="empty"):  # was 0 wins, 0 losses, 0 ties
+        rater_verdict(WORLD, [], [])
+    with pytest.raises(ValueError, match=r"\(Prompt, Sample\) pairs"):
+        rater_verdict(WORLD, [s for _, s in pairs], [s for _, s in other])
+    bogus = Prompt("Who?", "bogus")
+    with pytest.raises(ValueError, match="kind"):  # was a tie
+        rater_verdict(WORLD, [(bogus, refuse)], [(bogus, invent)])
+
+
+def test_the_raters_verdict_refuses_rules_it_cannot_apply():
+    from companion.effects import rater_verdict
+
+    pairs, refuse, invent = _rated_pairs()
+    other = [(p, invent if s == refuse else refuse) for p, s in pairs]
+    for bad in ({}, {"x": 3}, list(RULES.values()), None, tuple(RULES.items())):
+        with pytest.raises(ValueError, match="non-empty dict"):  # {}: every pair a tie
+            rater_verdict(WORLD, pairs, other, rules=bad)
+    for returned in (None, float("nan"), "yes"):  # a rule that forgot its return: all ties;
+        with pytest.raises(ValueError, match="True or False"):  # NaN != NaN: all wins
+            rater_verdict(WORLD, pairs, other, rules={"mine": lambda *_, r=returned: r})
+    assert rater_verdict(WORLD, pairs, other, rules={"ints": lambda *_: 1}) == {
+        "wins": 0, "losses": 0, "ties": 3, "by_rule": {}}  # fmt: skip
+
+
+def test_the_noise_reward_refuses_ids_and_a_mask_of_other_shapes():
+    ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool)
+    for bad_ids, bad_mask in [(ids[0], mask[0]), (ids, mask[:1]), (ids, mask[:, :2])]:
+        with pytest.raises(ValueError, match=r"must both be \(B, T\)"):  # gave T draws, or
+            NoiseReward(0)(bad_ids, bad_mask)  # ignored the mask
+    assert NoiseReward(0)(ids[:0], mask[:0]).shape == (0,)
+
+
+def test_the_controls_and_the_band_refuse_seeds_before_they_train(monkeypatch):
+    import numpy as np
+
+    from companion import rlhf
+
+    def training(*_):
+        raise AssertionError("the seeds were accepted: training started")
+
+    monkeypatch.setattr(rlhf, "collect_chapter_data", training)
+    not_a_list = [(s for s in (1, 2)), iter([1, 2]), 3, {1, 2}, np.array([1, 2])]
+    for run in (rlhf.controls, rlhf.seed_bands):
+        for bad in not_a_list:  # a generator was read by the check: no len(), or no runs
+            with pytest.raises(ValueError, match="must be a non-empty list of ints"):
+                run(bad)
+        for bad in ([2**32], [-1], [2**64]):  # 2**32 draws what 0 draws, -1 what 1 draws,
+            with pytest.raises(ValueError, match=r"in \[0, 2\*\*32\)"):  # 2**64 failed late
+                run(bad)
+    a, b = (torch.rand(3, generator=torch.Generator().manual_seed(s)) for s in (0, 2**32))
+    assert torch.equal(a, b)  # why: torch's CPU generator keeps 32 bits of a seed
+
+
+def test_the_controls_command_checks_where_it_will_write_before_it_runs(
+    tmp_path, monkeypatch, capsys
+):
+    from companion import rlhf
+
+    ran = []
+    monkeypatch.setattr(
+        rlhf, "controls", lambda: ran.append(1) or {"command": rlhf.CONTROLS_COMMAND}
+    )
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(SystemExit):
+        rlhf.main(["controls", "--out", str(tmp_path / "folder.json")])
+    assert "is a folder" in capsys.readouterr().err  # said "should end in .json"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "gone" / "x.json")
+    for out in (tmp_path / "gone" / "x.json", notes / "x.json", tmp_path / "dangling.json"):
+        with pytest.raises(SystemExit):  # the twelve minutes' results were lost at the end
+            rlhf.main(["controls", "--out", str(out)])
+        assert "not a folder it can write in" in capsys.readouterr().err
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SystemExit):  # was a RecursionError
+        rlhf.main(["controls", "--out", str(deep)])
+    assert "nothing was overwritten" in capsys.readouterr().err
+    assert ran == [] and notes.read_text() == "mine" and deep.read_text()[:2] == "[["
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dangling.json", "deep.json", "folder.json", "notes.txt"]  # fmt: skip
+    ours = tmp_path / "ours.json"
+    rlhf.main(["controls", "--out", str(ours)])
+    assert ran == [1] and rlhf._written_by(ours, rlhf.CONTROLS_COMMAND)
+    assert rlhf._written_by(str(ours), rlhf.CONTROLS_COMMAND)  # a str path read as not ours
+    with pytest.raises(SystemExit):
+        rlhf.main(["band", "--out", str(ours)])  # the controls' file is not the band's
+    assert "nothing was overwritten" in capsys.readouterr().err
