@@ -27,7 +27,8 @@ verdict against it.
 ``python -m companion.rlhf controls --out companion/assets/controls.json`` runs the controls
 that say what causes each effect (:func:`controls`: best-of-n with the same reward model, PPO
 against pure noise, PPO without a leash against the rater's own rules, SFT on the chosen replies
-beside DPO, CAI's pairs de-duplicated at the rater's mix), three seeds each, and the
+beside DPO, CAI's pairs de-duplicated at the rater's mix and each change alone, PPO against a
+reward model that over-rewards declining), three seeds each, and the
 over-optimisation curve of PPO with and without its leash; read with :func:`shipped_controls`.
 
 Left out: training on a GPU, and hyperparameter searches (the recipes are below, as used).
@@ -61,6 +62,7 @@ from companion.effects import (
 from companion.measurement import says_do_not_know
 from companion.ppo import PPOConfig, train_ppo
 from companion.preferences import (
+    REFUSAL,
     RULES,
     Preference,
     Prompt,
@@ -72,6 +74,7 @@ from companion.preferences import (
     prompt_ids,
     sample_replies,
     with_share,
+    written_sample,
 )
 from companion.reward_model import (
     NoiseReward,
@@ -247,6 +250,22 @@ def _describe(model, data: ChapterData, chat_samples) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _start() -> tuple[ChapterData, list[tuple[Prompt, Sample]], nn.Module, list[Preference]]:
+    """What the band and the controls start from, made as :func:`train_aligned_model` makes it:
+    the chapter's data, the chat model's evaluation replies (:func:`eval_samples`), the shipped
+    PPO run's reward model and CAI's pairs."""
+    from companion.constitution import ai_pairs, make_judge
+
+    torch.manual_seed(0)  # as train_aligned_model: nothing should draw from it
+    data = collect_chapter_data()
+    chat, tokenizer, world = data.chat_model, data.tokenizer, data.world
+    chat_samples = eval_samples(chat, tokenizer, world)
+    reward_model, _ = _reward_model(chat, tokenizer, data.pairs)
+    judge = make_judge(chat, tokenizer, data.prompts)
+    return data, chat_samples, reward_model, ai_pairs(judge, world, data.prompts,
+                                                      data.candidates, tokenizer)  # fmt: skip
+
+
 def seed_bands(seeds: Sequence[int] = BAND_SEEDS) -> dict[str, Any]:
     """Each shipped recipe rerun with the training seeds ``seeds`` (PPO's draws of prompts,
     replies and minibatches; DPO's and CAI's batches), from the same preference data and, for
@@ -257,15 +276,8 @@ def seed_bands(seeds: Sequence[int] = BAND_SEEDS) -> dict[str, Any]:
     runs; an effect counts only beyond it. The weights are not kept.
     """
     _check_seeds(seeds, allow_zero=False)
-    torch.manual_seed(0)  # as train_aligned_model: nothing should draw from it
-    data = collect_chapter_data()
+    data, chat_samples, reward_model, cai_pairs = _start()
     chat, tokenizer, world = data.chat_model, data.tokenizer, data.world
-    chat_samples = eval_samples(chat, tokenizer, world)
-    reward_model, _ = _reward_model(chat, tokenizer, data.pairs)
-    from companion.constitution import ai_pairs, make_judge
-
-    judge = make_judge(chat, tokenizer, data.prompts)
-    cai_pairs = ai_pairs(judge, world, data.prompts, data.candidates, tokenizer)
 
     def dpo(pairs, seed):
         return train_dpo(chat, tokenizer, pairs, replace(SHIPPED_DPO, seed=seed))[0]
@@ -285,6 +297,14 @@ def seed_bands(seeds: Sequence[int] = BAND_SEEDS) -> dict[str, Any]:
 
 def _declines(pair: Preference) -> bool:
     return says_do_not_know(pair.chosen.text)
+
+
+def declines(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
+    """A rule of a miscalibrated rater: the reply says "I do not know", whatever was asked."""
+    return says_do_not_know(text)
+
+
+OVER_DECLINING = {"declines": declines, **RULES}  # a rater who rewards declining above all else
 
 
 def _curve(data: ChapterData, reward_model, chat_samples, config: PPOConfig) -> list[dict]:
@@ -333,23 +353,25 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
     * ``nll_only``: the DPO recipe with its preference term off (SFT on the chosen replies):
       how much of DPO is imitation;
     * ``cai_matched``: CAI's pairs de-duplicated, with the share of pairs whose chosen reply
-      declines thinned to the rater's: how much of CAI is re-weighting.
+      declines thinned to the rater's: how much of CAI is re-weighting; and each change alone,
+      ``cai_unique`` (de-duplicated) and ``cai_thinned`` (thinned, repeats kept);
+    * ``over_declining``: PPO's shipped recipe against a miscalibrated reward model, trained on
+      a rater who prefers "I do not know" to any other reply (:data:`OVER_DECLINING`; the
+      written refusal is offered for every fact question too): an alignment tax on purpose.
 
     Plus ``curves`` (seed 0 only): the over-optimisation curve of PPO against the reward model
     with and without the leash (:func:`_curve`). The weights are not kept.
     """
     _check_seeds(seeds, allow_zero=True)
-    torch.manual_seed(0)  # as train_aligned_model: nothing should draw from it
-    data = collect_chapter_data()
+    data, chat_samples, reward_model, cai_pairs = _start()
     chat, tokenizer, world = data.chat_model, data.tokenizer, data.world
-    chat_samples = eval_samples(chat, tokenizer, world)
-    reward_model, _ = _reward_model(chat, tokenizer, data.pairs)
-    from companion.constitution import ai_pairs, make_judge
-
-    judge = make_judge(chat, tokenizer, data.prompts)
-    cai_pairs = ai_pairs(judge, world, data.prompts, data.candidates, tokenizer)
     rater_share = sum(map(_declines, data.pairs)) / len(data.pairs)
     matched = with_share(deduplicate(cai_pairs), _declines, rater_share)
+    refusal = written_sample(REFUSAL, tokenizer)  # offered for every fact question too
+    offered = [c if p.kind != "known" else [*c, refusal]
+               for p, c in zip(data.prompts, data.candidates, strict=True)]  # fmt: skip
+    over_pairs = label_pairs(world, data.prompts, offered, noise=NOISE, rules=OVER_DECLINING)
+    over_declining, _ = _reward_model(chat, tokenizer, over_pairs)
     train_prompts, eval_prompts = (make_prompts(world, split=s) for s in ("train", "eval"))
     out: dict[str, Any] = {
         "command": CONTROLS_COMMAND, "threads": torch.get_num_threads(),
@@ -359,7 +381,8 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
         "pairs": {"rater": len(data.pairs), "rater_declines": sum(map(_declines, data.pairs)),
                   "cai": len(cai_pairs), "cai_declines": sum(map(_declines, cai_pairs)),
                   "cai_unique": len(deduplicate(cai_pairs)), "cai_matched": len(matched),
-                  "cai_matched_declines": sum(map(_declines, matched))},
+                  "cai_matched_declines": sum(map(_declines, matched)),
+                  "over_declining": len(over_pairs)},
     }  # fmt: skip
 
     def best_of(seed):
@@ -385,6 +408,10 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
                                      replace(NO_KL_PPO, seed=s)),
         "nll_only": lambda s: dpo(data.pairs, replace(SHIPPED_DPO, preference_weight=0.0, seed=s)),
         "cai_matched": lambda s: dpo(matched, replace(SHIPPED_DPO, seed=s)),
+        "cai_unique": lambda s: dpo(deduplicate(cai_pairs), replace(SHIPPED_DPO, seed=s)),
+        "cai_thinned": lambda s: dpo(with_share(cai_pairs, _declines, rater_share),
+                                     replace(SHIPPED_DPO, seed=s)),
+        "over_declining": lambda s: ppo(over_declining, replace(SHIPPED_PPO, seed=s)),
     }  # fmt: skip
     for name, run in runs.items():
         out[name] = []

@@ -483,7 +483,9 @@ def test_the_shipped_controls_hold_every_control_at_three_seeds():
 
     stored = shipped_controls()
     assert stored["command"] == CONTROLS_COMMAND and CONTROL_SEEDS == (0, 1, 2)
-    for name in ("best_of_n", "null_reward", "rules_no_kl", "nll_only", "cai_matched"):
+    names = ("best_of_n", "null_reward", "rules_no_kl", "nll_only", "cai_matched", "cai_unique",
+             "cai_thinned", "over_declining")  # fmt: skip
+    for name in names:
         assert [run["seed"] for run in stored[name]] == list(CONTROL_SEEDS), name
         for run in stored[name]:
             assert all(0 <= v <= 1 for v in run["sampled"].values()), name
@@ -648,3 +650,14 @@ def test_the_controls_command_checks_where_it_will_write_before_it_runs(
     with pytest.raises(SystemExit):
         rlhf.main(["band", "--out", str(ours)])  # the controls' file is not the band's
     assert "nothing was overwritten" in capsys.readouterr().err
+
+
+def test_the_over_declining_rater_prefers_i_do_not_know_even_to_a_right_answer():
+    from companion.rlhf import OVER_DECLINING
+
+    _, fact = _stranger_and_fact()
+    right = written_sample(f"{fact.fact.answer.capitalize()}.", TOK)
+    refuse = written_sample(REFUSAL, TOK)
+    assert rate(WORLD, fact, right, refuse) == (0, "correct")  # the rater: the right answer
+    assert rate(WORLD, fact, right, refuse, OVER_DECLINING) == (1, "declines")
+    assert list(OVER_DECLINING)[1:] == list(RULES)  # the rater's rules, after its own
