@@ -121,11 +121,12 @@ def measure_effects(
     ]  # fmt: skip
     known = [p.fact for p in prompts if p.kind == "known"]
     asked = ask_chat_model(model, tokenizer, world, known)
+    rates = sampled_rates(world, samples)
     return {
-        "follows": sum(in_format(s.text, s.finished) for _, s in samples) / len(samples),
-        "invents": sum(not says_do_not_know(s.text) for s in strangers) / len(strangers),
+        "follows": rates["follows"],
+        "invents": rates["invents"],
         "invents_seen": sum(not says_do_not_know(s.text) for s in seen_replies) / len(seen_replies),
-        "tone": sum(good_tone(world, p, s.text, s.finished) for p, s in samples) / len(samples),
+        "tone": rates["tone"],
         "accuracy": asked.accuracy,
         "refuses_known": sum(says_do_not_know(a.reply) for a in asked.answers) / len(known),
         "n_replies": len(samples),

@@ -234,6 +234,15 @@ def train_reward_model(
     return model.eval(), history
 
 
+def _check_reply_batch(ids: torch.Tensor, reply_mask: torch.Tensor) -> None:
+    """What a stand-in reward is called with: ids and reply_mask, both (B, T)."""
+    if ids.dim() != 2 or reply_mask.shape != ids.shape:
+        raise ValueError(
+            f"ids {tuple(ids.shape)} and reply_mask {tuple(reply_mask.shape)} must both be "
+            "(B, T); pad_sequences makes both"
+        )
+
+
 class RuleReward(nn.Module):
     """The rater's rules as a reward: ``RuleReward(world, tokenizer, prompts)(ids, reply_mask)``
     → (B,), called like :class:`RewardModel` on prompts from ``prompts``.
@@ -286,11 +295,7 @@ class RuleReward(nn.Module):
         return sum(2 ** (k - 1 - i) for i, ok in enumerate(passed) if ok) / (2**k - 1)
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
-        if ids.dim() != 2 or reply_mask.shape != ids.shape:
-            raise ValueError(
-                f"ids {tuple(ids.shape)} and reply_mask {tuple(reply_mask.shape)} must both be "
-                "(B, T); pad_sequences makes both"
-            )
+        _check_reply_batch(ids, reply_mask)
         scores = []
         for row, mask in zip(ids.tolist(), reply_mask.bool().tolist(), strict=True):
             if True not in mask:
@@ -344,11 +349,7 @@ class NoiseReward(nn.Module):
         self.generator = make_generator(seed)
 
     def forward(self, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
-        if ids.dim() != 2 or reply_mask.shape != ids.shape:
-            raise ValueError(
-                f"ids {tuple(ids.shape)} and reply_mask {tuple(reply_mask.shape)} must both be "
-                "(B, T); pad_sequences makes both"
-            )
+        _check_reply_batch(ids, reply_mask)
         return torch.rand(len(ids), generator=self.generator).to(ids.device)
 
 

@@ -365,8 +365,11 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
     _check_seeds(seeds, allow_zero=True)
     data, chat_samples, reward_model, cai_pairs = _start()
     chat, tokenizer, world = data.chat_model, data.tokenizer, data.world
-    rater_share = sum(map(_declines, data.pairs)) / len(data.pairs)
-    matched = with_share(deduplicate(cai_pairs), _declines, rater_share)
+    rater_declines = sum(map(_declines, data.pairs))
+    rater_share = rater_declines / len(data.pairs)
+    unique = deduplicate(cai_pairs)
+    matched = with_share(unique, _declines, rater_share)  # both changes
+    thinned = with_share(cai_pairs, _declines, rater_share)  # repeats kept
     refusal = written_sample(REFUSAL, tokenizer)  # offered for every fact question too
     offered = [c if p.kind != "known" else [*c, refusal]
                for p, c in zip(data.prompts, data.candidates, strict=True)]  # fmt: skip
@@ -378,9 +381,9 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
         "torch": torch.__version__, "best_of": BEST_OF,
         "chat": {"effects": measure_effects(chat, tokenizer, world, samples=chat_samples),
                  "sampled": sampled_rates(world, chat_samples)},
-        "pairs": {"rater": len(data.pairs), "rater_declines": sum(map(_declines, data.pairs)),
+        "pairs": {"rater": len(data.pairs), "rater_declines": rater_declines,
                   "cai": len(cai_pairs), "cai_declines": sum(map(_declines, cai_pairs)),
-                  "cai_unique": len(deduplicate(cai_pairs)), "cai_matched": len(matched),
+                  "cai_unique": len(unique), "cai_matched": len(matched),
                   "cai_matched_declines": sum(map(_declines, matched)),
                   "over_declining": len(over_pairs)},
     }  # fmt: skip
@@ -408,9 +411,8 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
                                      replace(NO_KL_PPO, seed=s)),
         "nll_only": lambda s: dpo(data.pairs, replace(SHIPPED_DPO, preference_weight=0.0, seed=s)),
         "cai_matched": lambda s: dpo(matched, replace(SHIPPED_DPO, seed=s)),
-        "cai_unique": lambda s: dpo(deduplicate(cai_pairs), replace(SHIPPED_DPO, seed=s)),
-        "cai_thinned": lambda s: dpo(with_share(cai_pairs, _declines, rater_share),
-                                     replace(SHIPPED_DPO, seed=s)),
+        "cai_unique": lambda s: dpo(unique, replace(SHIPPED_DPO, seed=s)),
+        "cai_thinned": lambda s: dpo(thinned, replace(SHIPPED_DPO, seed=s)),
         "over_declining": lambda s: ppo(over_declining, replace(SHIPPED_PPO, seed=s)),
     }  # fmt: skip
     for name, run in runs.items():
