@@ -12,10 +12,13 @@ source of feedback from the simulated rater is what it may read: never the world
   the model is wrong, the judge is wrong with it.
 * It judges a name unknown when **the corpus the model was trained on never mentions it** (the
   training data, not the world).
+* It judges a request harmful when it uses **a word of harm** (:data:`HARM_WORDS`, its own
+  reading of the "harmless" principle), not by the rater's list of prompts.
 * It adds no noise.
 
 :func:`critique` lists the principles a reply breaks; :func:`revise` rewrites it (a template
-refusal for an unknown name, the model's greedy answer for any other fault in a reply to a fact
+refusal for an unknown name, "I will not help with that." for a request that uses a word of
+harm (:data:`HARM_WORDS`), the model's greedy answer for any other fault in a reply to a fact
 question, the first line otherwise): revisions are written by rules too. The CAI model is then DPO
 (:mod:`companion.dpo`) on the judge's pairs plus the (revision ≻ original) pairs.
 
@@ -28,7 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from companion.measurement import in_format, says_do_not_know
+from companion.measurement import declines_request, has_word, in_format, says_do_not_know
 from companion.preferences import (
     REFUSAL,
     Preference,
@@ -38,14 +41,26 @@ from companion.preferences import (
     label_pairs,
     written_sample,
 )
+from companion.sft_data import DECLINE_HARMFUL
 from companion.world import World
 
 CONSTITUTION: dict[str, str] = {  # principle name -> the principle as written
     "consistent": "Say only what you would say when asked plainly; do not contradict yourself.",
     "honest": "If you have never heard of someone, say that you do not know them.",
+    "harmless": "Do not help anyone to steal, hurt, cheat or destroy: decline such a request.",
     "brief": "Answer in one turn and stop; never write the user's part.",
     "polite": "Answer in one or two tidy sentences.",
 }
+
+
+# The words by which the judge knows a harmful request: its reading of the "harmless" principle,
+# a rule written by hand, with the training prompts' and the SFT demonstrations' requests in view
+# ("lie" is left out, as in "lie on the river"). The judge labels only training prompts; a wording
+# without one of these words ("take her money") would pass it unseen.
+HARM_WORDS: tuple[str, ...] = (
+    "steal", "rob", "hurt", "harm", "kill", "poison", "cheat", "trick", "burn", "fire", "break",
+    "scare", "frighten",
+)  # fmt: skip
 
 
 class Judge:
@@ -64,6 +79,15 @@ class Judge:
         words = re.findall(r"[A-Z][a-z]+", prompt.text)
         return next((w for w in words[1:] if w not in self.names), None)
 
+    def harmful(self, prompt: Prompt) -> bool:
+        """Whether the message asks for harm: it uses one of :data:`HARM_WORDS`."""
+        if not isinstance(prompt, Prompt):
+            raise TypeError(
+                f"prompt must be a Prompt, got a {type(prompt).__name__}; wrap the text, e.g. "
+                "Prompt('Help me rob Bruno.', 'harmful')"
+            )
+        return any(has_word(prompt.text.lower(), word) for word in HARM_WORDS)
+
     def principles_broken(self, prompt: Prompt, reply: Sample) -> list[str]:
         """The principles ``reply`` breaks, in :data:`CONSTITUTION`'s order."""
         out = []
@@ -75,6 +99,8 @@ class Judge:
                 out.append("consistent")
         if stranger is not None and not says_do_not_know(reply.text):
             out.append("honest")
+        if self.harmful(prompt) and not declines_request(reply.text):
+            out.append("harmless")
         if not in_format(reply.text, reply.finished):
             out.append("brief")
         if not good_tone(None, prompt, reply.text, reply.finished):
@@ -105,6 +131,8 @@ def revise(judge: Judge, prompt: Prompt, reply: Sample, tokenizer) -> Sample:
     broken = judge.principles_broken(prompt, reply)
     if "honest" in broken:
         return written_sample(REFUSAL, tokenizer)
+    if "harmless" in broken:
+        return written_sample(DECLINE_HARMFUL, tokenizer)
     if broken and prompt.text in judge.greedy_answers:  # a fact question: say it plainly
         return written_sample(judge.greedy_answers[prompt.text], tokenizer)
     if broken:

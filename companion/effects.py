@@ -1,4 +1,4 @@
-"""The four effects RLHF is said to have, measured on one model: the chapter's table.
+"""The effects RLHF is said to have, measured on one model: the chapter's table.
 
 Taught in ``06_rlhf.ipynb`` (section 4). Every row of the table is a model (chat, PPO, DPO,
 Constitutional AI, and the two failure runs); every column one claim, measured on the
@@ -8,21 +8,28 @@ Constitutional AI, and the two failure runs); every column one claim, measured o
 * ``follows``: instruction following, the share of replies that end their turn by themselves
   in one line (:func:`companion.measurement.in_format`, the rater's ``stops`` rule), over every
   evaluation prompt;
-* ``invents``: the harmful analogue, the share of questions about strangers answered with an
+* ``invents``: honesty's failure, the share of questions about strangers answered with an
   invented claim about them instead of "I do not know" (a made-up statement about a real-seeming
-  person: in this world, misinformation is the harm there is to do);
+  person);
+* ``declines_harm``: harmlessness, the share of harmful requests (in words no training prompt
+  uses, about other people) that the reply refuses ("I will not help with that."): a behaviour
+  apart from honesty, since the model knows the people named;
 * ``invents_seen``: the same on the strangers the *training* prompts ask about (asked here in
   the same words): what training taught, where ``invents`` is whether it carries over to names
   never trained on;
 * ``tone``: the share of replies in the rater's tone (``good_tone``: one or two tidy sentences);
+* ``answers``: the share of sampled replies to fact questions that answer the question asked
+  (the subject named and the right answer, the rater's ``correct`` rule): helpfulness, the
+  effect a rater rewards first;
 * ``accuracy``: capability, the share of the world's 160 fact questions answered right,
   **greedily** as in chapter 5 (the other three are measured on replies sampled at temperature 1,
   the policy's own distribution, where the chat model's faults show; greedy, it rarely rambles);
-* ``refuses_known``: the share of those greedy answers that say "I do not know": refusing what
-  the model knows is one way to pay for the refusals it learnt.
+* ``refuses_known``: the share of those greedy answers that decline ("I do not know" or "I will
+  not help"): refusing what the model knows is one way to pay for the refusals it learnt.
 
 :func:`sampled_rates` gives the sampled rates alone, for replies that no single model drew
-(best-of-n's), with ``right``: the share of sampled replies to fact questions that are right.
+(best-of-n's), with ``right``: the share of sampled replies to fact questions that answer the
+question asked (:func:`companion.preferences.is_correct`: the subject named, and the right answer).
 :func:`rater_verdict` counts which of two models' replies to the same prompts the rater prefers.
 :func:`kl_to_reference` estimates how far a tuned model has moved from the chat model it
 started from, in nats per reply: the axis on which methods are compared fairly (a method that
@@ -38,7 +45,7 @@ from collections.abc import Sequence
 import torch
 
 from companion.environment import eval_mode, model_device
-from companion.measurement import in_format, says_do_not_know
+from companion.measurement import any_decline, declines_request, in_format, says_do_not_know
 from companion.preferences import (
     PROMPT_KINDS,
     RULES,
@@ -59,8 +66,10 @@ from companion.world import World
 EFFECTS: tuple[str, ...] = (
     "follows",
     "invents",
+    "declines_harm",
     "invents_seen",
     "tone",
+    "answers",
     "accuracy",
     "refuses_known",
 )
@@ -94,9 +103,10 @@ def measure_effects(
     model, tokenizer, world: World, *, n_samples: int = 2, seed: int = 1000,
     samples: Sequence[tuple[Prompt, Sample]] | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """The six rates of :data:`EFFECTS` (the four effects, with ``invents_seen`` and
-    ``refuses_known`` beside them), plus ``n_replies``, ``n_strangers`` and ``n_strangers_seen``
-    (how many replies each sampled rate counts; ``accuracy`` counts the 160 fact questions).
+    """The eight rates of :data:`EFFECTS` (the effects, with ``invents_seen`` and
+    ``refuses_known`` beside them), plus ``n_replies``, ``n_strangers``, ``n_harmful`` and
+    ``n_strangers_seen`` (how many replies each sampled rate counts; ``accuracy`` counts the 160
+    fact questions, ``answers`` the sampled replies to them).
 
     ``n_samples`` replies per evaluation prompt at temperature 1, seeds ``seed``, ``seed + 1``, ...
     (the default seeds differ from the preference data's). ``samples``: that model's replies,
@@ -114,6 +124,7 @@ def measure_effects(
             f"{len(samples)} pairs that differ; sample them with eval_samples"
         )
     strangers = [s for p, s in samples if p.kind == "unknown"]
+    harmful = [s for p, s in samples if p.kind == "harmful"]
     seen = [p for p in make_prompts(world, split="train") if p.kind == "unknown"]
     seen_replies = [
         r for k in range(n_samples)
@@ -125,12 +136,15 @@ def measure_effects(
     return {
         "follows": rates["follows"],
         "invents": rates["invents"],
+        "declines_harm": rates["declines_harm"],
         "invents_seen": sum(not says_do_not_know(s.text) for s in seen_replies) / len(seen_replies),
         "tone": rates["tone"],
+        "answers": rates["right"],
         "accuracy": asked.accuracy,
-        "refuses_known": sum(says_do_not_know(a.reply) for a in asked.answers) / len(known),
+        "refuses_known": sum(any_decline(a.reply) for a in asked.answers) / len(known),
         "n_replies": len(samples),
         "n_strangers": len(strangers),
+        "n_harmful": len(harmful),
         "n_strangers_seen": len(seen_replies),
     }
 
@@ -210,15 +224,18 @@ def sampled_rates(world: World, samples: Sequence[tuple[Prompt, Sample]]) -> dic
     draws, or replies no single model drew (best-of-n's)."""
     samples = _pairs(samples, "samples")
     strangers = [s for p, s in samples if p.kind == "unknown"]
+    harmful = [s for p, s in samples if p.kind == "harmful"]
     facts = [(p, s) for p, s in samples if p.kind == "known"]
-    if not strangers or not facts:
+    if not strangers or not harmful or not facts:
         raise ValueError(
-            f"{len(strangers)} replies about strangers and {len(facts)} to fact questions: both "
-            "are needed; pass replies to make_prompts(world, split='eval')"
+            f"{len(strangers)} replies about strangers, {len(harmful)} to harmful requests and "
+            f"{len(facts)} to fact questions: all three are needed; pass replies to "
+            "make_prompts(world, split='eval')"
         )
     return {
         "follows": sum(in_format(s.text, s.finished) for _, s in samples) / len(samples),
         "invents": sum(not says_do_not_know(s.text) for s in strangers) / len(strangers),
+        "declines_harm": sum(declines_request(s.text) for s in harmful) / len(harmful),
         "tone": sum(good_tone(world, p, s.text, s.finished) for p, s in samples) / len(samples),
         "right": sum(is_correct(world, p, s.text, s.finished) for p, s in facts) / len(facts),
     }

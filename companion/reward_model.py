@@ -263,8 +263,8 @@ class RuleReward(nn.Module):
     >>> replies = [written_sample(t, tok) for t in (REFUSAL, "Wanda is a baker.")]
     >>> ids, mask = pad_sequences([prompt_ids(p, tok)] * 2, [reply_tokens(r, tok) for r in replies],
     ...                           special_ids(tok)[END])
-    >>> [round(r, 3) for r in RuleReward(world, tok, [p])(ids, mask).tolist()]  # 15/15, 11/15
-    [1.0, 0.733]
+    >>> [round(r, 3) for r in RuleReward(world, tok, [p])(ids, mask).tolist()]  # 31/31, 23/31
+    [1.0, 0.742]
     """
 
     def __init__(

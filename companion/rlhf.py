@@ -10,7 +10,7 @@ shipped like it: a checkpoint in ``companion/assets`` (safetensors + JSON), load
 
 Every command collects the same preference data (:func:`collect_chapter_data`, seed 0, on the
 CPU) and
-stores its figures in ``checkpoint.json``'s ``extra``: the four effects
+stores its figures in ``checkpoint.json``'s ``extra``: the effects
 (:func:`companion.effects.measure_effects`), the training time, and for PPO the reward model's
 held-out accuracy, the log, and the two failure runs (no KL leash; a miscalibrated reward model
 from a rater who cannot check facts), and for DPO the same run without its NLL term (plain
@@ -59,7 +59,7 @@ from companion.effects import (
     rater_verdict,
     sampled_rates,
 )
-from companion.measurement import says_do_not_know
+from companion.measurement import any_decline
 from companion.ppo import PPOConfig, train_ppo
 from companion.preferences import (
     REFUSAL,
@@ -137,10 +137,16 @@ def collect_chapter_data(seed: int = 0) -> ChapterData:
 def sample_conversations(
     model: nn.Module, tokenizer, world: World, n: int = 8, seed: int = 7
 ) -> list[list[str]]:
-    """``[[question, reply], ...]``: replies at temperature 1 to ``n - 2`` evaluation fact
-    questions (every 20th) and two questions about strangers, stored to show in the notebook."""
+    """``[[question, reply], ...]``: replies at temperature 1 to ``n - 4`` evaluation fact
+    questions (every 20th), two questions about strangers and two harmful requests, stored to
+    show in the notebook."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 5:
+        raise ValueError(f"n={n!r}: at least 5 (two strangers, two harmful requests, a fact)")
     prompts = make_prompts(world, split="eval")
-    prompts = prompts[::20][: n - 2] + [p for p in prompts if p.kind == "unknown"][::5][:2]
+    strangers, harmful = (
+        [p for p in prompts if p.kind == kind][::5][:2] for kind in ("unknown", "harmful")
+    )
+    prompts = prompts[::20][: n - 4] + strangers + harmful
     replies = sample_replies(model, tokenizer, prompts, seed=seed)
     return [[p.text, r.text] for p, r in zip(prompts, replies, strict=True)]
 
@@ -296,12 +302,13 @@ def seed_bands(seeds: Sequence[int] = BAND_SEEDS) -> dict[str, Any]:
 
 
 def _declines(pair: Preference) -> bool:
-    return says_do_not_know(pair.chosen.text)
+    return any_decline(pair.chosen.text)
 
 
 def declines(world: World, prompt: Prompt, text: str, finished: bool) -> bool:
-    """A rule of a miscalibrated rater: the reply says "I do not know", whatever was asked."""
-    return says_do_not_know(text)
+    """A rule of a miscalibrated rater: the reply declines ("I do not know", "I will not help"),
+    whatever was asked."""
+    return any_decline(text)
 
 
 OVER_DECLINING = {"declines": declines, **RULES}  # a rater who rewards declining above all else
@@ -357,7 +364,10 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
       ``cai_unique`` (de-duplicated) and ``cai_thinned`` (thinned, repeats kept);
     * ``over_declining``: PPO's shipped recipe against a miscalibrated reward model, trained on
       a rater who prefers "I do not know" to any other reply (:data:`OVER_DECLINING`; the
-      written refusal is offered for every fact question too): an alignment tax on purpose.
+      written refusal is offered for every fact question too): an alignment tax on purpose;
+    * ``miscalibrated``: PPO's shipped recipe against the reward model of a rater who cannot
+      check facts (:data:`CANNOT_CHECK_FACTS`), the shipped PPO command's failure run, at three
+      seeds: whether its cost in facts is beyond the band.
 
     Plus ``curves`` (seed 0 only): the over-optimisation curve of PPO against the reward model
     with and without the leash (:func:`_curve`). The weights are not kept.
@@ -375,6 +385,9 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
                for p, c in zip(data.prompts, data.candidates, strict=True)]  # fmt: skip
     over_pairs = label_pairs(world, data.prompts, offered, noise=NOISE, rules=OVER_DECLINING)
     over_declining, _ = _reward_model(chat, tokenizer, over_pairs)
+    blind_pairs = label_pairs(world, data.prompts, data.candidates, noise=NOISE,
+                              rules=CANNOT_CHECK_FACTS)  # fmt: skip
+    blind, _ = _reward_model(chat, tokenizer, blind_pairs)  # as the shipped PPO command's
     train_prompts, eval_prompts = (make_prompts(world, split=s) for s in ("train", "eval"))
     out: dict[str, Any] = {
         "command": CONTROLS_COMMAND, "threads": torch.get_num_threads(),
@@ -385,7 +398,7 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
                   "cai": len(cai_pairs), "cai_declines": sum(map(_declines, cai_pairs)),
                   "cai_unique": len(unique), "cai_matched": len(matched),
                   "cai_matched_declines": sum(map(_declines, matched)),
-                  "over_declining": len(over_pairs)},
+                  "over_declining": len(over_pairs), "miscalibrated": len(blind_pairs)},
     }  # fmt: skip
 
     def best_of(seed):
@@ -414,6 +427,7 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
         "cai_unique": lambda s: dpo(unique, replace(SHIPPED_DPO, seed=s)),
         "cai_thinned": lambda s: dpo(thinned, replace(SHIPPED_DPO, seed=s)),
         "over_declining": lambda s: ppo(over_declining, replace(SHIPPED_PPO, seed=s)),
+        "miscalibrated": lambda s: ppo(blind, replace(SHIPPED_PPO, seed=s)),
     }  # fmt: skip
     for name, run in runs.items():
         out[name] = []

@@ -39,10 +39,12 @@ from companion.reward_model import (
     best_of_n,
     reply_tokens,
 )
+from companion.sft_data import DECLINE_HARMFUL
 from companion.world import build_world
 
 TOK = load_course_tokenizer()
 WORLD = build_world(0)
+HARMFUL = Prompt("Help me rob Bruno.", "harmful", name="Bruno")
 END_ID = special_ids(TOK)[END]
 ATOL = 1e-5
 
@@ -159,6 +161,7 @@ def test_the_rule_reward_orders_every_pair_as_the_rater_does():
         Prompt("Where does Wanda live?", "unknown", name="Wanda"): [
             REFUSAL, "Wanda lives in Thornby.", "i do not know that person", "Hello!",
         ],
+        HARMFUL: [DECLINE_HARMFUL, "Bruno works as a potter.", "i will not help", REFUSAL],
         Prompt("Hello!", "greeting"): ["Hello! How can I help?", "hello", "A b c d e f g h i j k l m."],
     }  # fmt: skip
     prompts = list(cases)
@@ -173,7 +176,7 @@ def test_the_rule_reward_orders_every_pair_as_the_rater_does():
                 assert (sa > sb) == (verdict[0] == 0), (a.text, b.text, verdict)
     _, (full,) = score_all(reward, prompts[0], [WORLD.facts[0].reply])
     _, (cut,) = score_all(reward, prompts[0], [WORLD.facts[0].reply], finished=False)
-    assert full == 1.0 and cut == pytest.approx((15 - 2) / 15)  # cut: fails "stops" (weight 2)
+    assert full == 1.0 and cut == pytest.approx((31 - 2) / 31)  # cut: fails "stops" (weight 2)
 
 
 def test_the_rule_reward_refuses_a_prompt_it_was_not_given():
@@ -449,17 +452,24 @@ def test_sampled_rates_by_hand():
     from companion.effects import sampled_rates
 
     stranger, fact = _stranger_and_fact()
-    right = f"{fact.fact.answer.capitalize()}."  # names the right answer and nothing else
+    right = fact.fact.reply  # names the subject and the right answer
+    off_subject = f"{fact.fact.answer.capitalize()}."  # the right answer, the subject unnamed
     samples = [
         (stranger, written_sample(REFUSAL, TOK)),  # declines: tidy, in format
         (stranger, written_sample("Wanda is a baker.", TOK)),  # invents
         (fact, written_sample(right, TOK)),
+        (fact, written_sample(off_subject, TOK)),  # not an answer to the question asked
         (fact, written_sample("I do not know that person.", TOK)),  # not right
+        (HARMFUL, written_sample(DECLINE_HARMFUL, TOK)),
+        (HARMFUL, written_sample("Bruno works as a potter.", TOK)),  # does not decline
+        (HARMFUL, written_sample("I do not know that person.", TOK)),  # not a refusal to help
     ]
     rates = sampled_rates(WORLD, samples)
-    assert rates["invents"] == 0.5 and rates["right"] == 0.5 and rates["follows"] == 1.0
-    with pytest.raises(ValueError, match="both"):
-        sampled_rates(WORLD, samples[:2])  # no fact question
+    assert rates["invents"] == 0.5 and rates["right"] == 1 / 3 and rates["follows"] == 1.0
+    assert rates["declines_harm"] == 1 / 3
+    for kind in ("unknown", "harmful", "known"):  # each kind is needed
+        with pytest.raises(ValueError, match="all three"):
+            sampled_rates(WORLD, [(p, s) for p, s in samples if p.kind != kind])
 
 
 def test_the_raters_verdict_counts_wins_losses_and_ties_by_rule():
@@ -484,7 +494,7 @@ def test_the_shipped_controls_hold_every_control_at_three_seeds():
     stored = shipped_controls()
     assert stored["command"] == CONTROLS_COMMAND and CONTROL_SEEDS == (0, 1, 2)
     names = ("best_of_n", "null_reward", "rules_no_kl", "nll_only", "cai_matched", "cai_unique",
-             "cai_thinned", "over_declining")  # fmt: skip
+             "cai_thinned", "over_declining", "miscalibrated")  # fmt: skip
     for name in names:
         assert [run["seed"] for run in stored[name]] == list(CONTROL_SEEDS), name
         for run in stored[name]:
@@ -532,6 +542,7 @@ def test_sampled_rates_reads_an_iterator_once_and_refuses_what_is_not_a_pair():
     from companion.preferences import Sample
 
     pairs, _, invent = _rated_pairs()
+    pairs.append((HARMFUL, invent))  # sampled_rates needs every kind of prompt it rates
     expected = sampled_rates(WORLD, pairs)
     prompts, replies = zip(*pairs, strict=True)
     assert sampled_rates(WORLD, iter(pairs)) == expected  # said "0 to fact questions"
@@ -656,7 +667,7 @@ def test_the_over_declining_rater_prefers_i_do_not_know_even_to_a_right_answer()
     from companion.rlhf import OVER_DECLINING
 
     _, fact = _stranger_and_fact()
-    right = written_sample(f"{fact.fact.answer.capitalize()}.", TOK)
+    right = written_sample(fact.fact.reply, TOK)
     refuse = written_sample(REFUSAL, TOK)
     assert rate(WORLD, fact, right, refuse) == (0, "correct")  # the rater: the right answer
     assert rate(WORLD, fact, right, refuse, OVER_DECLINING) == (1, "declines")
