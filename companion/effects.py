@@ -22,7 +22,7 @@ Constitutional AI, and the two failure runs); every column one claim, measured o
   (the subject named and the right answer, the rater's ``correct`` rule): helpfulness, the
   effect a rater rewards first;
 * ``accuracy``: capability, the share of the world's 160 fact questions answered right,
-  **greedily** as in chapter 5 (the other three are measured on replies sampled at temperature 1,
+  **greedily** as in chapter 5 (the others are measured on replies sampled at temperature 1,
   the policy's own distribution, where the chat model's faults show; greedy, it rarely rambles);
 * ``refuses_known``: the share of those greedy answers that decline ("I do not know" or "I will
   not help"): refusing what the model knows is one way to pay for the refusals it learnt.

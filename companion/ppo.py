@@ -20,6 +20,12 @@ the replies must come from the policy being updated), no value head, no ratio, n
 adds a learned baseline (the value head, GAE) and the clipped ratio, which let it take several
 steps on one roll-out.
 
+**PPO-ptx** (Ouyang et al. 2022, eq. 2): ``PPOConfig(ptx_coef=γ)`` with ``ptx_tokens`` (a token
+stream such as the pretraining corpus, :func:`companion.data.encode_corpus`) adds ``γ`` times the
+language-model loss on a batch of the stream's windows to every update, so that the policy keeps
+predicting the text it was pretrained on while the reward pulls it elsewhere: InstructGPT's
+remedy for the alignment tax.
+
 Logged per iteration (:class:`PPOLog`): ``reward`` (the reward model's mean score), ``kl`` (the
 mean summed per-token KL estimate of a reply), ``clip_fraction``, ``entropy`` and ``value_loss``.
 
@@ -40,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.data import get_batch
 from companion.environment import make_generator, model_device
 from companion.preferences import Prompt, prompt_ids, sample_replies
 from companion.replies import token_logprobs
@@ -187,13 +194,16 @@ class PPOConfig:
     max_new_tokens: int = 24  # reply length limit
     seed: int = 0  # draws prompts, replies and minibatches
     algorithm: str = "ppo"  # "ppo", or "reinforce": the ladder's first rung (see train_ppo)
+    ptx_coef: float = 0.0  # γ of PPO-ptx: weight of the pretraining loss (0 = plain PPO)
+    ptx_batch_size: int = 16  # windows of the pretraining stream per update step
 
     def __post_init__(self) -> None:
         check_recipe(self, {
             "iterations": "int >= 1", "batch_size": "int >= 1", "epochs": "int >= 1",
             "minibatch_size": "int >= 1", "learning_rate": "> 0", "kl_coef": ">= 0",
             "clip": "(0, 1)", "gamma": "[0, 1]", "lam": "[0, 1]", "vf_coef": ">= 0",
-            "max_new_tokens": "int >= 1", "seed": "int",
+            "max_new_tokens": "int >= 1", "seed": "int", "ptx_coef": ">= 0",
+            "ptx_batch_size": "int >= 1",
         })  # fmt: skip
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r} must be one of {ALGORITHMS}")
@@ -250,6 +260,7 @@ def train_ppo(
     chat_model: nn.Module, tokenizer, reward_model: nn.Module, prompts: Sequence[Prompt],
     config: PPOConfig | None = None, *,
     callback: Callable[[int, nn.Module, PPOLog], None] | None = None,
+    ptx_tokens: torch.Tensor | None = None,
 ) -> tuple[nn.Module, PPOLog]:  # fmt: skip
     """PPO from a copy of ``chat_model`` against the frozen ``reward_model``; returns the tuned
     GPT (eval mode) and its :class:`PPOLog`. The reference is a frozen copy of ``chat_model``.
@@ -258,8 +269,27 @@ def train_ppo(
 
     ``callback(iteration, policy, log)``, if given, runs after every iteration with the policy
     as it is then (a GPT in eval mode: measure it, do not train it), e.g. to draw the rater's
-    verdict against the reward model's score as the run goes (over-optimisation)."""
+    verdict against the reward model's score as the run goes (over-optimisation).
+
+    ``ptx_tokens``: a 1-D stream of token ids, needed exactly when ``config.ptx_coef > 0``
+    (PPO-ptx); every update step adds ``ptx_coef`` times the mean next-token cross-entropy of
+    ``ptx_batch_size`` windows of it, drawn with a generator seeded by ``config.seed``."""
     config = config or PPOConfig()
+    if (ptx_tokens is None) != (config.ptx_coef == 0):
+        raise ValueError(
+            f"ptx_coef={config.ptx_coef} with ptx_tokens "
+            f"{'missing' if ptx_tokens is None else 'given'}: PPO-ptx needs both (e.g. "
+            "ptx_tokens=encode_corpus() and ptx_coef > 0), plain PPO neither"
+        )
+    if ptx_tokens is not None and (
+        not isinstance(ptx_tokens, torch.Tensor) or ptx_tokens.dim() != 1
+        or ptx_tokens.dtype != torch.long
+        or len(ptx_tokens) <= chat_model.config.context_length
+    ):  # fmt: skip
+        raise ValueError(
+            "ptx_tokens must be a 1-D torch.long stream of token ids longer than the model's "
+            "context; pass companion.data.encode_corpus()"
+        )
     if not prompts:
         raise ValueError("prompts is empty; pass make_prompts(world, split='train')")
     if callback is not None and not callable(callback):
@@ -274,6 +304,7 @@ def train_ppo(
     device = model_device(chat_model)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng, generator = random.Random(config.seed), make_generator(config.seed)
+    ptx_generator = make_generator(config.seed)  # its own stream: plain PPO's draws unchanged
     log, start = PPOLog(), time.perf_counter()
     for it in range(config.iterations):
         # 1. Roll out.
@@ -307,6 +338,14 @@ def train_ppo(
                     )
                     vl = value_loss(values[:, :-1], returns[mb], m[mb])
                     loss = pg + config.vf_coef * vl
+                if ptx_tokens is not None:  # PPO-ptx: keep predicting the pretraining text
+                    x, y = get_batch(ptx_tokens, config.ptx_batch_size,
+                                     chat_model.config.context_length,
+                                     generator=ptx_generator, device=device)  # fmt: skip
+                    lm_logits, _ = policy(x)  # (b, T, V)
+                    loss = loss + config.ptx_coef * F.cross_entropy(
+                        lm_logits.flatten(0, 1).float(), y.flatten()
+                    )
                 check_loss(loss, "PPO")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -28,7 +28,7 @@ verdict against it.
 that say what causes each effect (:func:`controls`: best-of-n with the same reward model, PPO
 against pure noise, PPO without a leash against the rater's own rules, SFT on the chosen replies
 beside DPO, CAI's pairs de-duplicated at the rater's mix and each change alone, PPO against a
-reward model that over-rewards declining), three seeds each, and the
+reward model that over-rewards declining, PPO-ptx), three seeds each, and the
 over-optimisation curve of PPO with and without its leash; read with :func:`shipped_controls`.
 
 Left out: training on a GPU, and hyperparameter searches (the recipes are below, as used).
@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from companion.checkpoints import SHIPPED, load_shipped, save_checkpoint
+from companion.data import encode_corpus
 from companion.dpo import DPOConfig, train_dpo
 from companion.effects import (
     eval_samples,
@@ -108,6 +109,7 @@ BAND_COMMAND = f"python -m companion.rlhf band --out companion/assets/{SEED_BAND
 CONTROL_SEEDS = (0, 1, 2)  # every control is run with these training (or sampling) seeds
 BEST_OF = 4  # best-of-n's n: replies sampled per prompt, the reward model keeps one
 CURVE_EVERY = 10  # PPO iterations between two points of the over-optimisation curve
+PTX_COEF = 1.0  # PPO-ptx's γ in the controls: the pretraining loss weighed like PPO's own
 CONTROLS = "controls.json"  # in companion/assets, written by `python -m companion.rlhf controls`
 CONTROLS_COMMAND = f"python -m companion.rlhf controls --out companion/assets/{CONTROLS}"
 
@@ -367,7 +369,9 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
       written refusal is offered for every fact question too): an alignment tax on purpose;
     * ``miscalibrated``: PPO's shipped recipe against the reward model of a rater who cannot
       check facts (:data:`CANNOT_CHECK_FACTS`), the shipped PPO command's failure run, at three
-      seeds: whether its cost in facts is beyond the band.
+      seeds: whether its cost in facts is beyond the band;
+    * ``ppo_ptx``: PPO's shipped recipe with the pretraining loss on the course corpus mixed in
+      (PPO-ptx, ``ptx_coef`` :data:`PTX_COEF`): InstructGPT's remedy for the alignment tax.
 
     Plus ``curves`` (seed 0 only): the over-optimisation curve of PPO against the reward model
     with and without the leash (:func:`_curve`). The weights are not kept.
@@ -389,6 +393,7 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
                               rules=CANNOT_CHECK_FACTS)  # fmt: skip
     blind, _ = _reward_model(chat, tokenizer, blind_pairs)  # as the shipped PPO command's
     train_prompts, eval_prompts = (make_prompts(world, split=s) for s in ("train", "eval"))
+    corpus = encode_corpus()  # PPO-ptx's pretraining stream: the course corpus
     out: dict[str, Any] = {
         "command": CONTROLS_COMMAND, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "best_of": BEST_OF,
@@ -428,6 +433,9 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
         "cai_thinned": lambda s: dpo(thinned, replace(SHIPPED_DPO, seed=s)),
         "over_declining": lambda s: ppo(over_declining, replace(SHIPPED_PPO, seed=s)),
         "miscalibrated": lambda s: ppo(blind, replace(SHIPPED_PPO, seed=s)),
+        "ppo_ptx": lambda s: train_ppo(chat, tokenizer, reward_model, train_prompts,
+                                       replace(SHIPPED_PPO, ptx_coef=PTX_COEF, seed=s),
+                                       ptx_tokens=corpus)[0],
     }  # fmt: skip
     for name, run in runs.items():
         out[name] = []

@@ -138,6 +138,36 @@ def test_reinforce_learns_nothing_from_equal_rewards():
     assert same_weights(policy, chat)
 
 
+def test_ppo_ptx_adds_the_pretraining_loss_and_learns_the_stream():
+    """With equal rewards and no leash REINFORCE's loss is 0 (every advantage 0), so with the
+    pretraining term added the policy moves by that term alone: its loss on the stream falls,
+    where the run without it stays put."""
+    chat, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:6]
+    stream = torch.arange(20).repeat(20)  # (400,): 0, 1, ..., 19, 0, 1, ...: easy to learn
+    config = PPOConfig(iterations=3, batch_size=4, minibatch_size=4, epochs=1, kl_coef=0.0,
+                       max_new_tokens=6, learning_rate=1e-2, algorithm="reinforce")  # fmt: skip
+
+    def stream_loss(model):
+        x, y = stream[:-1].view(1, -1)[:, :64], stream[1:].view(1, -1)[:, :64]
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item()
+
+    plain, _ = train_ppo(chat, TOK, ConstantReward(3.0), prompts, config)
+    ptx_config = PPOConfig(**{**config.__dict__, "ptx_coef": 1.0})
+    ptx, _ = train_ppo(chat, TOK, ConstantReward(3.0), prompts, ptx_config, ptx_tokens=stream)
+    assert same_weights(plain, chat)
+    assert stream_loss(ptx) < stream_loss(chat) - 0.5  # the pretraining term alone moved it
+    for coef, tokens, match in (
+        (1.0, None, "missing"), (0.0, stream, "given"),
+        (1.0, stream.float(), "1-D torch.long"), (1.0, stream[:10], "longer than"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            train_ppo(chat, TOK, ConstantReward(3.0), prompts,
+                      PPOConfig(**{**config.__dict__, "ptx_coef": coef}), ptx_tokens=tokens)  # fmt: skip
+    with pytest.raises(ValueError, match="ptx_coef"):
+        PPOConfig(ptx_coef=-1.0)
+
+
 # --- the rules as a reward, a constant reward ---------------------------------------------------
 
 
@@ -494,7 +524,7 @@ def test_the_shipped_controls_hold_every_control_at_three_seeds():
     stored = shipped_controls()
     assert stored["command"] == CONTROLS_COMMAND and CONTROL_SEEDS == (0, 1, 2)
     names = ("best_of_n", "null_reward", "rules_no_kl", "nll_only", "cai_matched", "cai_unique",
-             "cai_thinned", "over_declining", "miscalibrated")  # fmt: skip
+             "cai_thinned", "over_declining", "miscalibrated", "ppo_ptx")  # fmt: skip
     for name in names:
         assert [run["seed"] for run in stored[name]] == list(CONTROL_SEEDS), name
         for run in stored[name]:
