@@ -365,7 +365,7 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
       declines thinned to the rater's: how much of CAI is re-weighting; and each change alone,
       ``cai_unique`` (de-duplicated) and ``cai_thinned`` (thinned, repeats kept);
     * ``over_declining``: PPO's shipped recipe against a miscalibrated reward model, trained on
-      a rater who prefers "I do not know" to any other reply (:data:`OVER_DECLINING`; the
+      a rater who prefers a refusal to any other reply (:data:`OVER_DECLINING`; the
       written refusal is offered for every fact question too): an alignment tax on purpose;
     * ``miscalibrated``: PPO's shipped recipe against the reward model of a rater who cannot
       check facts (:data:`CANNOT_CHECK_FACTS`), the shipped PPO command's failure run, at three
