@@ -164,6 +164,12 @@ def _reward_model(chat, tokenizer, pairs):
     }
 
 
+def _blind_pairs(data: ChapterData) -> list[Preference]:
+    """The miscalibrated rater's pairs: the chapter's candidates labelled without ``correct``."""
+    return label_pairs(data.world, data.prompts, data.candidates, noise=NOISE,
+                       rules=CANNOT_CHECK_FACTS)  # fmt: skip
+
+
 def _ppo_run(chat, tokenizer, world, reward_model, config):
     prompts = make_prompts(world, split="train")
     policy, log = train_ppo(chat, tokenizer, reward_model, prompts, config)
@@ -192,10 +198,7 @@ def train_aligned_model(kind: str, out_dir: str | Path) -> dict[str, Any]:
         model, run = _ppo_run(chat, tokenizer, world, reward_model, SHIPPED_PPO)
         figures |= rm_figures | run
         _, figures["no_kl"] = _ppo_run(chat, tokenizer, world, reward_model, NO_KL_PPO)
-        blind = label_pairs(
-            world, data.prompts, data.candidates, noise=NOISE, rules=CANNOT_CHECK_FACTS
-        )
-        blind_model, blind_figures = _reward_model(chat, tokenizer, blind)
+        blind_model, blind_figures = _reward_model(chat, tokenizer, _blind_pairs(data))
         _, run = _ppo_run(chat, tokenizer, world, blind_model, SHIPPED_PPO)
         figures["miscalibrated"] = blind_figures | run
     else:
@@ -389,8 +392,7 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
                for p, c in zip(data.prompts, data.candidates, strict=True)]  # fmt: skip
     over_pairs = label_pairs(world, data.prompts, offered, noise=NOISE, rules=OVER_DECLINING)
     over_declining, _ = _reward_model(chat, tokenizer, over_pairs)
-    blind_pairs = label_pairs(world, data.prompts, data.candidates, noise=NOISE,
-                              rules=CANNOT_CHECK_FACTS)  # fmt: skip
+    blind_pairs = _blind_pairs(data)
     blind, _ = _reward_model(chat, tokenizer, blind_pairs)  # as the shipped PPO command's
     train_prompts, eval_prompts = (make_prompts(world, split=s) for s in ("train", "eval"))
     corpus = encode_corpus()  # PPO-ptx's pretraining stream: the course corpus
