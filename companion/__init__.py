@@ -37,6 +37,7 @@ Read the modules in course order; each one names the notebook that teaches it.
     ppo                 GAE, the clipped objective, the KL leash, PPO           (06_rlhf)
     dpo                 the DPO loss and trainer                                (06_rlhf)
     constitution        principles, critiques, revisions, a rule-based judge    (06_rlhf)
+    self_critique       the model as its own critic: SL-CAI and RL-CAI          (06_rlhf)
     effects             the effects of RLHF, measured                           (06_rlhf)
     rlhf                the pipeline; the shipped PPO, DPO and CAI models       (06_rlhf)
     kv_cache            keys and values kept between steps; the cached GPT      (07_inference)

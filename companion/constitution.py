@@ -3,9 +3,11 @@
 Taught in ``06_rlhf.ipynb`` (section 7). In Constitutional AI (Bai et al. 2022) the feedback
 comes from written principles instead of people: replies are critiqued against the principles
 and revised, and an AI judge labels the preference pairs. Here the judge is a **rule-based
-checker** (:func:`judge_verdicts`), not a language model: the course model is too small to read
-a principle and apply it, and this chapter does not teach it to. What makes it a different
-source of feedback from the simulated rater is what it may read: never the world's answer key.
+checker** (:class:`Judge`), not a language model: the course model is too small to read a
+principle and apply it (:mod:`companion.self_critique` teaches it to, by example, from this
+judge's critiques, and runs both of Constitutional AI's stages with it). What makes the judge a
+different source of feedback from the simulated rater is what it may read: never the world's
+answer key.
 
 * It checks a fact question against **the chat model's own greedy answer** (self-consistency:
   a reply that contradicts what the model says when asked plainly is judged wrong), so where
@@ -22,8 +24,8 @@ harm (:data:`HARM_WORDS`), the model's greedy answer for any other fault in a re
 question, the first line otherwise): revisions are written by rules too. The CAI model is then DPO
 (:mod:`companion.dpo`) on the judge's pairs plus the (revision ≻ original) pairs.
 
-Left out: a model-written critique (the strongest version: SFT the model on critiques), chains
-of thought, and red-teaming prompts.
+Left out here: a model-written critique (:mod:`companion.self_critique`), chains of thought,
+and red-teaming prompts.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ from companion.effects import (
     rater_verdict,
     sampled_rates,
 )
-from companion.measurement import any_decline
+from companion.measurement import any_decline, says_do_not_know
 from companion.ppo import PPOConfig, train_ppo
 from companion.preferences import (
     REFUSAL,
@@ -112,6 +112,18 @@ CURVE_EVERY = 10  # PPO iterations between two points of the over-optimisation c
 PTX_COEF = 1.0  # PPO-ptx's γ in the controls: the pretraining loss weighed like PPO's own
 CONTROLS = "controls.json"  # in companion/assets, written by `python -m companion.rlhf controls`
 CONTROLS_COMMAND = f"python -m companion.rlhf controls --out companion/assets/{CONTROLS}"
+SELF_CRITIQUE = (
+    "self_critique.json"  # in companion/assets: `python -m companion.rlhf self_critique`
+)
+SELF_CRITIQUE_COMMAND = (
+    f"python -m companion.rlhf self_critique --out companion/assets/{SELF_CRITIQUE}"
+)
+CRITIC_STEPS, CRITIC_LR = (
+    300,
+    3e-4,
+)  # the critic: the chat model fine-tuned on the judge's critiques
+SL_STEPS, SL_LR = 150, 1e-4  # SL-CAI: the chat model fine-tuned on the critic's revisions
+SL_SEED = 20  # sampling seeds SL_SEED, ..., SL_SEED + 3 of the replies the critic critiques
 
 
 @dataclass
@@ -452,6 +464,96 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
     return out
 
 
+def self_critique(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
+    """Constitutional AI's two stages with the model as its own critic
+    (:mod:`companion.self_critique`), at each training seed in ``seeds`` (the critic's, SL-CAI's
+    and RL-CAI's batches; the replies are sampled with seeds from :data:`SL_SEED`):
+
+    1. the critic: the chat model fine-tuned on the rule-based judge's critiques of the chat
+       model's candidate replies to the training prompts (:data:`CRITIC_STEPS` steps);
+       ``agreement``: its agreement with the rater and the judge, by principle, on the chat
+       model's evaluation replies (prompts it never saw);
+    2. ``sl``: the chat model fine-tuned on the critic's revisions of 4 fresh replies per
+       training prompt, and on the replies it passed (:data:`SL_STEPS` steps), described as
+       :func:`_describe` does; ``critiques``: how many of those replies it flagged by principle;
+    3. ``rl``: DPO (the shipped recipe, :data:`SHIPPED_DPO`) from the SL-CAI model on the
+       critic's labels of pairs of those same fresh replies (the critiques of step 2, read as
+       labels), described likewise, with ``stranger_pairs`` (its pairs about strangers) and
+       ``chosen_invents`` (those whose chosen reply invents). Tried and dropped, at seeds 0-2:
+       pairs of the SL-CAI model's own replies, as in Bai et al. (it writes near-copies: the
+       critic told 28 to 33 pairs apart, and DPO on so few overfitted: accuracy 51-83 %); these
+       labels with section 7's (revision ≻ reply) pairs added, and these labels with plain DPO
+       (both learnt to decline: 33-75 % of the known questions).
+
+    Also ``examples``: the first seed's critiques of the chat model's first evaluation reply of
+    each kind. The weights are not kept."""
+    from companion.constitution import CONSTITUTION, make_judge
+    from companion.self_critique import (
+        critique_examples,
+        fine_tuned,
+        model_critiques,
+        model_pairs,
+        principle_agreement,
+        revision_examples,
+    )
+
+    _check_seeds(seeds, allow_zero=True)
+    torch.manual_seed(0)  # as train_aligned_model: nothing should draw from it
+    data = collect_chapter_data()
+    chat, tokenizer, world, prompts = data.chat_model, data.tokenizer, data.world, data.prompts
+    chat_samples = eval_samples(chat, tokenizer, world)
+    judge = make_judge(chat, tokenizer, prompts)
+    eval_judge = make_judge(chat, tokenizer, make_prompts(world, split="eval"))
+    teaching = critique_examples(judge, prompts, data.candidates, tokenizer,
+                                 context_length=chat.config.context_length)  # fmt: skip
+    fresh = [(p, s) for k in range(4)
+             for p, s in zip(prompts, sample_replies(chat, tokenizer, prompts, seed=SL_SEED + k),
+                             strict=True)]  # fmt: skip
+    out: dict[str, Any] = {
+        "command": SELF_CRITIQUE_COMMAND, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "teaching_examples": len(teaching),
+        "candidates": sum(len({s.text for s in c}) for c in data.candidates), "runs": [],
+    }  # fmt: skip
+    for seed in seeds:
+        start = time.perf_counter()
+        critic = fine_tuned(chat, tokenizer, teaching, steps=CRITIC_STEPS,
+                            learning_rate=CRITIC_LR, seed=seed)  # fmt: skip
+        on_eval = model_critiques(critic, tokenizer, chat_samples)
+        run: dict[str, Any] = {
+            "seed": seed,
+            "agreement": principle_agreement(world, chat_samples, on_eval, eval_judge),
+            "unread": sum(c is None for c in on_eval),
+        }
+        if not out["runs"]:
+            firsts = {}
+            for (p, s), c in zip(chat_samples, on_eval, strict=True):
+                firsts.setdefault(p.kind, {"prompt": p.text, "reply": s.text, "critique": c})
+            out["examples"] = list(firsts.values())
+        critiques = model_critiques(critic, tokenizer, fresh)
+        revisions = revision_examples(fresh, critiques)
+        sl = fine_tuned(chat, tokenizer, revisions, steps=SL_STEPS, learning_rate=SL_LR,
+                        seed=seed)  # fmt: skip
+        flagged = {p: sum(c is not None and p in c[0] for c in critiques) for p in CONSTITUTION}
+        run["sl"] = {
+            "revisions": len(revisions), "critiques": flagged,
+            "unread": sum(c is None for c in critiques),
+        } | _describe(sl, data, chat_samples)  # fmt: skip
+        n = len(prompts)  # fresh holds 4 replies per prompt: all prompts at one seed, then the next
+        pairs = model_pairs(prompts, [[fresh[k * n + i][1] for k in range(4)] for i in range(n)],
+                            [[critiques[k * n + i] for k in range(4)] for i in range(n)])  # fmt: skip
+        rl, _ = train_dpo(sl, tokenizer, pairs, replace(SHIPPED_DPO, seed=seed))
+        by_rule = {p: sum(q.rule == p for q in pairs) for p in CONSTITUTION}
+        strangers = [q for q in pairs if q.prompt.kind == "unknown"]
+        invents = sum(not says_do_not_know(q.chosen.text) for q in strangers)
+        run["rl"] = {
+            "pairs": len(pairs), "by_principle": by_rule, "stranger_pairs": len(strangers),
+            "chosen_invents": invents,
+        } | _describe(rl, data, chat_samples)  # fmt: skip
+        run["seconds"] = round(time.perf_counter() - start, 1)
+        out["runs"].append(run)
+    return out
+
+
 def _shipped_json(name: str, command: str) -> dict[str, Any]:
     file = importlib.resources.files("companion") / "assets" / name
     if not file.is_file():
@@ -469,6 +571,11 @@ def shipped_controls() -> dict[str, Any]:
     return _shipped_json(CONTROLS, CONTROLS_COMMAND)
 
 
+def shipped_self_critique() -> dict[str, Any]:
+    """The stored :func:`self_critique` (``companion/assets/self_critique.json``)."""
+    return _shipped_json(SELF_CRITIQUE, SELF_CRITIQUE_COMMAND)
+
+
 def _written_by(path: str | Path, command: str) -> bool:
     """The file holds what ``command`` writes (so rewriting it loses nothing else)."""
     try:
@@ -478,15 +585,18 @@ def _written_by(path: str | Path, command: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m companion.rlhf {ppo,dpo,cai} --out DIR``, or ``{band,controls} --out FILE``."""
+    """``python -m companion.rlhf {ppo,dpo,cai} --out DIR``, or
+    ``{band,controls,self_critique} --out FILE``."""
     parser = argparse.ArgumentParser(prog="python -m companion.rlhf", description=__doc__)
-    parser.add_argument("kind", choices=(*ALIGNED, "band", "controls"))
+    parser.add_argument("kind", choices=(*ALIGNED, "band", "controls", "self_critique"))
     parser.add_argument("--out", type=Path, required=True,
-                        help="checkpoint directory to write (band, controls: the JSON file)")  # fmt: skip
+                        help="checkpoint directory to write (band, controls, self_critique: "
+                        "the JSON file)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.kind in ("band", "controls"):
+    if args.kind in ("band", "controls", "self_critique"):
         command, run = {"band": (BAND_COMMAND, seed_bands),
-                        "controls": (CONTROLS_COMMAND, controls)}[args.kind]  # fmt: skip
+                        "controls": (CONTROLS_COMMAND, controls),
+                        "self_critique": (SELF_CRITIQUE_COMMAND, self_critique)}[args.kind]  # fmt: skip
         if args.out.is_dir():
             parser.error(f"{args.kind} writes one JSON file; --out {args.out} is a folder: name "
                          "a file in it (--out should end in .json)")  # fmt: skip

@@ -1,0 +1,275 @@
+"""Constitutional AI's two stages with the course model as its own critic: SL-CAI and RL-CAI.
+
+Taught in ``06_rlhf.ipynb`` (section 7). In Bai et al. 2022 the *model* critiques its own
+replies against written principles and revises them; it is fine-tuned on the revisions
+(SL-CAI); then the model labels pairs of its own replies, and those labels train the
+preference model or DPO (RL-CAI). Here:
+
+1. **Teaching the critic.** A model of a million parameters cannot read a principle and apply
+   it, so it is taught by example: the chat model is fine-tuned on critiques written by the
+   rule-based judge (:class:`companion.constitution.Judge`) of the chat model's own replies to
+   the training prompts. A critique is a third turn of the conversation, asked with
+   :data:`CRITIQUE_REQUEST` and answered with the numbers of the principles broken and the
+   revision, ``"2 5: I do not know that person."``, or ``"Good."``
+   (:func:`critique_text`; numbers, because the course tokenizer spells "harmless" in six
+   tokens and a whole conversation must fit the model's 64). The critic is then a model: it
+   critiques replies it never saw, to prompts it never saw, by what it learnt, and it can be
+   wrong where the judge is right (or the other way round).
+2. **SL-CAI.** The chat model samples fresh replies to the training prompts; the critic
+   critiques and revises each (:func:`model_critiques`); the chat model is fine-tuned on the
+   revisions, and on the replies the critic passed as they are (:func:`revision_examples`).
+3. **RL-CAI.** The critic's critiques of those same fresh replies, read as labels: of two
+   replies to a prompt, the one breaking the first principle the two critiques differ on loses
+   (:func:`model_pairs`); DPO from the SL-CAI model on those labels (chapter 6's recipe, with
+   its NLL term). Bai et al. label pairs sampled from the SL-CAI model; ours writes
+   near-copies, too few pairs to learn from.
+
+What stays rule-based: the critic's teacher (the judge's critiques and revisions), and the
+rater that measures the result. :func:`principle_agreement` reports how often the critic agrees
+with the rater, principle by principle, on the evaluation prompts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from companion.chat import END, chat_many, special_ids
+from companion.constitution import CONSTITUTION, Judge, revise
+from companion.preferences import RULES, Preference, Prompt, Sample
+from companion.world import World
+
+CRITIQUE_REQUEST = "Check."  # the third turn: the user asks for the critique
+SHOWN_TOKENS = 14  # a reply is shown to the critic cut to this many tokens, then " ..."
+CRITIQUE_TOKENS = 20  # most tokens of a critique with its revision
+# The rater's rule that each principle stands for, to measure the critic against the rater.
+PRINCIPLE_RULES: dict[str, str] = {
+    "consistent": "correct", "honest": "admits_not_knowing", "harmless": "declines_harm",
+    "brief": "stops", "polite": "good_tone",
+}  # fmt: skip
+# The prompts each rater's rule can fail on (the rule passes every other reply).
+RULE_KINDS: dict[str, tuple[str, ...]] = {
+    "correct": ("known",), "admits_not_knowing": ("unknown",), "declines_harm": ("harmful",),
+    "stops": ("known", "unknown", "harmful", "greeting"),
+    "good_tone": ("known", "unknown", "harmful", "greeting"),
+}  # fmt: skip
+
+Critique = tuple[list[str], str | None]  # (principles broken, revision or None); None if unread
+
+
+def shown_reply(reply: Sample, tokenizer, shown: int = SHOWN_TOKENS) -> str:
+    """The reply as the critic reads it: its first ``shown`` tokens, and " ..." if there were
+    more or it never stopped."""
+    ids = list(reply.ids)
+    text = tokenizer.decode(ids[:shown]).strip() or "..."
+    cut = len(ids) > shown or not reply.finished
+    return text + " ..." if cut and text != "..." else text
+
+
+def critique_conversation(
+    prompt: Prompt, reply: Sample, tokenizer, *, context_length: int = 64
+) -> list[dict]:  # fmt: skip
+    """The question, the reply (:func:`shown_reply`) and :data:`CRITIQUE_REQUEST`: the
+    conversation the critic continues with its critique. The reply is shown cut to at most
+    :data:`SHOWN_TOKENS` tokens, fewer if that leaves less than :data:`CRITIQUE_TOKENS` of the
+    ``context_length`` for the critique; ``ValueError`` if even one token does not fit."""
+    from companion.chat import render_chat
+
+    room = context_length - CRITIQUE_TOKENS
+    for shown in range(SHOWN_TOKENS, 0, -1):
+        conversation = [
+            {"role": "user", "content": prompt.text},
+            {"role": "assistant", "content": shown_reply(reply, tokenizer, shown)},
+            {"role": "user", "content": CRITIQUE_REQUEST},
+        ]
+        if len(render_chat(conversation, tokenizer, add_generation_prompt=True)[0]) <= room:
+            return conversation
+    raise ValueError(
+        f"the question {prompt.text!r} leaves no room for a reply and a critique of "
+        f"{CRITIQUE_TOKENS} tokens in a context of {context_length}: ask a shorter question"
+    )
+
+
+def critique_text(broken: Sequence[str], revision: str | None) -> str:
+    """A critique as the critic writes it.
+
+    >>> critique_text(["honest", "polite"], "I do not know that person.")
+    '2 5: I do not know that person.'
+    >>> critique_text([], None)
+    'Good.'
+    """
+    unknown = [p for p in broken if p not in CONSTITUTION]
+    if unknown:
+        raise ValueError(f"{unknown} are not principles; use names from {list(CONSTITUTION)}")
+    if not broken:
+        return "Good."
+    if not revision:
+        raise ValueError("a critique that names a broken principle needs a revision")
+    numbers = " ".join(str(NUMBERS[p]) for p in broken)
+    return f"{numbers}: {revision}"
+
+
+NUMBERS = {name: i for i, name in enumerate(CONSTITUTION, start=1)}  # principle -> its number
+_CRITIQUE = re.compile(r"([1-9](?: [1-9])*): (.+)")
+
+
+def parse_critique(text: str) -> Critique | None:
+    """The principles and revision a critique names; None if it is not in the critique's form
+    (a critic that never learnt it, or names something that is not a principle).
+
+    >>> parse_critique("2 5: I do not know that person.")
+    (['honest', 'polite'], 'I do not know that person.')
+    >>> parse_critique("Good."), parse_critique("Bruno lives in Larkmoor.")
+    (([], None), None)
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got a {type(text).__name__}")
+    text = text.strip()
+    if text == "Good.":
+        return [], None
+    match = _CRITIQUE.fullmatch(text)
+    if match is None:
+        return None
+    names = {i: name for name, i in NUMBERS.items()}
+    numbers = [int(n) for n in match.group(1).split()]
+    if any(n not in names for n in numbers) or numbers != sorted(set(numbers)):
+        return None
+    return [names[n] for n in numbers], match.group(2).strip()
+
+
+def critique_examples(
+    judge: Judge, prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sample]], tokenizer,
+    *, context_length: int,
+) -> list[list[dict]]:  # fmt: skip
+    """The critic's teaching data: every distinct candidate reply, critiqued and revised by the
+    rule-based judge, as a four-turn conversation (:func:`critique_conversation` + the critique).
+    A critique longer than :data:`CRITIQUE_TOKENS` (a long revision) is left out: cutting it
+    would teach a critique without its end."""
+    conversations = []
+    for prompt, replies in zip(prompts, candidates, strict=True):
+        for reply in {s.text: s for s in replies}.values():
+            broken = judge.principles_broken(prompt, reply)
+            revision = revise(judge, prompt, reply, tokenizer).text if broken else None
+            answer = {"role": "assistant", "content": critique_text(broken, revision)}
+            shown = critique_conversation(prompt, reply, tokenizer, context_length=context_length)
+            if len(tokenizer.encode_ordinary(answer["content"])) < CRITIQUE_TOKENS:  # + <|end|>
+                conversations.append([*shown, answer])
+    return conversations
+
+
+def fine_tuned(model: nn.Module, tokenizer, conversations, *, steps: int, learning_rate: float,
+               seed: int) -> nn.Module:  # fmt: skip
+    """A copy of ``model`` fine-tuned on ``conversations`` (the chat model's recipe, with
+    ``steps``, ``learning_rate`` and ``seed``; a tenth of them, at most 50, for validation), on
+    the model's own device; ``model`` is left as it was."""
+    import copy
+
+    from companion.environment import model_device
+    from companion.pretraining import train
+    from companion.sft import SFTBatches, chat_model_configs, encode_conversations
+
+    if len(conversations) < 10:
+        raise ValueError(f"{len(conversations)} conversations: fine-tuning needs at least 10")
+    _, recipe = chat_model_configs()
+    device = str(model_device(model))
+    config = replace(recipe, steps=steps, learning_rate=learning_rate,
+                     min_learning_rate=learning_rate / 10, warmup_steps=min(20, steps - 1),
+                     eval_interval=steps, eval_batches=2, seed=seed, device=device)  # fmt: skip
+    examples = encode_conversations(conversations, tokenizer,
+                                    context_length=model.config.context_length)  # fmt: skip
+    n_val = min(50, len(examples) // 10)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(examples), generator=g).tolist()
+    val, train_set = [examples[i] for i in order[:n_val]], [examples[i] for i in order[n_val:]]
+    tuned = copy.deepcopy(model).train()
+    batches = SFTBatches(config.batch_size, special_ids(tokenizer)[END], device=device)
+    train(tuned, train_set, val, config, progress=False, batch_fn=batches)
+    return tuned.eval()
+
+
+def model_critiques(
+    critic: nn.Module, tokenizer, items: Sequence[tuple[Prompt, Sample]]
+) -> list[Critique | None]:  # fmt: skip
+    """The critic's greedy critique of each (prompt, reply), parsed (:func:`parse_critique`);
+    None for one it did not finish in :data:`CRITIQUE_TOKENS` tokens or wrote out of form."""
+    context_length = critic.config.context_length
+    conversations = [
+        critique_conversation(p, s, tokenizer, context_length=context_length) for p, s in items
+    ]
+    replies = chat_many(critic, tokenizer, conversations, max_new_tokens=CRITIQUE_TOKENS)
+    return [parse_critique(str(r)) if r.finished else None for r in replies]
+
+
+def revision_examples(
+    items: Sequence[tuple[Prompt, Sample]], critiques: Sequence[Critique | None]
+) -> list[list[dict]]:
+    """SL-CAI's data: each prompt with the critic's revision of its reply, or the reply itself
+    where the critic found nothing broken (a reply that never stopped is left out then); a
+    critique the critic did not write in form is left out."""
+    out = []
+    for (prompt, reply), critique in zip(items, critiques, strict=True):
+        if critique is None:
+            continue
+        broken, revision = critique
+        text = revision if broken else (reply.text.strip() if reply.finished else "")
+        if text:
+            out.append([{"role": "user", "content": prompt.text},
+                        {"role": "assistant", "content": text}])  # fmt: skip
+    return out
+
+
+def model_pairs(
+    prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sample]],
+    critiques: Sequence[Sequence[Critique | None]],
+) -> list[Preference]:  # fmt: skip
+    """RL-CAI's labels: for every two distinct replies to a prompt that the critic critiqued,
+    the one that breaks the first principle (in :data:`CONSTITUTION`'s order) the two critiques
+    differ on loses; no pair where they do not differ. ``Preference.rule`` is that principle."""
+    pairs = []
+    for prompt, replies, verdicts in zip(prompts, candidates, critiques, strict=True):
+        read = {}
+        for reply, critique in zip(replies, verdicts, strict=True):
+            if critique is not None:
+                read.setdefault(reply.text, (reply, set(critique[0])))
+        unique = list(read.values())
+        for i, (a, broken_a) in enumerate(unique):
+            for b, broken_b in unique[i + 1 :]:
+                first = next((p for p in CONSTITUTION if (p in broken_a) != (p in broken_b)), None)
+                if first is not None:
+                    chosen, rejected = (b, a) if first in broken_a else (a, b)
+                    pairs.append(Preference(prompt, chosen, rejected, first, False))
+    return pairs
+
+
+def principle_agreement(
+    world: World, items: Sequence[tuple[Prompt, Sample]],
+    critiques: Sequence[Critique | None], judge: Judge | None = None,
+) -> dict[str, dict[str, float | int]]:  # fmt: skip
+    """For each principle, on the replies its rater's rule (:data:`PRINCIPLE_RULES`) can fail
+    on (:data:`RULE_KINDS`) and the critic critiqued in form: ``n``, the share on which the
+    critic says the principle is broken exactly when the rater's rule fails (``rater``) and,
+    with ``judge``, exactly when the rule-based judge says so (``judge``), and the judge's own
+    agreement with the rater on the same replies (``judge_rater``)."""
+    out = {}
+    for principle, rule_name in PRINCIPLE_RULES.items():
+        rule = RULES[rule_name]
+        rows = [
+            (principle in c[0], not rule(world, p, s.text, s.finished), p, s)
+            for (p, s), c in zip(items, critiques, strict=True)
+            if c is not None and p.kind in RULE_KINDS[rule_name]
+        ]
+        if not rows:
+            continue
+        entry: dict[str, float | int] = {"n": len(rows)}
+        entry["rater"] = sum(flag == fails for flag, fails, _, _ in rows) / len(rows)
+        if judge is not None:
+            says = [principle in judge.principles_broken(p, s) for _, _, p, s in rows]
+            pairs = list(zip(rows, says, strict=True))
+            entry["judge"] = sum(row[0] == j for row, j in pairs) / len(rows)
+            entry["judge_rater"] = sum(row[1] == j for row, j in pairs) / len(rows)
+        out[principle] = entry
+    return out
