@@ -31,6 +31,11 @@ beside DPO, CAI's pairs de-duplicated at the rater's mix and each change alone, 
 reward model that over-rewards declining, PPO-ptx), three seeds each, and the
 over-optimisation curve of PPO with and without its leash; read with :func:`shipped_controls`.
 
+``python -m companion.rlhf self_critique --out companion/assets/self_critique.json`` runs
+Constitutional AI's two stages with the model as its own critic (:func:`self_critique`: the
+critic taught by the rule-based judge, SL-CAI, RL-CAI), three seeds; read with
+:func:`shipped_self_critique`.
+
 Left out: training on a GPU, and hyperparameter searches (the recipes are below, as used).
 """
 
@@ -41,6 +46,7 @@ import importlib.resources
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -610,9 +616,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.out.exists() and not _written_by(args.out, command):
             parser.error(f"{args.out} exists and is not a file this command wrote; nothing was "
                          "overwritten: choose another --out")  # fmt: skip
-        figures = run()
-        args.out.write_text(json.dumps(figures, indent=1) + "\n")
-        print(json.dumps(figures, indent=1))
+        if args.out.exists() and not os.access(args.out, os.W_OK):
+            parser.error(f"{args.out} exists but cannot be written; make it writable or choose "
+                         "another --out")  # fmt: skip
+        figures = json.dumps(run(), indent=1)
+        print(figures)  # first: a failed write below loses nothing
+        out = args.out
+        if out.exists() and not _written_by(out, command):  # someone else's file, made meanwhile
+            out = out.with_name(out.stem + f".{os.getpid()}.json")
+            print(f"{args.out} was written by someone else during the run; left as it is, the "
+                  f"figures are in {out}", file=sys.stderr)  # fmt: skip
+        out.write_text(figures + "\n")
         return
     figures = train_aligned_model(args.kind, args.out)
     print(json.dumps({k: v for k, v in figures.items() if k != "log"}, indent=1))

@@ -1,9 +1,9 @@
 """Constitutional AI's two stages with the course model as its own critic: SL-CAI and RL-CAI.
 
-Taught in ``06_rlhf.ipynb`` (section 7). In Bai et al. 2022 the *model* critiques its own
+Taught in ``06_rlhf.ipynb`` (section 9). In Bai et al. 2022 the *model* critiques its own
 replies against written principles and revises them; it is fine-tuned on the revisions
-(SL-CAI); then the model labels pairs of its own replies, and those labels train the
-preference model or DPO (RL-CAI). Here:
+(SL-CAI); then the model labels pairs of its own replies, and those labels train a preference
+model for reinforcement learning (RL-CAI; here DPO, which needs neither). Here:
 
 1. **Teaching the critic.** A model of a million parameters cannot read a principle and apply
    it, so it is taught by example: the chat model is fine-tuned on critiques written by the
@@ -12,7 +12,7 @@ preference model or DPO (RL-CAI). Here:
    :data:`CRITIQUE_REQUEST` and answered with the numbers of the principles broken and the
    revision, ``"2 5: I do not know that person."``, or ``"Good."``
    (:func:`critique_text`; numbers, because the course tokenizer spells "harmless" in six
-   tokens and a whole conversation must fit the model's 64). The critic is then a model: it
+   tokens and a whole conversation must fit the model's 64 tokens). The critic is then a model: it
    critiques replies it never saw, to prompts it never saw, by what it learnt, and it can be
    wrong where the judge is right (or the other way round).
 2. **SL-CAI.** The chat model samples fresh replies to the training prompts; the critic
@@ -20,8 +20,8 @@ preference model or DPO (RL-CAI). Here:
    revisions, and on the replies the critic passed as they are (:func:`revision_examples`).
 3. **RL-CAI.** The critic's critiques of those same fresh replies, read as labels: of two
    replies to a prompt, the one breaking the first principle the two critiques differ on loses
-   (:func:`model_pairs`); DPO from the SL-CAI model on those labels (chapter 6's recipe, with
-   its NLL term). Bai et al. label pairs sampled from the SL-CAI model; ours writes
+   (:func:`model_pairs`); DPO from the SL-CAI model on those labels (the chapter's DPO recipe,
+   with its NLL term). Bai et al. label pairs sampled from the SL-CAI model; ours writes
    near-copies, too few pairs to learn from.
 
 What stays rule-based: the critic's teacher (the judge's critiques and revisions), and the
@@ -38,7 +38,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from companion.chat import END, chat_many, special_ids
+from companion.chat import END, chat_many, render_chat, special_ids
 from companion.constitution import CONSTITUTION, Judge, revise
 from companion.preferences import RULES, Preference, Prompt, Sample
 from companion.world import World
@@ -58,15 +58,43 @@ RULE_KINDS: dict[str, tuple[str, ...]] = {
     "good_tone": ("known", "unknown", "harmful", "greeting"),
 }  # fmt: skip
 
+NUMBERS = {name: i for i, name in enumerate(CONSTITUTION, start=1)}  # principle -> its number
 Critique = tuple[list[str], str | None]  # (principles broken, revision or None); None if unread
+
+
+def _distinct(replies: Sequence[Sample]) -> list[Sample]:
+    """The first reply of each text, in order."""
+    return list({s.text: s for s in reversed(list(replies))}.values())[::-1]
+
+
+def _checked(critiques) -> list[Critique | None]:
+    """``critiques`` as a list, each None or (list of principle names, str or None)."""
+    out = list(critiques)
+    for i, c in enumerate(out):
+        ok = c is None or (
+            isinstance(c, tuple | list) and len(c) == 2 and isinstance(c[0], list)
+            and all(p in CONSTITUTION for p in c[0]) and (c[1] is None or isinstance(c[1], str))
+        )  # fmt: skip
+        if not ok:
+            raise TypeError(
+                f"critique {i} is {c!r}; each must be None or a parsed critique (broken "
+                "principles, revision), e.g. (['honest'], 'I do not know that person.'): "
+                "pass the text through parse_critique first"
+            )
+    return out
 
 
 def shown_reply(reply: Sample, tokenizer, shown: int = SHOWN_TOKENS) -> str:
     """The reply as the critic reads it: its first ``shown`` tokens, and " ..." if there were
     more or it never stopped."""
+    if isinstance(shown, bool) or not isinstance(shown, int) or shown < 1:
+        raise ValueError(f"shown={shown!r} must be an int >= 1: the tokens of the reply to show")
     ids = list(reply.ids)
-    text = tokenizer.decode(ids[:shown]).strip() or "..."
-    cut = len(ids) > shown or not reply.finished
+    keep = min(shown, len(ids))
+    while keep > 1 and tokenizer.decode(ids[:keep]).endswith("\ufffd"):
+        keep -= 1  # a character's bytes split by the cut: show it whole or not at all
+    text = tokenizer.decode(ids[:keep]).strip() or "..."
+    cut = len(ids) > keep or not reply.finished
     return text + " ..." if cut and text != "..." else text
 
 
@@ -77,8 +105,8 @@ def critique_conversation(
     conversation the critic continues with its critique. The reply is shown cut to at most
     :data:`SHOWN_TOKENS` tokens, fewer if that leaves less than :data:`CRITIQUE_TOKENS` of the
     ``context_length`` for the critique; ``ValueError`` if even one token does not fit."""
-    from companion.chat import render_chat
-
+    if isinstance(context_length, bool) or not isinstance(context_length, int):
+        raise TypeError(f"context_length={context_length!r} must be an int: the model's context")
     room = context_length - CRITIQUE_TOKENS
     for shown in range(SHOWN_TOKENS, 0, -1):
         conversation = [
@@ -88,9 +116,11 @@ def critique_conversation(
         ]
         if len(render_chat(conversation, tokenizer, add_generation_prompt=True)[0]) <= room:
             return conversation
+    quoted = prompt.text if len(prompt.text) <= 60 else prompt.text[:57] + "..."
     raise ValueError(
-        f"the question {prompt.text!r} leaves no room for a reply and a critique of "
-        f"{CRITIQUE_TOKENS} tokens in a context of {context_length}: ask a shorter question"
+        f"the question {quoted!r}, a reply and a critique of {CRITIQUE_TOKENS} tokens do not fit "
+        f"a context of {context_length} tokens: ask a shorter question, or use a critic with a "
+        "longer context"
     )
 
 
@@ -102,18 +132,27 @@ def critique_text(broken: Sequence[str], revision: str | None) -> str:
     >>> critique_text([], None)
     'Good.'
     """
+    if not isinstance(broken, list | tuple) or not all(isinstance(p, str) for p in broken):
+        raise TypeError(f"broken={broken!r} must be a list of principle names, e.g. ['honest']")
     unknown = [p for p in broken if p not in CONSTITUTION]
     if unknown:
         raise ValueError(f"{unknown} are not principles; use names from {list(CONSTITUTION)}")
+    if len(set(broken)) < len(broken):
+        raise ValueError(f"broken={broken!r} names a principle twice; name each once")
     if not broken:
+        if revision is not None:
+            raise ValueError("a critique that finds nothing broken has no revision; pass None")
         return "Good."
-    if not revision:
-        raise ValueError("a critique that names a broken principle needs a revision")
+    if not isinstance(revision, str) or not revision.strip() or "\n" in revision:
+        raise ValueError(
+            f"revision={revision!r}: a critique that names a broken principle needs a revision, "
+            "one non-empty line"
+        )
+    broken = sorted(broken, key=NUMBERS.get)  # in the constitution's order, as parsed back
     numbers = " ".join(str(NUMBERS[p]) for p in broken)
     return f"{numbers}: {revision}"
 
 
-NUMBERS = {name: i for i, name in enumerate(CONSTITUTION, start=1)}  # principle -> its number
 _CRITIQUE = re.compile(r"([1-9](?: [1-9])*): (.+)")
 
 
@@ -151,12 +190,13 @@ def critique_examples(
     would teach a critique without its end."""
     conversations = []
     for prompt, replies in zip(prompts, candidates, strict=True):
-        for reply in {s.text: s for s in replies}.values():
+        for reply in _distinct(replies):
             broken = judge.principles_broken(prompt, reply)
             revision = revise(judge, prompt, reply, tokenizer).text if broken else None
             answer = {"role": "assistant", "content": critique_text(broken, revision)}
             shown = critique_conversation(prompt, reply, tokenizer, context_length=context_length)
-            if len(tokenizer.encode_ordinary(answer["content"])) < CRITIQUE_TOKENS:  # + <|end|>
+            n = len(tokenizer.encode_ordinary(" " + answer["content"]))  # as the template does
+            if n < CRITIQUE_TOKENS:  # and <|end|>
                 conversations.append([*shown, answer])
     return conversations
 
@@ -179,8 +219,15 @@ def fine_tuned(model: nn.Module, tokenizer, conversations, *, steps: int, learni
     config = replace(recipe, steps=steps, learning_rate=learning_rate,
                      min_learning_rate=learning_rate / 10, warmup_steps=min(20, steps - 1),
                      eval_interval=steps, eval_batches=2, seed=seed, device=device)  # fmt: skip
-    examples = encode_conversations(conversations, tokenizer,
-                                    context_length=model.config.context_length)  # fmt: skip
+    context_length = model.config.context_length
+    for i, conversation in enumerate(conversations):
+        n = len(render_chat(conversation, tokenizer)[0])
+        if n > context_length:  # encode_conversations would cut its last exchange off
+            raise ValueError(
+                f"conversation {i} takes {n} tokens, more than the model's context of "
+                f"{context_length}; shorten it (its end would be cut off, not learnt)"
+            )
+    examples = encode_conversations(conversations, tokenizer, context_length=context_length)
     n_val = min(50, len(examples) // 10)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(examples), generator=g).tolist()
@@ -188,6 +235,11 @@ def fine_tuned(model: nn.Module, tokenizer, conversations, *, steps: int, learni
     tuned = copy.deepcopy(model).train()
     batches = SFTBatches(config.batch_size, special_ids(tokenizer)[END], device=device)
     train(tuned, train_set, val, config, progress=False, batch_fn=batches)
+    if not all(torch.isfinite(p).all() for p in tuned.parameters()):
+        raise ValueError(
+            f"fine-tuning at learning_rate={learning_rate} made the weights NaN or infinite; "
+            "lower the learning rate (the chat model's is 3e-4)"
+        )
     return tuned.eval()
 
 
@@ -211,7 +263,7 @@ def revision_examples(
     where the critic found nothing broken (a reply that never stopped is left out then); a
     critique the critic did not write in form is left out."""
     out = []
-    for (prompt, reply), critique in zip(items, critiques, strict=True):
+    for (prompt, reply), critique in zip(items, _checked(critiques), strict=True):
         if critique is None:
             continue
         broken, revision = critique
@@ -232,7 +284,7 @@ def model_pairs(
     pairs = []
     for prompt, replies, verdicts in zip(prompts, candidates, critiques, strict=True):
         read = {}
-        for reply, critique in zip(replies, verdicts, strict=True):
+        for reply, critique in zip(replies, _checked(verdicts), strict=True):
             if critique is not None:
                 read.setdefault(reply.text, (reply, set(critique[0])))
         unique = list(read.values())
@@ -254,12 +306,12 @@ def principle_agreement(
     critic says the principle is broken exactly when the rater's rule fails (``rater``) and,
     with ``judge``, exactly when the rule-based judge says so (``judge``), and the judge's own
     agreement with the rater on the same replies (``judge_rater``)."""
-    out = {}
+    out, checked = {}, _checked(critiques)
     for principle, rule_name in PRINCIPLE_RULES.items():
         rule = RULES[rule_name]
         rows = [
             (principle in c[0], not rule(world, p, s.text, s.finished), p, s)
-            for (p, s), c in zip(items, critiques, strict=True)
+            for (p, s), c in zip(items, checked, strict=True)
             if c is not None and p.kind in RULE_KINDS[rule_name]
         ]
         if not rows:

@@ -191,8 +191,8 @@ def test_the_command_refuses_someone_elses_file_and_repeated_seeds(tmp_path, cap
 # A rerun on another CPU rounds float sums differently, and every model here is trained on replies
 # it sampled, so a rerun elsewhere is in effect another training seed: it is held to the stored
 # run's story, each bound the stored seeds' range with a margin (the stored seeds 0-2 span:
-# the critic's honest agreement 0.97-0.98; SL-CAI invents 0.03-0.05, declines harm 0.75-0.91,
-# accuracy 0.84-0.92 against the chat model's 0.92; RL-CAI invents 0.42-0.48).
+# the critic's honest agreement 0.97-0.98; SL-CAI invents 0.03-0.08, declines harm 0.77-0.99,
+# accuracy 0.86-0.89 against the chat model's 0.92; RL-CAI invents 0.34-0.39).
 CRITIC_HONEST = 0.9  # the critic agrees with the rater about strangers at least this often
 SL_INVENTS = 0.15  # SL-CAI invents at most this (the chat model: 0.86-0.88)
 SL_HARM = 0.55  # SL-CAI declines at least this share of harmful requests (the chat model: 0.33)
@@ -215,3 +215,38 @@ def test_the_documented_command_reproduces_the_stored_story():
         assert run["sl"]["sampled"]["declines_harm"] >= SL_HARM
         assert run["sl"]["effects"]["accuracy"] >= chat_accuracy - SL_ACCURACY_COST
         assert run["rl"]["sampled"]["invents"] > run["sl"]["sampled"]["invents"]
+
+
+def test_bad_critiques_and_bad_runs_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="twice"):
+        critique_text(["honest", "honest"], "x")
+    with pytest.raises(TypeError, match="list of principle names"):
+        critique_text("honest", "x")
+    with pytest.raises(ValueError, match="one non-empty line"):
+        critique_text(["honest"], "a\nb")
+    with pytest.raises(ValueError, match="no revision"):
+        critique_text([], "x")
+    assert critique_text(["polite", "honest"], "x") == "2 5: x"  # read back in order
+    with pytest.raises(TypeError, match="parse_critique first"):
+        model_pairs([STRANGER], [[s("A.")]], [["2: x"]])  # raw text, not a parsed critique
+    with pytest.raises(ValueError, match="int >= 1"):
+        shown_reply(s("Hello."), TOK, shown=-1)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(TOK.vocab_size, 64, n_layer=1, n_head=1, d_model=16)).eval()
+    long = [[{"role": "user", "content": "Why " * 40}, {"role": "assistant", "content": "So."}]]
+    short = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "So."}]] * 10
+    with pytest.raises(ValueError, match="its end would be cut off"):
+        fine_tuned(model, TOK, short + long, steps=3, learning_rate=1e-3, seed=0)
+    with pytest.raises(ValueError, match="lower the learning rate"):
+        fine_tuned(model, TOK, short, steps=5, learning_rate=1e6, seed=0)
+
+
+def test_a_critique_too_long_for_the_critic_is_not_taught():
+    judge = Judge({}, corpus_text="Hello")
+    greeting = Prompt("Hi there, how are you today my good friend?", "greeting")
+    reply = s("The cat sat on a mat and then it ran", finished=False)  # revised to its first line
+    assert critique_examples(judge, [greeting], [[reply]], TOK, context_length=64) == []
+    assert all(
+        len(render_chat(e, TOK)[0]) <= 64
+        for e in critique_examples(judge, [greeting], [[s("Hello.")]], TOK, context_length=64)
+    )
