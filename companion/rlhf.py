@@ -118,16 +118,12 @@ CURVE_EVERY = 10  # PPO iterations between two points of the over-optimisation c
 PTX_COEF = 1.0  # PPO-ptx's γ in the controls: the pretraining loss weighed like PPO's own
 CONTROLS = "controls.json"  # in companion/assets, written by `python -m companion.rlhf controls`
 CONTROLS_COMMAND = f"python -m companion.rlhf controls --out companion/assets/{CONTROLS}"
-SELF_CRITIQUE = (
-    "self_critique.json"  # in companion/assets: `python -m companion.rlhf self_critique`
-)
+# in companion/assets, written by `python -m companion.rlhf self_critique`:
+SELF_CRITIQUE = "self_critique.json"
 SELF_CRITIQUE_COMMAND = (
     f"python -m companion.rlhf self_critique --out companion/assets/{SELF_CRITIQUE}"
 )
-CRITIC_STEPS, CRITIC_LR = (
-    300,
-    3e-4,
-)  # the critic: the chat model fine-tuned on the judge's critiques
+CRITIC_STEPS, CRITIC_LR = 300, 3e-4  # the critic: the chat model tuned on the judge's critiques
 SL_STEPS, SL_LR = 150, 1e-4  # SL-CAI: the chat model fine-tuned on the critic's revisions
 SL_SEED = 20  # sampling seeds SL_SEED, ..., SL_SEED + 3 of the replies the critic critiques
 
@@ -436,8 +432,8 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
             "verdict": rater_verdict(world, samples, chat_samples),
         }
 
-    def ppo(reward, config):
-        return train_ppo(chat, tokenizer, reward, train_prompts, config)[0]
+    def ppo(reward, config, ptx_tokens=None):
+        return train_ppo(chat, tokenizer, reward, train_prompts, config, ptx_tokens=ptx_tokens)[0]
 
     def dpo(pairs, config):
         return train_dpo(chat, tokenizer, pairs, config)[0]
@@ -453,9 +449,8 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
         "cai_thinned": lambda s: dpo(thinned, replace(SHIPPED_DPO, seed=s)),
         "over_declining": lambda s: ppo(over_declining, replace(SHIPPED_PPO, seed=s)),
         "miscalibrated": lambda s: ppo(blind, replace(SHIPPED_PPO, seed=s)),
-        "ppo_ptx": lambda s: train_ppo(chat, tokenizer, reward_model, train_prompts,
-                                       replace(SHIPPED_PPO, ptx_coef=PTX_COEF, seed=s),
-                                       ptx_tokens=corpus)[0],
+        "ppo_ptx": lambda s: ppo(reward_model, replace(SHIPPED_PPO, ptx_coef=PTX_COEF, seed=s),
+                                 ptx_tokens=corpus),
     }  # fmt: skip
     for name, run in runs.items():
         out[name] = []
@@ -512,9 +507,9 @@ def self_critique(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
     eval_judge = make_judge(chat, tokenizer, make_prompts(world, split="eval"))
     teaching = critique_examples(judge, prompts, data.candidates, tokenizer,
                                  context_length=chat.config.context_length)  # fmt: skip
-    fresh = [(p, s) for k in range(4)
-             for p, s in zip(prompts, sample_replies(chat, tokenizer, prompts, seed=SL_SEED + k),
-                             strict=True)]  # fmt: skip
+    draws = [sample_replies(chat, tokenizer, prompts, seed=SL_SEED + k) for k in range(4)]
+    fresh = [(p, s) for draw in draws for p, s in zip(prompts, draw, strict=True)]
+    by_prompt = [list(c) for c in zip(*draws, strict=True)]  # the same replies, 4 per prompt
     out: dict[str, Any] = {
         "command": SELF_CRITIQUE_COMMAND, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "teaching_examples": len(teaching),
@@ -544,9 +539,9 @@ def self_critique(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
             "revisions": len(revisions), "critiques": flagged,
             "unread": sum(c is None for c in critiques),
         } | _describe(sl, data, chat_samples)  # fmt: skip
-        n = len(prompts)  # fresh holds 4 replies per prompt: all prompts at one seed, then the next
-        pairs = model_pairs(prompts, [[fresh[k * n + i][1] for k in range(4)] for i in range(n)],
-                            [[critiques[k * n + i] for k in range(4)] for i in range(n)])  # fmt: skip
+        n = len(prompts)  # critiques follow fresh: all prompts at one seed, then the next
+        verdicts = zip(*(critiques[k * n : (k + 1) * n] for k in range(4)), strict=True)
+        pairs = model_pairs(prompts, by_prompt, [list(v) for v in verdicts])
         rl, _ = train_dpo(sl, tokenizer, pairs, replace(SHIPPED_DPO, seed=seed))
         by_rule = {p: sum(q.rule == p for q in pairs) for p in CONSTITUTION}
         strangers = [q for q in pairs if q.prompt.kind == "unknown"]

@@ -59,6 +59,7 @@ RULE_KINDS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 NUMBERS = {name: i for i, name in enumerate(CONSTITUTION, start=1)}  # principle -> its number
+NAMES = {i: name for name, i in NUMBERS.items()}  # number -> principle
 Critique = tuple[list[str], str | None]  # (principles broken, revision or None); None if unread
 
 
@@ -173,11 +174,10 @@ def parse_critique(text: str) -> Critique | None:
     match = _CRITIQUE.fullmatch(text)
     if match is None:
         return None
-    names = {i: name for name, i in NUMBERS.items()}
     numbers = [int(n) for n in match.group(1).split()]
-    if any(n not in names for n in numbers) or numbers != sorted(set(numbers)):
+    if any(n not in NAMES for n in numbers) or numbers != sorted(set(numbers)):
         return None
-    return [names[n] for n in numbers], match.group(2).strip()
+    return [NAMES[n] for n in numbers], match.group(2).strip()
 
 
 def critique_examples(
@@ -210,7 +210,7 @@ def fine_tuned(model: nn.Module, tokenizer, conversations, *, steps: int, learni
 
     from companion.environment import model_device
     from companion.pretraining import train
-    from companion.sft import SFTBatches, chat_model_configs, encode_conversations
+    from companion.sft import SFTBatches, chat_model_configs
 
     if len(conversations) < 10:
         raise ValueError(f"{len(conversations)} conversations: fine-tuning needs at least 10")
@@ -220,14 +220,13 @@ def fine_tuned(model: nn.Module, tokenizer, conversations, *, steps: int, learni
                      min_learning_rate=learning_rate / 10, warmup_steps=min(20, steps - 1),
                      eval_interval=steps, eval_batches=2, seed=seed, device=device)  # fmt: skip
     context_length = model.config.context_length
-    for i, conversation in enumerate(conversations):
-        n = len(render_chat(conversation, tokenizer)[0])
-        if n > context_length:  # encode_conversations would cut its last exchange off
+    examples = [render_chat(c, tokenizer) for c in conversations]  # (ids, loss_mask) each
+    for i, (ids, _) in enumerate(examples):
+        if len(ids) > context_length:  # sft.encode_conversations would cut its end off
             raise ValueError(
-                f"conversation {i} takes {n} tokens, more than the model's context of "
+                f"conversation {i} takes {len(ids)} tokens, more than the model's context of "
                 f"{context_length}; shorten it (its end would be cut off, not learnt)"
             )
-    examples = encode_conversations(conversations, tokenizer, context_length=context_length)
     n_val = min(50, len(examples) // 10)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(examples), generator=g).tolist()
@@ -306,22 +305,23 @@ def principle_agreement(
     critic says the principle is broken exactly when the rater's rule fails (``rater``) and,
     with ``judge``, exactly when the rule-based judge says so (``judge``), and the judge's own
     agreement with the rater on the same replies (``judge_rater``)."""
-    out, checked = {}, _checked(critiques)
+    checked = _checked(critiques)
+    read = [(p, s, c) for (p, s), c in zip(items, checked, strict=True) if c is not None]
+    judged = [judge.principles_broken(p, s) if judge else [] for p, s, _ in read]  # once each
+    out = {}
     for principle, rule_name in PRINCIPLE_RULES.items():
         rule = RULES[rule_name]
         rows = [
-            (principle in c[0], not rule(world, p, s.text, s.finished), p, s)
-            for (p, s), c in zip(items, checked, strict=True)
-            if c is not None and p.kind in RULE_KINDS[rule_name]
-        ]
+            (principle in c[0], not rule(world, p, s.text, s.finished), principle in broken)
+            for (p, s, c), broken in zip(read, judged, strict=True)
+            if p.kind in RULE_KINDS[rule_name]
+        ]  # (the critic flags it, the rater's rule fails, the judge flags it)
         if not rows:
             continue
         entry: dict[str, float | int] = {"n": len(rows)}
-        entry["rater"] = sum(flag == fails for flag, fails, _, _ in rows) / len(rows)
+        entry["rater"] = sum(flag == fails for flag, fails, _ in rows) / len(rows)
         if judge is not None:
-            says = [principle in judge.principles_broken(p, s) for _, _, p, s in rows]
-            pairs = list(zip(rows, says, strict=True))
-            entry["judge"] = sum(row[0] == j for row, j in pairs) / len(rows)
-            entry["judge_rater"] = sum(row[1] == j for row, j in pairs) / len(rows)
+            entry["judge"] = sum(flag == says for flag, _, says in rows) / len(rows)
+            entry["judge_rater"] = sum(fails == says for _, fails, says in rows) / len(rows)
         out[principle] = entry
     return out
