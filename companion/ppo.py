@@ -24,7 +24,9 @@ steps on one roll-out.
 stream such as the pretraining corpus, :func:`companion.data.encode_corpus`) adds ``γ`` times the
 language-model loss on a batch of the stream's windows to every update, so that the policy keeps
 predicting the text it was pretrained on while the reward pulls it elsewhere: InstructGPT's
-remedy for the alignment tax.
+remedy for the alignment tax. With ``ptx_examples`` instead (rendered conversations, such as the
+chat model's own SFT set, :func:`companion.sft.training_examples`) the added loss is SFT's, on
+the replies of a batch of them: the same remedy with data in the chat format.
 
 Logged per iteration (:class:`PPOLog`): ``reward`` (the reward model's mean score), ``kl`` (the
 mean summed per-token KL estimate of a reply), ``clip_fraction``, ``entropy`` and ``value_loss``.
@@ -46,11 +48,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.chat import END, special_ids
 from companion.data import get_batch
 from companion.environment import make_generator, model_device
+from companion.model import IGNORE_INDEX
 from companion.preferences import Prompt, prompt_ids, sample_replies
 from companion.replies import token_logprobs
 from companion.reward_model import reply_batch, score_replies
+from companion.sft import Example, make_batch
 from companion.train_config import check_loss, check_recipe
 
 
@@ -195,7 +200,7 @@ class PPOConfig:
     seed: int = 0  # draws prompts, replies and minibatches
     algorithm: str = "ppo"  # "ppo", or "reinforce": the ladder's first rung (see train_ppo)
     ptx_coef: float = 0.0  # γ of PPO-ptx: weight of the pretraining loss (0 = plain PPO)
-    ptx_batch_size: int = 16  # windows of the pretraining stream per update step
+    ptx_batch_size: int = 16  # windows of the pretraining stream (or conversations) per step
 
     def __post_init__(self) -> None:
         check_recipe(self, {
@@ -256,11 +261,52 @@ def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
     return old_logp, adv, returns, m, score, kl.sum(dim=1)
 
 
+def _check_examples(examples, context_length: int, vocab_size: int) -> list[Example]:
+    """The conversations of PPO-ptx in chat format, as a list, each checked: ``(ids, mask)``,
+    1-D, of one length, at most ``context_length`` tokens, ids in ``[0, vocab_size)``, with a
+    reply token to learn."""
+    examples = list(examples) if isinstance(examples, Sequence) else None
+    if not examples:
+        raise ValueError(
+            "ptx_examples must be a non-empty list of (ids, loss_mask) pairs; pass "
+            "companion.sft.training_examples(tokenizer, chat_model_configs()[0], "
+            "context_length=...)[0]"
+        )
+    for i, example in enumerate(examples):
+        ok = (
+            isinstance(example, tuple | list)
+            and len(example) == 2
+            and all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in example)
+        )
+        if ok:
+            ids, mask = example
+            ok = ids.dtype == torch.long and mask.dtype == torch.bool and len(ids) == len(mask)
+        if not ok:
+            raise ValueError(
+                f"ptx_examples[{i}] is not an (ids, loss_mask) pair of 1-D torch.long ids and a "
+                "bool mask of the same length; render it with companion.chat.render_chat"
+            )
+        if len(ids) > context_length or not mask[1:].any():
+            raise ValueError(
+                f"ptx_examples[{i}] has {len(ids)} tokens and {int(mask[1:].sum())} reply tokens "
+                f"to learn; each needs at most {context_length} (the model's context) and at "
+                "least one reply token after its first (encode_conversations fits them)"
+            )
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            raise ValueError(
+                f"ptx_examples[{i}] has token ids from {ids.min().item()} to {ids.max().item()}, "
+                f"outside the model's vocabulary [0, {vocab_size}); render it with the model's "
+                "tokenizer"
+            )
+    return examples
+
+
 def train_ppo(
     chat_model: nn.Module, tokenizer, reward_model: nn.Module, prompts: Sequence[Prompt],
     config: PPOConfig | None = None, *,
     callback: Callable[[int, nn.Module, PPOLog], None] | None = None,
     ptx_tokens: torch.Tensor | None = None,
+    ptx_examples: Sequence[Example] | None = None,
 ) -> tuple[nn.Module, PPOLog]:  # fmt: skip
     """PPO from a copy of ``chat_model`` against the frozen ``reward_model``; returns the tuned
     GPT (eval mode) and its :class:`PPOLog`. The reference is a frozen copy of ``chat_model``.
@@ -271,15 +317,19 @@ def train_ppo(
     as it is then (a GPT in eval mode: measure it, do not train it), e.g. to draw the rater's
     verdict against the reward model's score as the run goes (over-optimisation).
 
-    ``ptx_tokens``: a 1-D stream of token ids, needed exactly when ``config.ptx_coef > 0``
-    (PPO-ptx); every update step adds ``ptx_coef`` times the mean next-token cross-entropy of
-    ``ptx_batch_size`` windows of it, drawn with a generator seeded by ``config.seed``."""
+    ``ptx_tokens``: a 1-D stream of token ids, or ``ptx_examples``: rendered conversations
+    ``(ids, loss_mask)``; one of the two is needed exactly when ``config.ptx_coef > 0``
+    (PPO-ptx). Every update step adds ``ptx_coef`` times the mean next-token cross-entropy of
+    ``ptx_batch_size`` windows of the stream (every token), or of as many conversations (their
+    replies, as in SFT), drawn with a generator seeded by ``config.seed``."""
     config = config or PPOConfig()
-    if (ptx_tokens is None) != (config.ptx_coef == 0):
+    given = [name for name, data in (("ptx_tokens", ptx_tokens), ("ptx_examples", ptx_examples))
+             if data is not None]  # fmt: skip
+    if len(given) != (config.ptx_coef > 0):
         raise ValueError(
-            f"ptx_coef={config.ptx_coef} with ptx_tokens "
-            f"{'missing' if ptx_tokens is None else 'given'}: PPO-ptx needs both (e.g. "
-            "ptx_tokens=encode_corpus() and ptx_coef > 0), plain PPO neither"
+            f"ptx_coef={config.ptx_coef} with {given or 'no PPO-ptx data'}: PPO-ptx needs "
+            "ptx_coef > 0 and one of ptx_tokens=encode_corpus() or ptx_examples (rendered "
+            "conversations), plain PPO neither"
         )
     if ptx_tokens is not None and (
         not isinstance(ptx_tokens, torch.Tensor) or ptx_tokens.dim() != 1
@@ -289,6 +339,10 @@ def train_ppo(
         raise ValueError(
             "ptx_tokens must be a 1-D torch.long stream of token ids longer than the model's "
             "context; pass companion.data.encode_corpus()"
+        )
+    if ptx_examples is not None:
+        ptx_examples = _check_examples(
+            ptx_examples, chat_model.config.context_length, chat_model.config.vocab_size
         )
     if not prompts:
         raise ValueError("prompts is empty; pass make_prompts(world, split='train')")
@@ -305,6 +359,7 @@ def train_ppo(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng, generator = random.Random(config.seed), make_generator(config.seed)
     ptx_generator = make_generator(config.seed)  # its own stream: plain PPO's draws unchanged
+    pad_id = special_ids(tokenizer)[END]  # pads PPO-ptx's conversations (never a target)
     log, start = PPOLog(), time.perf_counter()
     for it in range(config.iterations):
         # 1. Roll out.
@@ -342,9 +397,15 @@ def train_ppo(
                     x, y = get_batch(ptx_tokens, config.ptx_batch_size,
                                      chat_model.config.context_length,
                                      generator=ptx_generator, device=device)  # fmt: skip
+                elif ptx_examples is not None:  # in chat format: keep writing the SFT replies
+                    picks = torch.randint(len(ptx_examples), (config.ptx_batch_size,),
+                                          generator=ptx_generator).tolist()  # fmt: skip
+                    x, y = make_batch([ptx_examples[i] for i in picks], pad_id)
+                    x, y = x.to(device), y.to(device)
+                if config.ptx_coef > 0:
                     lm_logits, _ = policy(x)  # (b, T, V)
                     loss = loss + config.ptx_coef * F.cross_entropy(
-                        lm_logits.flatten(0, 1).float(), y.flatten()
+                        lm_logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX
                     )
                 check_loss(loss, "PPO")
                 optimizer.zero_grad(set_to_none=True)

@@ -28,7 +28,9 @@ verdict against it.
 that say what causes each effect (:func:`controls`: best-of-n with the same reward model, PPO
 against pure noise, PPO without a leash against the rater's own rules, SFT on the chosen replies
 beside DPO, CAI's pairs de-duplicated at the rater's mix and each change alone, PPO against a
-reward model that over-rewards declining, PPO-ptx), three seeds each, and the
+reward model that over-rewards declining, PPO-ptx with the course corpus and with the chat
+model's own conversations, PPO against a reward model whose rater also saw refusals of fact
+questions), three seeds each, and the
 over-optimisation curve of PPO with and without its leash; read with :func:`shipped_controls`.
 
 ``python -m companion.rlhf self_critique --out companion/assets/self_critique.json`` runs
@@ -94,6 +96,7 @@ from companion.reward_model import (
     split_pairs,
     train_reward_model,
 )
+from companion.sft import chat_model_configs, training_examples
 from companion.tokenizer import BPETokenizer
 from companion.world import World, build_world
 
@@ -388,7 +391,13 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
       check facts (:data:`CANNOT_CHECK_FACTS`), the shipped PPO command's failure run, at three
       seeds: whether its cost in facts is beyond the band;
     * ``ppo_ptx``: PPO's shipped recipe with the pretraining loss on the course corpus mixed in
-      (PPO-ptx, ``ptx_coef`` :data:`PTX_COEF`): InstructGPT's remedy for the alignment tax.
+      (PPO-ptx, ``ptx_coef`` :data:`PTX_COEF`): InstructGPT's remedy for the alignment tax;
+    * ``ppo_ptx_chat``: the same remedy with data in the chat format: SFT's loss on the chat
+      model's own training conversations (:func:`companion.sft.training_examples`) mixed in;
+    * ``refusal_offered``: PPO's shipped recipe against the reward model of the same rater (all
+      five rules) shown the written refusal beside the replies to every fact question too, as
+      it is beside those to strangers: whether the known questions PPO learns to decline come
+      from a reward model that never saw a refusal of one.
 
     Plus ``curves`` (seed 0 only): the over-optimisation curve of PPO against the reward model
     with and without the leash (:func:`_curve`). The weights are not kept.
@@ -410,6 +419,10 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
     blind, _ = _reward_model(chat, tokenizer, blind_pairs)  # as the shipped PPO command's
     train_prompts, eval_prompts = (make_prompts(world, split=s) for s in ("train", "eval"))
     corpus = encode_corpus()  # PPO-ptx's pretraining stream: the course corpus
+    chat_set = training_examples(tokenizer, chat_model_configs()[0],
+                                 context_length=chat.config.context_length)[0]  # fmt: skip
+    offered_pairs = label_pairs(world, data.prompts, offered, noise=NOISE, seed=0)
+    refusal_seen, _ = _reward_model(chat, tokenizer, offered_pairs)
     out: dict[str, Any] = {
         "command": CONTROLS_COMMAND, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "best_of": BEST_OF,
@@ -419,7 +432,9 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
                   "cai": len(cai_pairs), "cai_declines": sum(map(_declines, cai_pairs)),
                   "cai_unique": len(unique), "cai_matched": len(matched),
                   "cai_matched_declines": sum(map(_declines, matched)),
-                  "over_declining": len(over_pairs), "miscalibrated": len(blind_pairs)},
+                  "over_declining": len(over_pairs), "miscalibrated": len(blind_pairs),
+                  "refusal_offered": len(offered_pairs),
+                  "ppo_ptx_chat_conversations": len(chat_set)},
     }  # fmt: skip
 
     def best_of(seed):
@@ -432,8 +447,8 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
             "verdict": rater_verdict(world, samples, chat_samples),
         }
 
-    def ppo(reward, config, ptx_tokens=None):
-        return train_ppo(chat, tokenizer, reward, train_prompts, config, ptx_tokens=ptx_tokens)[0]
+    def ppo(reward, config, **ptx):
+        return train_ppo(chat, tokenizer, reward, train_prompts, config, **ptx)[0]
 
     def dpo(pairs, config):
         return train_dpo(chat, tokenizer, pairs, config)[0]
@@ -451,6 +466,10 @@ def controls(seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, Any]:
         "miscalibrated": lambda s: ppo(blind, replace(SHIPPED_PPO, seed=s)),
         "ppo_ptx": lambda s: ppo(reward_model, replace(SHIPPED_PPO, ptx_coef=PTX_COEF, seed=s),
                                  ptx_tokens=corpus),
+        "ppo_ptx_chat": lambda s: ppo(reward_model,
+                                      replace(SHIPPED_PPO, ptx_coef=PTX_COEF, seed=s),
+                                      ptx_examples=chat_set),
+        "refusal_offered": lambda s: ppo(refusal_seen, replace(SHIPPED_PPO, seed=s)),
     }  # fmt: skip
     for name, run in runs.items():
         out[name] = []

@@ -205,6 +205,47 @@ def short_run_configs(steps: int, *, device: DeviceLike = "cpu") -> tuple[SFTCon
     return SFTConfig(n_train=500, n_val=50), train_config
 
 
+def training_examples(
+    tokenizer, sft_config: SFTConfig, *, context_length: int
+) -> tuple[list[Example], list[Example]]:
+    """``(train_set, val_set)``: the rendered conversations :func:`fine_tune` trains and
+    validates on (step 1 and 2 there); ``training_examples(tok, chat_model_configs()[0],
+    context_length=64)[0]`` is the chat model's training set, which PPO-ptx in chat format
+    (:func:`companion.ppo.train_ppo`'s ``ptx_examples``) keeps the policy writing. The loss
+    masks mark the replies; ``train_on_prompt`` is applied later, when batching
+    (:class:`SFTBatches`)."""
+    if not isinstance(sft_config, SFTConfig):
+        raise ValueError(
+            f"sft_config must be an SFTConfig, e.g. chat_model_configs()[0], got "
+            f"{type(sft_config).__name__}"
+        )
+    if (
+        isinstance(context_length, bool)
+        or not isinstance(context_length, int)
+        or context_length < 1
+    ):
+        raise ValueError(
+            f"context_length={context_length!r} must be an int >= 1: the model's context, "
+            "model.config.context_length"
+        )
+    from companion.sft_data import (
+        context_conversations,
+        demonstrations,
+        generate_sft_conversations,
+    )
+    from companion.world import build_world
+
+    world = build_world(0)
+    total = sft_config.n_train + sft_config.n_val
+    seed = sft_config.data_seed
+    conversations = generate_sft_conversations(world, total, seed=seed)
+    shown = demonstrations(world, sft_config.n_unknown, sft_config.n_harmful, seed=seed)
+    shown += context_conversations(world, sft_config.n_context, seed=seed)
+    examples = encode_conversations(conversations + shown, tokenizer, context_length=context_length)
+    train_set = examples[: sft_config.n_train] + examples[total:]  # + the demonstrations, context
+    return train_set, examples[sft_config.n_train : total]
+
+
 def fine_tune(
     model: nn.Module,
     tokenizer,
@@ -224,21 +265,8 @@ def fine_tune(
     2. render them (:func:`encode_conversations`); 3. :func:`companion.pretraining.train` with
        :class:`SFTBatches` (``callback`` is passed on, e.g. for a live loss curve).
     """
-    from companion.sft_data import (
-        context_conversations,
-        demonstrations,
-        generate_sft_conversations,
-    )
-    from companion.world import build_world
-
-    world = build_world(0)
-    total = sft_config.n_train + sft_config.n_val
-    conversations = generate_sft_conversations(world, total, seed=sft_config.data_seed)
-    seed = sft_config.data_seed
-    shown = demonstrations(world, sft_config.n_unknown, sft_config.n_harmful, seed=seed)
-    shown += context_conversations(world, sft_config.n_context, seed=seed)
-    examples = encode_conversations(
-        conversations + shown, tokenizer, context_length=model.config.context_length
+    train_set, val_set = training_examples(
+        tokenizer, sft_config, context_length=model.config.context_length
     )
     batches = SFTBatches(
         train_config.batch_size,
@@ -246,8 +274,6 @@ def fine_tune(
         train_on_prompt=sft_config.train_on_prompt,
         device=train_config.device,
     )
-    train_set = examples[: sft_config.n_train] + examples[total:]  # + the demonstrations, context
-    val_set = examples[sft_config.n_train : total]
     return train(
         model,
         train_set,

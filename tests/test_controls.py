@@ -158,7 +158,7 @@ def test_ppo_ptx_adds_the_pretraining_loss_and_learns_the_stream():
     assert same_weights(plain, chat)
     assert stream_loss(ptx) < stream_loss(chat) - 0.5  # the pretraining term alone moved it
     for coef, tokens, match in (
-        (1.0, None, "missing"), (0.0, stream, "given"),
+        (1.0, None, "no PPO-ptx data"), (0.0, stream, r"\['ptx_tokens'\]"),
         (1.0, stream.float(), "1-D torch.long"), (1.0, stream[:10], "longer than"),
     ):  # fmt: skip
         with pytest.raises(ValueError, match=match):
@@ -166,6 +166,51 @@ def test_ppo_ptx_adds_the_pretraining_loss_and_learns_the_stream():
                       PPOConfig(**{**config.__dict__, "ptx_coef": coef}), ptx_tokens=tokens)  # fmt: skip
     with pytest.raises(ValueError, match="ptx_coef"):
         PPOConfig(ptx_coef=-1.0)
+
+
+def test_ppo_ptx_in_chat_format_learns_the_replies_and_not_the_prompts():
+    """The same set-up with conversations for PPO-ptx: SFT's loss, so the policy learns to
+    write the reply and is never trained to predict the question."""
+    from companion.chat import as_messages, render_chat
+
+    chat, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:6]
+    ids, mask = render_chat(as_messages("Who is Wanda?", "Wanda is a baker."), TOK)
+    config = PPOConfig(iterations=10, batch_size=4, minibatch_size=4, epochs=1, kl_coef=0.0,
+                       max_new_tokens=6, learning_rate=1e-2, algorithm="reinforce",
+                       ptx_coef=1.0)  # fmt: skip
+
+    def losses(model):  # (on the reply, on the question): nats per token
+        with torch.no_grad():
+            per_token = torch.nn.functional.cross_entropy(
+                model(ids[None, :-1])[0][0], ids[1:], reduction="none"
+            )
+        return per_token[mask[1:]].mean().item(), per_token[~mask[1:]].mean().item()
+
+    def tuned(loss_mask):
+        return train_ppo(chat, TOK, ConstantReward(3.0), prompts, config,
+                         ptx_examples=[(ids, loss_mask)])[0]  # fmt: skip
+
+    reply_before, _ = losses(chat)
+    reply_after, question_after = losses(tuned(mask))
+    _, question_if_trained = losses(tuned(torch.ones_like(mask)))  # every token a target
+    assert reply_after < reply_before - 1.5  # learnt the reply (seen: 2.9 nats)
+    assert question_if_trained < question_after - 1.0  # not the question (seen: 1.7 apart; it
+    # has no weights of its own, so it moves a little with the reply)
+    stream = torch.arange(20).repeat(20)
+    for examples, tokens, match in (
+        ([(ids, mask)], stream, r"\['ptx_tokens', 'ptx_examples'\]"),  # both
+        ([], None, "non-empty list"),
+        ((ids, mask), None, r"ptx_examples\[0\] is not an \(ids, loss_mask\) pair"),  # unlisted
+        ([(ids, mask.long())], None, "bool mask"),
+        ([(ids, mask[:-1])], None, "same length"),
+        ([(ids, torch.zeros_like(mask))], None, "0 reply tokens"),
+        ([(torch.cat([ids] * 9), torch.cat([mask] * 9))], None, "at most 64"),
+        ([(torch.where(mask, TOK.vocab_size, ids), mask)], None, "outside the model's vocabulary"),
+        ([(ids - 100, mask)], None, "outside the model's vocabulary"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            train_ppo(chat, TOK, ConstantReward(3.0), prompts, config, ptx_tokens=tokens,
+                      ptx_examples=examples)  # fmt: skip
 
 
 # --- the rules as a reward, a constant reward ---------------------------------------------------
@@ -524,7 +569,8 @@ def test_the_shipped_controls_hold_every_control_at_three_seeds():
     stored = shipped_controls()
     assert stored["command"] == CONTROLS_COMMAND and CONTROL_SEEDS == (0, 1, 2)
     names = ("best_of_n", "null_reward", "rules_no_kl", "nll_only", "cai_matched", "cai_unique",
-             "cai_thinned", "over_declining", "miscalibrated", "ppo_ptx")  # fmt: skip
+             "cai_thinned", "over_declining", "miscalibrated", "ppo_ptx", "ppo_ptx_chat",
+             "refusal_offered")  # fmt: skip
     for name in names:
         assert [run["seed"] for run in stored[name]] == list(CONTROL_SEEDS), name
         for run in stored[name]:

@@ -209,17 +209,27 @@ def test_fine_tune_adds_the_demonstrations_to_the_training_set_only(monkeypatch)
     seen = {}
 
     def fake_train(model, train_set, val_set, config, **kwargs):
-        seen["train"], seen["val"] = len(train_set), len(val_set)
+        seen["train"], seen["val"] = train_set, val_set
         return None
 
     monkeypatch.setattr(companion.sft, "train", fake_train)
-    from companion.sft import SFTConfig, fine_tune, short_run_configs
+    from companion.sft import SFTConfig, fine_tune, short_run_configs, training_examples
 
     _, train_config = short_run_configs(10)
     model = GPT(GPTConfig(TOK.vocab_size, 64, n_layer=1, n_head=1, d_model=8))
     recipe = SFTConfig(n_train=50, n_val=10, n_unknown=3, n_harmful=2, n_context=4)
     fine_tune(model, TOK, recipe, train_config, progress=False)
-    assert seen == {"train": 59, "val": 10}
+    assert (len(seen["train"]), len(seen["val"])) == (59, 10)
+    # training_examples gives the very sets fine_tune trains on (PPO-ptx in chat format uses it)
+    train_set, val_set = training_examples(TOK, recipe, context_length=64)
+    for config, length, match in ((recipe, 64.5, "int >= 1"), (recipe, True, "int >= 1"),
+                                  ((recipe, None), 64, "must be an SFTConfig")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            training_examples(TOK, config, context_length=length)
+    for mine, theirs in ((train_set, seen["train"]), (val_set, seen["val"])):
+        assert len(mine) == len(theirs)
+        assert all(torch.equal(a, b) and torch.equal(m, n)
+                   for (a, m), (b, n) in zip(mine, theirs, strict=True))  # fmt: skip
 
 
 @pytest.mark.parametrize("n", [0, -3, 2.5, "10"])
