@@ -55,7 +55,7 @@ from companion.model import IGNORE_INDEX
 from companion.preferences import Prompt, prompt_ids, sample_replies
 from companion.replies import token_logprobs
 from companion.reward_model import reply_batch, score_replies
-from companion.sft import Example, make_batch
+from companion.sft import Example, SFTBatches
 from companion.train_config import check_loss, check_recipe
 
 
@@ -359,7 +359,8 @@ def train_ppo(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng, generator = random.Random(config.seed), make_generator(config.seed)
     ptx_generator = make_generator(config.seed)  # its own stream: plain PPO's draws unchanged
-    pad_id = special_ids(tokenizer)[END]  # pads PPO-ptx's conversations (never a target)
+    if ptx_examples is not None:  # PPO-ptx in chat format: SFT's batches of the conversations
+        ptx_batches = SFTBatches(config.ptx_batch_size, special_ids(tokenizer)[END], device=device)
     log, start = PPOLog(), time.perf_counter()
     for it in range(config.iterations):
         # 1. Roll out.
@@ -398,10 +399,7 @@ def train_ppo(
                                      chat_model.config.context_length,
                                      generator=ptx_generator, device=device)  # fmt: skip
                 elif ptx_examples is not None:  # in chat format: keep writing the SFT replies
-                    picks = torch.randint(len(ptx_examples), (config.ptx_batch_size,),
-                                          generator=ptx_generator).tolist()  # fmt: skip
-                    x, y = make_batch([ptx_examples[i] for i in picks], pad_id)
-                    x, y = x.to(device), y.to(device)
+                    x, y = ptx_batches(ptx_examples, ptx_generator)
                 if config.ptx_coef > 0:
                     lm_logits, _ = policy(x)  # (b, T, V)
                     loss = loss + config.ptx_coef * F.cross_entropy(
