@@ -20,6 +20,15 @@ the replies must come from the policy being updated), no value head, no ratio, n
 adds a learned baseline (the value head, GAE) and the clipped ratio, which let it take several
 steps on one roll-out.
 
+**A baseline per prompt**, ``PPOConfig(group_size=G)``: every prompt of the batch is rolled out
+``G`` times and each reply's score enters less the mean score of its prompt's ``G`` replies
+(:func:`prompt_baseline`). Without it the only baseline is the batch's mean, so a prompt whose
+replies all score low (a fact question, beside a stranger's refusal) pushes every one of its
+replies down, the right answers with the wrong. A trained critic would learn that per-prompt
+level; sampling it needs no critic. The mean includes the reply itself, so this is Kool et al.
+2019's leave-one-out baseline scaled by ``(G − 1)/G``; chapter 8's GRPO also divides by the
+group's spread.
+
 **PPO-ptx** (Ouyang et al. 2022, eq. 2): ``PPOConfig(ptx_coef=γ)`` with ``ptx_tokens`` (a token
 stream such as the pretraining corpus, :func:`companion.data.encode_corpus`) adds ``γ`` times the
 language-model loss on a batch of the stream's windows to every update, so that the policy keeps
@@ -32,8 +41,8 @@ Logged per iteration (:class:`PPOLog`): ``reward`` (the reward model's mean scor
 mean summed per-token KL estimate of a reply), ``clip_fraction``, ``entropy`` and ``value_loss``.
 
 The policy's value head is a linear layer on its own hidden states (one network, two heads).
-Shape vocabulary: B batch, T time (a reply's tokens), V vocabulary. Left out: reward
-whitening, adaptive β, value clipping.
+Shape vocabulary: B the replies of a roll-out (``batch_size × group_size``), T time (a reply's
+tokens), V vocabulary. Left out: reward whitening, adaptive β, value clipping.
 """
 
 from __future__ import annotations
@@ -100,6 +109,21 @@ def gae(
         next_value = values[:, t] * m[:, t]
         next_adv = advantages[:, t]
     return advantages, advantages + values * m
+
+
+def prompt_baseline(score: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``score`` (B,), the replies to one prompt side by side in groups of ``group_size``:
+    each less the mean of its group, (B,). Scores ``[1, 3, 5, 9]`` in groups of 2 give
+    ``[-1, 1, -2, 2]``: what is left says only how a reply compares with its siblings."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size={group_size!r} must be an int >= 1")
+    if score.dim() != 1 or len(score) % group_size:
+        raise ValueError(
+            f"score of shape {tuple(score.shape)} must be 1-D, a whole number of groups of "
+            f"{group_size} (one score per reply, a prompt's replies side by side)"
+        )
+    groups = score.view(-1, group_size)  # (B/G, G)
+    return (groups - groups.mean(dim=1, keepdim=True)).flatten()
 
 
 def clipped_objective(
@@ -187,7 +211,8 @@ class PPOConfig:
     """A PPO run's recipe."""
 
     iterations: int = 30  # roll-out + update rounds
-    batch_size: int = 32  # B: prompts rolled out per iteration
+    batch_size: int = 32  # prompts rolled out per iteration
+    group_size: int = 1  # G: replies per prompt; G > 1 scores each against its prompt's mean
     epochs: int = 2  # passes over each roll-out
     minibatch_size: int = 16  # replies per gradient step
     learning_rate: float = 2e-5  # AdamW, constant
@@ -204,7 +229,8 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_recipe(self, {
-            "iterations": "int >= 1", "batch_size": "int >= 1", "epochs": "int >= 1",
+            "iterations": "int >= 1", "batch_size": "int >= 1", "group_size": "int >= 1",
+            "epochs": "int >= 1",
             "minibatch_size": "int >= 1", "learning_rate": "> 0", "kl_coef": ">= 0",
             "clip": "(0, 1)", "gamma": "[0, 1]", "lam": "[0, 1]", "vf_coef": ">= 0",
             "max_new_tokens": "int >= 1", "seed": "int", "ptx_coef": ">= 0",
@@ -212,14 +238,14 @@ class PPOConfig:
         })  # fmt: skip
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r} must be one of {ALGORITHMS}")
-        if self.algorithm == "reinforce" and (
-            self.epochs != 1 or self.minibatch_size < self.batch_size
-        ):
+        replies = self.batch_size * self.group_size  # in one roll-out
+        if self.algorithm == "reinforce" and (self.epochs != 1 or self.minibatch_size < replies):
             raise ValueError(
                 f"REINFORCE is on-policy: one gradient step per roll-out, on replies the current "
                 f"policy sampled; got epochs={self.epochs}, minibatch_size={self.minibatch_size} "
-                f"for batch_size={self.batch_size}. Set epochs=1 and minibatch_size=batch_size, "
-                "or use algorithm='ppo', whose ratio and clip make reusing a roll-out safe"
+                f"for {replies} replies a roll-out (batch_size={self.batch_size} × group_size="
+                f"{self.group_size}). Set epochs=1 and minibatch_size={replies}, or use "
+                "algorithm='ppo', whose ratio and clip make reusing a roll-out safe"
             )
 
 
@@ -247,7 +273,10 @@ def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
         kl = kl_penalty(old_logp, ref_logp) * m  # (B, T-1)
         rewards = -config.kl_coef * kl
         last = (m * torch.arange(m.shape[1], device=m.device)).argmax(dim=1)  # (B,)
-        rewards[torch.arange(len(ids), device=m.device), last] += score
+        g = config.group_size  # G > 1: each score against its prompt's own replies
+        rewards[torch.arange(len(ids), device=m.device), last] += (
+            prompt_baseline(score, g) if g > 1 else score
+        )
         values = values[:, :-1] * m  # V of the state before each reply token
         adv, returns = gae(rewards, values, m, gamma=config.gamma, lam=config.lam)
         if config.algorithm == "reinforce":  # one return per reply, the batch's mean as baseline
@@ -364,7 +393,8 @@ def train_ppo(
     log, start = PPOLog(), time.perf_counter()
     for it in range(config.iterations):
         # 1. Roll out.
-        batch = rng.sample(list(prompts), config.batch_size)
+        batch = [p for p in rng.sample(list(prompts), config.batch_size)
+                 for _ in range(config.group_size)]  # a prompt's G replies side by side  # fmt: skip
         samples = sample_replies(
             policy.gpt, tokenizer, batch, seed=config.seed * 100_003 + it,
             max_new_tokens=config.max_new_tokens,

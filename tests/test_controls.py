@@ -19,7 +19,13 @@ from companion.chat import END, special_ids
 from companion.data import load_course_tokenizer
 from companion.dpo import DPOConfig, train_dpo
 from companion.model import GPT, GPTConfig
-from companion.ppo import PPOConfig, clipped_objective, reinforce_loss, train_ppo
+from companion.ppo import (
+    PPOConfig,
+    clipped_objective,
+    prompt_baseline,
+    reinforce_loss,
+    train_ppo,
+)
 from companion.preferences import (
     REFUSAL,
     RULES,
@@ -101,11 +107,29 @@ def test_reinforce_on_a_bandit_finds_the_best_arm():
 def test_reinforce_refuses_to_reuse_a_rollout():
     with pytest.raises(ValueError, match=r"on-policy.*epochs=1"):
         PPOConfig(algorithm="reinforce", batch_size=8, minibatch_size=8, epochs=2)
-    with pytest.raises(ValueError, match=r"on-policy.*minibatch_size=batch_size"):
+    with pytest.raises(ValueError, match=r"on-policy.*Set epochs=1 and minibatch_size=8"):
         PPOConfig(algorithm="reinforce", batch_size=8, minibatch_size=4, epochs=1)
+    with pytest.raises(ValueError, match=r"16 replies a roll-out.*minibatch_size=16"):
+        PPOConfig(algorithm="reinforce", batch_size=8, group_size=2, minibatch_size=8, epochs=1)
     with pytest.raises(ValueError, match="algorithm='a2c' must be one of"):
         PPOConfig(algorithm="a2c")
     PPOConfig(algorithm="reinforce", batch_size=8, minibatch_size=8, epochs=1)  # fine
+    PPOConfig(algorithm="reinforce", batch_size=8, group_size=2, minibatch_size=16, epochs=1)
+
+
+def test_prompt_baseline_by_hand():
+    score = torch.tensor([1.0, 3.0, 5.0, 9.0])
+    assert prompt_baseline(score, 2).tolist() == [-1.0, 1.0, -2.0, 2.0]
+    assert prompt_baseline(score, 4).tolist() == [-3.5, -1.5, 0.5, 4.5]  # mean 4.5
+    assert prompt_baseline(score, 1).tolist() == [0.0] * 4  # a reply alone: nothing to compare
+    for bad, size, match in (
+        (score, 3, "whole number of groups of 3"), (score[None], 2, "must be 1-D"),
+        (score, 0, "int >= 1"), (score, True, "int >= 1"), (score, 2.0, "int >= 1"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            prompt_baseline(bad, size)
+    with pytest.raises(ValueError, match="group_size"):
+        PPOConfig(group_size=0)
 
 
 class EvenReward(torch.nn.Module):
@@ -127,6 +151,38 @@ def test_train_ppo_runs_either_rung_on_a_copy(algorithm):
     assert len(log.reward) == 2 and all(0 <= r <= 7 for r in log.reward)
     if algorithm == "reinforce":
         assert log.clip_fraction == [0.0, 0.0]  # no ratio, nothing clipped
+
+
+class PromptReward(torch.nn.Module):
+    """Scores a reply by its prompt's length in tokens: set by the prompt alone. Keeps every
+    batch it scores, so a test can look at the roll-outs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, ids, mask):
+        starts = mask.float().argmax(dim=1)  # (B,): where each reply starts
+        self.seen.append([row[:start].tolist() for row, start in zip(ids, starts, strict=True)])
+        return starts.float()
+
+
+def test_a_per_prompt_baseline_learns_nothing_from_what_the_prompt_alone_sets():
+    """Prompts of different lengths score differently, every reply to one prompt alike. Against
+    the batch's mean that difference is a signal, and the policy moves; against each prompt's
+    own replies it is none, and (no KL term) the policy stays put."""
+    chat, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:6]
+    assert len({len(prompt_ids(p, TOK)) for p in prompts}) > 1  # the scores differ
+    config = PPOConfig(iterations=2, batch_size=4, minibatch_size=8, epochs=1, kl_coef=0.0,
+                       max_new_tokens=6, algorithm="reinforce")  # fmt: skip
+    moved, _ = train_ppo(chat, TOK, PromptReward(), prompts, config)
+    reward = PromptReward()
+    grouped = PPOConfig(**{**config.__dict__, "group_size": 2})
+    still, _ = train_ppo(chat, TOK, reward, prompts, grouped)
+    assert not same_weights(moved, chat) and same_weights(still, chat)
+    for asked in reward.seen:  # 4 prompts a roll-out, each twice, its two replies side by side
+        assert len(asked) == 8 and all(asked[2 * k] == asked[2 * k + 1] for k in range(4))
+        assert len({tuple(a) for a in asked}) == 4
 
 
 def test_reinforce_learns_nothing_from_equal_rewards():
