@@ -114,16 +114,30 @@ def gae(
 def prompt_baseline(score: torch.Tensor, group_size: int) -> torch.Tensor:
     """``score`` (B,), the replies to one prompt side by side in groups of ``group_size``:
     each less the mean of its group, (B,). Scores ``[1, 3, 5, 9]`` in groups of 2 give
-    ``[-1, 1, -2, 2]``: what is left says only how a reply compares with its siblings."""
+    ``[-1, 1, -2, 2]``: what is left says only how a reply compares with its siblings. A group
+    of equal scores gives exactly 0 (each is first taken less the group's first score, so no
+    rounding of the mean is left over for the whitening to blow up)."""
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size={group_size!r} must be an int >= 1")
+    if not isinstance(score, torch.Tensor) or not score.is_floating_point():
+        raise ValueError(f"score must be a float tensor of rewards, got {_kind(score)}")
     if score.dim() != 1 or len(score) % group_size:
         raise ValueError(
             f"score of shape {tuple(score.shape)} must be 1-D, a whole number of groups of "
             f"{group_size} (one score per reply, a prompt's replies side by side)"
         )
-    groups = score.view(-1, group_size)  # (B/G, G)
-    return (groups - groups.mean(dim=1, keepdim=True)).flatten()
+    if not score.is_meta and not torch.isfinite(score).all():
+        raise ValueError("score holds NaN or inf; check the reward model's outputs")
+    shifted = score.view(-1, group_size) - score.view(-1, group_size)[:, :1]  # (B/G, G)
+    return (shifted - shifted.mean(dim=1, keepdim=True)).flatten()
+
+
+def _all_equal(x: torch.Tensor) -> bool:
+    return bool((x == x[0]).all()) if len(x) else True
+
+
+def _kind(x) -> str:
+    return f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def clipped_objective(
@@ -204,6 +218,7 @@ class PolicyWithValue(nn.Module):
 
 
 ALGORITHMS: tuple[str, ...] = ("ppo", "reinforce")
+MAX_GROUP = 64  # the most replies per prompt PPOConfig takes
 
 
 @dataclass
@@ -229,13 +244,18 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_recipe(self, {
-            "iterations": "int >= 1", "batch_size": "int >= 1", "group_size": "int >= 1",
-            "epochs": "int >= 1",
+            "iterations": "int >= 1", "batch_size": "int >= 1", "epochs": "int >= 1",
             "minibatch_size": "int >= 1", "learning_rate": "> 0", "kl_coef": ">= 0",
             "clip": "(0, 1)", "gamma": "[0, 1]", "lam": "[0, 1]", "vf_coef": ">= 0",
             "max_new_tokens": "int >= 1", "seed": "int", "ptx_coef": ">= 0",
             "ptx_batch_size": "int >= 1",
         })  # fmt: skip
+        g = self.group_size
+        if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GROUP:
+            raise ValueError(
+                f"group_size={g!r} must be an int in [1, {MAX_GROUP}]: replies per "
+                f"prompt (GRPO's recipes use up to {MAX_GROUP}; each costs a full reply)"
+            )
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r} must be one of {ALGORITHMS}")
         replies = self.batch_size * self.group_size  # in one roll-out
@@ -283,10 +303,12 @@ def _rollout_tensors(policy, reference, reward_model, ids, mask, config):
             ret = rewards.sum(dim=1)  # (B,): score − β Σ_t KL
             std = ret.std() if len(ret) > 1 else ret.new_zeros(())
             adv = ((ret - ret.mean()) / (std + 1e-8))[:, None] * m  # (B, T-1)
+            if _all_equal(ret):  # nothing to learn: the mean's rounding must not whiten to ±1
+                adv = torch.zeros_like(adv)
         else:
             mean = adv[m].mean()
             std = adv[m].std() if m.sum() > 1 else adv.new_zeros(())  # one token: A = 0
-            adv = (adv - mean) / (std + 1e-8) * m
+            adv = torch.zeros_like(adv) if _all_equal(adv[m]) else (adv - mean) / (std + 1e-8) * m
     return old_logp, adv, returns, m, score, kl.sum(dim=1)
 
 

@@ -122,14 +122,19 @@ def test_prompt_baseline_by_hand():
     assert prompt_baseline(score, 2).tolist() == [-1.0, 1.0, -2.0, 2.0]
     assert prompt_baseline(score, 4).tolist() == [-3.5, -1.5, 0.5, 4.5]  # mean 4.5
     assert prompt_baseline(score, 1).tolist() == [0.0] * 4  # a reply alone: nothing to compare
+    equal = prompt_baseline(torch.full((14,), 1.7), 7)  # 1.7 has no exact float: no rounding left
+    assert torch.equal(equal, torch.zeros(14))
     for bad, size, match in (
         (score, 3, "whole number of groups of 3"), (score[None], 2, "must be 1-D"),
         (score, 0, "int >= 1"), (score, True, "int >= 1"), (score, 2.0, "int >= 1"),
+        (score.long(), 2, "float tensor.*torch.int64"), ([1.0, 2.0], 2, "float tensor.*list"),
+        (torch.tensor([1.0, float("nan")]), 2, "NaN or inf"),
     ):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             prompt_baseline(bad, size)
-    with pytest.raises(ValueError, match="group_size"):
-        PPOConfig(group_size=0)
+    for size in (0, 65, 10**9, True, 2.0):
+        with pytest.raises(ValueError, match=r"group_size=.* must be an int in \[1, 64\]"):
+            PPOConfig(group_size=size)
 
 
 class EvenReward(torch.nn.Module):
@@ -157,40 +162,51 @@ class PromptReward(torch.nn.Module):
     """Scores a reply by its prompt's length in tokens: set by the prompt alone. Keeps every
     batch it scores, so a test can look at the roll-outs."""
 
-    def __init__(self):
+    def __init__(self, scale: float = 1.0):
         super().__init__()
-        self.seen = []
+        self.scale, self.seen = scale, []
 
     def forward(self, ids, mask):
         starts = mask.float().argmax(dim=1)  # (B,): where each reply starts
         self.seen.append([row[:start].tolist() for row, start in zip(ids, starts, strict=True)])
-        return starts.float()
+        return starts.float() * self.scale
 
 
-def test_a_per_prompt_baseline_learns_nothing_from_what_the_prompt_alone_sets():
+@pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
+@pytest.mark.parametrize(("scale", "group"), [(1.0, 2), (0.1, 7)])  # 0.1: scores no float holds
+def test_a_per_prompt_baseline_learns_nothing_from_what_the_prompt_alone_sets(
+    algorithm, scale, group
+):
     """Prompts of different lengths score differently, every reply to one prompt alike. Against
     the batch's mean that difference is a signal, and the policy moves; against each prompt's
     own replies it is none, and (no KL term) the policy stays put."""
     chat, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:6]
     assert len({len(prompt_ids(p, TOK)) for p in prompts}) > 1  # the scores differ
-    config = PPOConfig(iterations=2, batch_size=4, minibatch_size=8, epochs=1, kl_coef=0.0,
-                       max_new_tokens=6, algorithm="reinforce")  # fmt: skip
-    moved, _ = train_ppo(chat, TOK, PromptReward(), prompts, config)
-    reward = PromptReward()
-    grouped = PPOConfig(**{**config.__dict__, "group_size": 2})
+    config = PPOConfig(iterations=2, batch_size=4, minibatch_size=4 * group, epochs=1,
+                       kl_coef=0.0, max_new_tokens=6, algorithm=algorithm)  # fmt: skip
+    moved, _ = train_ppo(chat, TOK, PromptReward(scale), prompts, config)
+    reward = PromptReward(scale)
+    grouped = PPOConfig(**{**config.__dict__, "group_size": group})
     still, _ = train_ppo(chat, TOK, reward, prompts, grouped)
     assert not same_weights(moved, chat) and same_weights(still, chat)
-    for asked in reward.seen:  # 4 prompts a roll-out, each twice, its two replies side by side
-        assert len(asked) == 8 and all(asked[2 * k] == asked[2 * k + 1] for k in range(4))
-        assert len({tuple(a) for a in asked}) == 4
+    for asked in reward.seen:  # 4 prompts a roll-out, each G times, its replies side by side
+        assert len(asked) == 4 * group and len({tuple(a) for a in asked}) == 4
+        assert all(
+            len({tuple(a) for a in asked[k : k + group]}) == 1 for k in range(0, 4 * group, group)
+        )
 
 
-def test_reinforce_learns_nothing_from_equal_rewards():
-    """Every reply scored alike, no KL term: each advantage is 0, and the policy stays put."""
-    chat, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:6]
-    config = PPOConfig(iterations=2, batch_size=4, minibatch_size=4, epochs=1, kl_coef=0.0,
-                       max_new_tokens=6, algorithm="reinforce")  # fmt: skip
-    policy, _ = train_ppo(chat, TOK, ConstantReward(3.0), prompts, config)
+@pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
+@pytest.mark.parametrize(("value", "batch"), [(3.0, 4), (0.1, 7)])  # 0.1: the mean has rounding
+def test_equal_rewards_teach_nothing(algorithm, value, batch):
+    """Every reply scored alike, no KL term, no critic to train (PPO's value loss would learn
+    the score) and λ = 1 (every token gets the score): each advantage is 0, and the policy
+    stays put (the whitening must not blow the mean's rounding up to unit size)."""
+    chat, prompts = tiny_gpt(), make_prompts(WORLD, split="train")[:8]
+    config = PPOConfig(iterations=2, batch_size=batch, minibatch_size=batch, epochs=1,
+                       kl_coef=0.0, vf_coef=0.0, lam=1.0, max_new_tokens=6,
+                       algorithm=algorithm)  # fmt: skip
+    policy, _ = train_ppo(chat, TOK, ConstantReward(value), prompts, config)
     assert same_weights(policy, chat)
 
 
