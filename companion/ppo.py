@@ -120,7 +120,8 @@ def prompt_baseline(score: torch.Tensor, group_size: int) -> torch.Tensor:
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size={group_size!r} must be an int >= 1")
     if not isinstance(score, torch.Tensor) or not score.is_floating_point():
-        raise ValueError(f"score must be a float tensor of rewards, got {_kind(score)}")
+        got = f"a {score.dtype} tensor" if isinstance(score, torch.Tensor) else type(score).__name__
+        raise ValueError(f"score must be a float tensor of rewards, got {got}")
     if score.dim() != 1 or len(score) % group_size:
         raise ValueError(
             f"score of shape {tuple(score.shape)} must be 1-D, a whole number of groups of "
@@ -128,16 +129,13 @@ def prompt_baseline(score: torch.Tensor, group_size: int) -> torch.Tensor:
         )
     if not score.is_meta and not torch.isfinite(score).all():
         raise ValueError("score holds NaN or inf; check the reward model's outputs")
-    shifted = score.view(-1, group_size) - score.view(-1, group_size)[:, :1]  # (B/G, G)
+    groups = score.view(-1, group_size)  # (B/G, G)
+    shifted = groups - groups[:, :1]
     return (shifted - shifted.mean(dim=1, keepdim=True)).flatten()
 
 
 def _all_equal(x: torch.Tensor) -> bool:
     return bool((x == x[0]).all()) if len(x) else True
-
-
-def _kind(x) -> str:
-    return f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def clipped_objective(
